@@ -1,0 +1,106 @@
+"""The composition root: builds every component and runs them in one nursery.
+
+Cancelling ``Broker.run`` is the orderly shutdown: the listener stops, every WebSocket
+client is told 1001 (going away), workers get SIGTERM then SIGKILL after the grace
+period, and the ingest socket is closed. Each step is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+import zmq
+
+from broker import ingest, nodata
+from broker.config import Config
+from broker.frames import Frame
+from broker.hub import CameraInfo, Hub
+from broker.server import Server
+from broker.supervisor import Supervisor
+
+log = logging.getLogger("broker")
+
+PLACEHOLDER_INTERVAL = 1.0  # seconds between "No Data" images for an offline camera
+
+
+class Broker:
+    def __init__(self, config: Config, log_level: str = "info") -> None:
+        self.config = config
+        self.log_level = log_level
+        self.hub = Hub(
+            [CameraInfo(c.id, c.display_name, c.width, c.height, c.format) for c in config.cameras],
+            offline_after=config.ingest.offline_after,
+            accept_unknown=config.ingest.accept_unknown_cameras,
+        )
+        self.ingest_stats = ingest.IngestStats()
+        self.server = Server(config, self.hub, self.health)
+        self.supervisor: Supervisor | None = None
+        self.port = 0
+        self.ingest_endpoints: list[str] = []
+        self.started_at = time.monotonic()
+
+    async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="camera-broker-"))
+        context = zmq.Context()
+        try:
+            # Workers on this host publish over ipc://, which is faster than tcp.
+            local = f"ipc://{workdir}/ingest.ipc"
+            socket, self.ingest_endpoints = ingest.bind(
+                context, [*self.config.ingest.endpoints, local]
+            )
+            for endpoint in self.ingest_endpoints:
+                log.info("ingest bound on %s", endpoint)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    ingest.run_ingest, socket, self.hub, self.ingest_stats,
+                    self.config.ingest.max_frame_bytes, name="ingest",
+                )  # fmt: skip
+                self.port = await nursery.start(self.server.serve)
+                nursery.start_soon(self._show_offline, name="offline-monitor")
+                supervised = [camera for camera in self.config.cameras if camera.supervised]
+                if supervised:
+                    self.supervisor = Supervisor(self.config.workers, local, self.log_level)
+                    nursery.start_soon(self.supervisor.run, supervised, name="supervisor")
+                task_status.started(self)
+        finally:
+            context.destroy(linger=0)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _show_offline(self) -> None:
+        """Mark silent cameras offline and send their viewers a "No Data" image each second."""
+        while True:
+            now = time.monotonic()
+            for camera in self.hub.mark_offline(now):
+                if not camera.subscribers:
+                    continue
+                width, height = camera.size
+                silent = None if camera.last_frame_at is None else now - camera.last_frame_at
+                # Rendering takes tens of ms: keep it off the event loop.
+                image = await trio.to_thread.run_sync(
+                    nodata.render, camera.info.name, width, height, silent
+                )
+                last_seq = camera.latest.seq if camera.latest is not None else 0
+                self.hub.publish_placeholder(camera, Frame(
+                    camera.id, last_seq, time.time(), width, height, "jpeg", image,
+                    received_at=time.monotonic(), placeholder=True,
+                ))  # fmt: skip
+            await trio.sleep(PLACEHOLDER_INTERVAL)
+
+    def health(self) -> dict[str, object]:
+        cameras = self.hub.cameras.values()
+        return {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "cameras": len(cameras),
+            "cameras_online": sum(camera.online for camera in cameras),
+            "clients": self.hub.client_count,
+            "ingest": self.ingest_stats.as_dict(),
+            "http_errors": {str(code): n for code, n in self.server.http_errors.items()},
+            "slow_client_disconnects": self.server.slow_disconnects,
+            "worker_restarts": dict(self.supervisor.restarts) if self.supervisor else {},
+        }

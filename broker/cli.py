@@ -1,0 +1,92 @@
+"""The ``broker`` command: ``broker run CONFIG`` and ``broker check CONFIG``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+import zmq
+
+from broker import config as configuration
+from broker.app import Broker
+
+log = logging.getLogger("broker")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = configuration.load(args.config)
+    except configuration.ConfigError as exc:
+        print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print("ok")
+        return 0
+    if args.listen:
+        try:
+            config = configuration.from_dict(_with_listen(args.config, args.listen))
+        except configuration.ConfigError as exc:
+            print(f"--listen: {exc}", file=sys.stderr)
+            return 2
+    configure_logging(args.log_level)
+    try:
+        trio.run(serve, config, args.log_level)
+    except (OSError, zmq.ZMQError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _with_listen(path: str, listen: str) -> dict[str, object]:
+    import tomllib
+
+    with open(path, "rb") as file:
+        data = tomllib.load(file)
+    data.setdefault("server", {})["listen"] = listen
+    return data
+
+
+async def serve(config: configuration.Config, log_level: str = "info") -> None:
+    """Run the broker until SIGINT or SIGTERM, then shut down in order."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Broker(config, log_level).run)
+            if not config.cameras:
+                log.warning("no cameras configured")
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    log.info("stopped")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="broker", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the broker and its camera workers")
+    run.add_argument("config", help="TOML config file (see config/example.toml)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="override server.listen")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    check = commands.add_parser("check", help="validate a config: prints ok or every error")
+    check.add_argument("config")
+    return root
+
+
+__all__ = ["main"]

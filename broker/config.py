@@ -1,0 +1,503 @@
+"""The broker's configuration: built-in defaults, then a TOML file, then validation.
+
+Every problem is collected, not just the first, and each names the path of the key at
+fault (``server.queue_depth``, ``cameras[2].fps``), so one run tells the user all there
+is to fix. Unknown keys are errors: a misspelt key must not silently leave a default in
+force.
+
+Validation is driven by data: `_SPECS` holds one `_Spec` per field (type, range or
+choices, and an optional extra rule); only the rules that relate two fields are code.
+``config/example.toml`` documents every key at its default value, and the tests keep it
+equal to the defaults and complete.
+
+Pure and synchronous; the only I/O is `load` reading the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cameras.wire import CAMERA_ID, FORMATS
+
+
+class ConfigError(Exception):
+    """A configuration the broker cannot run with.
+
+    ``errors`` lists every problem found, each ``"key.path: what is wrong"``;
+    ``str(exc)`` is those lines joined by newlines.
+    """
+
+    def __init__(self, errors: str | Iterable[str]) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The HTTP/WebSocket server that viewers connect to."""
+
+    listen: str = "0.0.0.0:8765"  # HOST:PORT, HOST an IPv4, a hostname or [IPv6]; PORT 0 = any
+    queue_depth: int = 2  # frames queued per client before the oldest is dropped
+    send_timeout: float = 5.0  # seconds a client may take to accept one frame
+    header_timeout: float = 10.0  # seconds a client has to send its HTTP request head
+    default_camera: str = ""  # camera served at "/"; "" = the first configured camera
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """The ZeroMQ side, where camera workers deliver frames."""
+
+    endpoints: tuple[str, ...] = ("tcp://0.0.0.0:5555",)  # bound for external workers
+    max_frame_bytes: int = 16 * 1024 * 1024  # larger frames are dropped
+    offline_after: float = 3.0  # seconds without a frame before a camera is offline
+    accept_unknown_cameras: bool = False  # accept frames for ids absent from the config
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersConfig:
+    """How the broker supervises the camera workers it starts."""
+
+    restart_delay: float = 1.0  # first delay before restarting a worker; doubles each time
+    restart_delay_max: float = 30.0  # cap of that delay
+    stop_grace: float = 3.0  # seconds between SIGTERM and SIGKILL at shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    """One camera, either run by a supervised worker or fed by an external one."""
+
+    id: str
+    name: str = ""  # display name; "" = the id
+    source: str = ""  # "test-pattern", a video file or image folder, or an rtsp/http(s) URL
+    device: str = ""  # a V4L2 device such as "/dev/video0"
+    width: int = 1280
+    height: int = 720
+    fps: float = 15.0
+    format: str = "jpeg"  # one of cameras.wire.FORMATS
+    quality: int = 80  # encoder quality, 1..100
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    @property
+    def supervised(self) -> bool:
+        """True when the broker starts a worker for it; otherwise an external one connects."""
+        return bool(self.source or self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    ingest: IngestConfig = IngestConfig()
+    workers: WorkersConfig = WorkersConfig()
+    cameras: tuple[CameraConfig, ...] = ()
+
+    def camera(self, camera_id: str) -> CameraConfig | None:
+        return next((c for c in self.cameras if c.id == camera_id), None)
+
+    @property
+    def default_camera(self) -> str | None:
+        """The camera served at "/": the configured one, else the first, else None."""
+        if self.server.default_camera:
+            return self.server.default_camera
+        return self.cameras[0].id if self.cameras else None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: cannot read: not UTF-8 (byte {exc.start})") from exc
+    return parse(text, source)
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    """Validate TOML text; ``source`` names it in syntax errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    return from_dict(data)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate already-parsed TOML; raises `ConfigError` listing every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: must be a table, got {_typed(data)}")
+    problems = _Problems()
+    tables: dict[str, dict[str, Any]] = {}
+    cameras: list[dict[str, Any]] = []
+    camera_ids: set[str] = set()
+    for key, value in data.items():
+        if key in _SECTIONS:
+            tables[key] = _table(_SECTIONS[key], value, key, problems)
+        elif key == "cameras":
+            cameras, camera_ids = _cameras(value, problems)
+        else:
+            problems.add(_key(key), _unknown(key, [*_SECTIONS, "cameras"]))
+    _check_restart_delays(tables.get("workers", {}), problems)
+    _check_default_camera(tables.get("server", {}), camera_ids, problems)
+    if problems.messages:
+        raise ConfigError(problems.messages)
+    return Config(
+        server=ServerConfig(**tables.get("server", {})),
+        ingest=IngestConfig(**tables.get("ingest", {})),
+        workers=WorkersConfig(**tables.get("workers", {})),
+        cameras=tuple(CameraConfig(**camera) for camera in cameras),
+    )
+
+
+# --- field rules: each takes a value of the right type, returns a problem or None ---
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; ValueError says what is wrong."""
+    host, _, port = listen.rpartition(":")
+    if not (re.fullmatch(r"[0-9]{1,5}", port) and int(port) <= 65535):
+        raise ValueError(f"must be HOST:PORT with PORT from 0 to 65535, got {_show(listen)}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid = _is_ip(host, ipaddress.IPv6Address)
+    elif re.fullmatch(r"[0-9.]+", host):  # all digits and dots: an IPv4 address or nothing
+        valid = _is_ip(host, ipaddress.IPv4Address)
+    else:
+        valid = _HOSTNAME.fullmatch(host) is not None and len(host) <= 253
+    if not valid:
+        raise ValueError(
+            "must be HOST:PORT with HOST an IPv4 address, a hostname or [IPv6 address], "
+            f"got {_show(listen)}"
+        )
+    return host, int(port)
+
+
+# Labels of letters, digits, "-" and (leniently, as resolvers accept it) "_".
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def _is_ip(text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _listen_problem(listen: str) -> str | None:
+    try:
+        _split_listen(listen)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    scheme, _, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme == "ipc" and rest:
+        return None
+    if scheme == "tcp" and host and (port == "*" or (port.isdigit() and int(port) <= 65535)):
+        return None
+    return f"must be tcp://HOST:PORT or ipc://PATH, got {_show(endpoint)}"
+
+
+def _camera_id_problem(camera_id: str) -> str | None:
+    if CAMERA_ID.fullmatch(camera_id):
+        return None
+    return f"must match {CAMERA_ID.pattern}, got {_show(camera_id)}"
+
+
+def _source_problem(source: str) -> str | None:
+    scheme, sep, rest = source.partition("://")
+    if not sep or (scheme.lower() in ("rtsp", "http", "https") and rest):
+        return None  # "", "test-pattern", a path, or a URL we can open
+    return (
+        "must be test-pattern, a file or folder path, or an rtsp://, http:// or https:// URL, "
+        f"got {_show(source)}"
+    )
+
+
+def _device_problem(device: str) -> str | None:
+    if not device or (device.startswith("/dev/") and len(device) > len("/dev/")):
+        return None
+    return f'must be a device path such as "/dev/video0", got {_show(device)}'
+
+
+# --- the per-field specs ---
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    kind: type  # bool, int, float, str, or tuple for an array of `item`
+    lo: float | None = None  # inclusive range, for int and float
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    rule: Callable[[Any], str | None] | None = None  # extra check once the type is right
+    item: _Spec | None = None  # for arrays
+
+
+_SPECS: dict[type, dict[str, _Spec]] = {
+    ServerConfig: {
+        "listen": _Spec(str, rule=_listen_problem),
+        "queue_depth": _Spec(int, 1, 64),
+        "send_timeout": _Spec(float, 0.1, 300),
+        "header_timeout": _Spec(float, 0.1, 300),
+        "default_camera": _Spec(str),
+    },
+    IngestConfig: {
+        "endpoints": _Spec(tuple, item=_Spec(str, rule=_endpoint_problem)),
+        "max_frame_bytes": _Spec(int, 1024, 256 * 1024 * 1024),
+        "offline_after": _Spec(float, 0.1, 3600),
+        "accept_unknown_cameras": _Spec(bool),
+    },
+    WorkersConfig: {
+        "restart_delay": _Spec(float, 0.1, 60),
+        "restart_delay_max": _Spec(float, 1, 3600),
+        "stop_grace": _Spec(float, 0.1, 60),
+    },
+    CameraConfig: {
+        "id": _Spec(str, rule=_camera_id_problem),
+        "name": _Spec(str),
+        "source": _Spec(str, rule=_source_problem),
+        "device": _Spec(str, rule=_device_problem),
+        "width": _Spec(int, 16, 7680),
+        "height": _Spec(int, 16, 4320),
+        "fps": _Spec(float, 0.1, 240),
+        "format": _Spec(str, choices=FORMATS),
+        "quality": _Spec(int, 1, 100),
+    },
+}
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "ingest": IngestConfig,
+    "workers": WorkersConfig,
+}
+
+_INVALID = object()  # marks a value that failed its check
+
+
+class _Problems:
+    """Every problem found so far, and the key paths they concern."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.paths: set[str] = set()
+
+    def add(self, path: str, problem: str) -> None:
+        self.messages.append(f"{path}: {problem}")
+        self.paths.add(path)
+
+
+def _table(cls: type, data: Any, path: str, problems: _Problems) -> dict[str, Any]:
+    """The valid values of one table, keyed by field; the rest become problems."""
+    if not isinstance(data, dict):
+        problems.add(path, f"must be a table, got {_typed(data)}")
+        return {}
+    specs = _SPECS[cls]
+    for field in fields(cls):
+        if field.default is MISSING and field.name not in data:
+            problems.add(f"{path}.{field.name}", "is required")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{_key(key)}"
+        if key not in specs:
+            problems.add(key_path, _unknown(key, list(specs), path))
+            continue
+        checked = _check(specs[key], value, key_path, problems)
+        if checked is not _INVALID:
+            values[key] = checked
+    return values
+
+
+def _check(spec: _Spec, value: Any, path: str, problems: _Problems) -> Any:
+    """The value as stored (floats as float, arrays as tuples), or `_INVALID`."""
+    if spec.item is not None:
+        return _check_array(spec.item, value, path, problems)
+    problem = _problem(spec, value)
+    if problem is not None:
+        problems.add(path, problem)
+        return _INVALID
+    return float(value) if spec.kind is float else value
+
+
+def _check_array(item: _Spec, value: Any, path: str, problems: _Problems) -> Any:
+    if not isinstance(value, list):
+        problems.add(path, f"must be an array of {_plural(item)}, got {_typed(value)}")
+        return _INVALID
+    checked = [_check(item, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    # Our only array lists endpoints to bind; binding one twice fails at startup.
+    _check_unique([(f"{path}[{i}]", v) for i, v in enumerate(value)], "entry", problems)
+    return _INVALID if _INVALID in checked else tuple(checked)
+
+
+def _problem(spec: _Spec, value: Any) -> str | None:
+    if not _has_kind(spec.kind, value):
+        return f"must be {_want(spec)}, got {_typed(value)}"
+    out_of_range = spec.lo is not None and not (
+        (not isinstance(value, float) or math.isfinite(value)) and spec.lo <= value <= spec.hi
+    )
+    if out_of_range or (spec.choices and value not in spec.choices):
+        return f"must be {_want(spec)}, got {_show(value)}"
+    return spec.rule(value) if spec.rule is not None else None
+
+
+def _has_kind(kind: type, value: Any) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass, but true is not a number
+        return kind is bool
+    if kind is float:  # an int is a fine float: `fps = 15`
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def _want(spec: _Spec) -> str:
+    if spec.choices:
+        return "one of " + ", ".join(spec.choices)
+    if spec.kind is int:
+        return f"an integer from {_num(spec.lo)} to {_num(spec.hi)}"
+    if spec.kind is float:
+        return f"a number from {_num(spec.lo)} to {_num(spec.hi)}"
+    return {bool: "true or false", str: "a string"}[spec.kind]
+
+
+def _plural(spec: _Spec) -> str:
+    plurals: dict[type, str] = {str: "strings"}  # the only arrays so far
+    return plurals[spec.kind]
+
+
+# --- cameras and the rules that relate fields ---
+
+
+def _cameras(data: Any, problems: _Problems) -> tuple[list[dict[str, Any]], set[str]]:
+    """The valid cameras' values, and every id given (valid or not)."""
+    if not isinstance(data, list):
+        problems.add("cameras", f"must be an array of tables ([[cameras]]), got {_typed(data)}")
+        return [], set()
+    cameras = [
+        _table(CameraConfig, camera, f"cameras[{i}]", problems) for i, camera in enumerate(data)
+    ]
+    for i, camera in enumerate(cameras):
+        if camera.get("source") and camera.get("device"):
+            problems.add(f"cameras[{i}]", "must not set both source and device")
+    ids = [(f"cameras[{i}].id", c["id"]) for i, c in enumerate(cameras) if "id" in c]
+    _check_unique(ids, "camera id", problems)
+    given = {c["id"] for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)}
+    return cameras, given
+
+
+def _check_unique(items: list[tuple[str, Any]], what: str, problems: _Problems) -> None:
+    first: dict[str, str] = {}
+    for path, value in items:
+        if not isinstance(value, str):
+            continue  # already reported as the wrong type
+        if value in first:
+            problems.add(path, f"duplicate {what} {_show(value)} (also {first[value]})")
+        else:
+            first[value] = path
+
+
+_DEFAULTS = WorkersConfig()  # with slots, the class attributes are not the defaults
+
+
+def _check_restart_delays(workers: dict[str, Any], problems: _Problems) -> None:
+    if {"workers.restart_delay", "workers.restart_delay_max"} & problems.paths:
+        return  # one of them is already wrong; comparing them would only add noise
+    delay = workers.get("restart_delay", _DEFAULTS.restart_delay)
+    cap = workers.get("restart_delay_max", _DEFAULTS.restart_delay_max)
+    if cap < delay:
+        default = "" if "restart_delay_max" in workers else " (the default)"
+        problems.add(
+            "workers.restart_delay_max",
+            f"must be at least restart_delay ({_show(delay)}), got {_show(cap)}{default}",
+        )
+
+
+def _check_default_camera(server: dict[str, Any], ids: set[str], problems: _Problems) -> None:
+    name = server.get("default_camera", "")
+    if not name or "cameras" in problems.paths or name in ids:
+        return
+    known = ", ".join(sorted(ids)) if ids else "there are none"
+    problems.add(
+        "server.default_camera", f"must name a configured camera ({known}), got {_show(name)}"
+    )
+
+
+def _unknown(key: str, known: list[str], table: str = "") -> str:
+    if table and key in (*_SECTIONS, "cameras"):
+        # TOML puts every key after a [table] header into that table.
+        return "unknown key (a top-level key, so it must come before the first [table])"
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    return f"unknown key (known keys: {', '.join(known)})"
+
+
+# --- showing values in messages ---
+
+
+def _key(key: str) -> str:
+    """A key as TOML would write it, so a path stays unambiguous."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _show(value: Any) -> str:
+    """A value as TOML would write it (long strings shortened)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return repr(value)
+
+
+def _typed(value: Any) -> str:
+    """A value of the wrong type: tables and arrays by kind only, the rest with their kind."""
+    if isinstance(value, dict | list):
+        return _kind(value)
+    return f"{_show(value)} ({_kind(value)})"
+
+
+def _kind(value: Any) -> str:
+    kinds: list[tuple[type, str]] = [
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (dict, "a table"),
+        (list, "an array"),
+        (dt.datetime, "a date-time"),  # before date: datetime is a date subclass
+        (dt.date, "a date"),
+        (dt.time, "a time"),
+    ]
+    return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
+
+
+def _num(x: float | None) -> str:
+    """A range bound: 300, not 300.0; 0.1 as is."""
+    assert x is not None
+    return str(int(x)) if float(x).is_integer() else repr(x)

@@ -1,0 +1,49 @@
+"""A received frame, shared by every client of its camera.
+
+The payload arrives once from ZeroMQ and is never copied per client: each output
+builds its message once per frame (``websocket_message``) and every client of the
+camera writes those same bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+Buffer = bytes | bytearray | memoryview
+
+
+def websocket_binary_header(length: int) -> bytes:
+    """RFC 6455 header of one unmasked, final, binary frame of ``length`` bytes.
+
+    Server-to-client frames are not masked, so the same bytes serve every client.
+    """
+    if length < 126:
+        return bytes((0x82, length))
+    if length < 1 << 16:
+        return struct.pack(">BBH", 0x82, 126, length)
+    return struct.pack(">BBQ", 0x82, 127, length)
+
+
+@dataclass(eq=False, slots=True)
+class Frame:
+    camera: str
+    seq: int
+    captured_at: float  # Unix seconds, from the worker's clock
+    width: int
+    height: int
+    format: str
+    data: Buffer
+    received_at: float  # time.monotonic() when the broker received it
+    placeholder: bool = False  # a generated "No Data" image, not from the camera
+    _websocket_message: bytes | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def websocket_message(self) -> bytes:
+        """The whole WebSocket message for this frame, built on first use."""
+        if self._websocket_message is None:
+            self._websocket_message = websocket_binary_header(len(self.data)) + self.data
+        return self._websocket_message

@@ -1,0 +1,243 @@
+"""Cameras and their subscribers: the pure core of fan-out.
+
+``Hub.publish`` is synchronous and never awaits: it records the frame on its camera
+and offers the same `Frame` object to each subscriber's drop-oldest queue. A slow
+subscriber only drops its own frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from broker.frames import Frame
+from broker.queue import DropOldestQueue
+
+log = logging.getLogger("broker.hub")
+
+
+class UnknownCamera(KeyError):
+    pass
+
+
+class RateMeter:
+    """Events per second over a sliding window of recent timestamps."""
+
+    __slots__ = ("_times", "window")
+
+    def __init__(self, window: float = 2.0, keep: int = 512) -> None:
+        self.window = window
+        self._times: deque[float] = deque(maxlen=keep)
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+
+    def rate(self, now: float) -> float:
+        times = self._times
+        while times and now - times[0] > self.window:
+            times.popleft()
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(now - times[0], 1e-9)
+
+
+class Subscriber:
+    """One client's interest in one camera, with its own drop-oldest queue."""
+
+    __slots__ = ("_ready", "bytes_sent", "camera", "client", "connected_at", "queue", "sent")
+
+    def __init__(self, camera: Camera, client: str, depth: int) -> None:
+        self.camera = camera
+        self.client = client
+        self.queue: DropOldestQueue[Frame] = DropOldestQueue(depth)
+        self.sent = 0
+        self.bytes_sent = 0
+        self.connected_at = time.monotonic()
+        self._ready = trio.Event()
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
+
+    def offer(self, frame: Frame) -> None:
+        self.queue.put(frame)
+        self._ready.set()
+
+    async def next_frame(self, newest: bool = False) -> Frame:
+        """Wait for a frame: the oldest queued, or with ``newest`` the newest."""
+        while True:
+            frame = self.queue.get_newest() if newest else self.queue.get()
+            if frame is not None:
+                return frame
+            self._ready = trio.Event()
+            await self._ready.wait()
+
+    def delivered(self, frame: Frame) -> None:
+        self.sent += 1
+        self.bytes_sent += frame.size
+
+
+@dataclass(frozen=True, slots=True)
+class CameraInfo:
+    """What the hub knows of a camera before any frame: from the config or the first frame."""
+
+    id: str
+    name: str
+    width: int
+    height: int
+    format: str = "jpeg"
+    configured: bool = True
+
+
+class Camera:
+    __slots__ = (
+        "frames_received",
+        "info",
+        "last_frame_at",
+        "latest",
+        "online",
+        "placeholder",
+        "rate",
+        "subscribers",
+    )
+
+    def __init__(self, info: CameraInfo) -> None:
+        self.info = info
+        self.latest: Frame | None = None  # newest frame from the camera itself
+        self.placeholder: Frame | None = None  # newest "No Data" frame while offline
+        self.last_frame_at: float | None = None
+        self.frames_received = 0
+        self.online = False
+        self.rate = RateMeter()
+        self.subscribers: set[Subscriber] = set()
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The last known frame size, else the configured one."""
+        if self.latest is not None:
+            return self.latest.width, self.latest.height
+        return self.info.width, self.info.height
+
+    def summary(self, now: float) -> dict[str, object]:
+        width, height = self.size
+        age = None if self.last_frame_at is None else round((now - self.last_frame_at) * 1000)
+        return {
+            "id": self.id,
+            "name": self.info.name,
+            "online": self.online,
+            "fps": round(self.rate.rate(now), 2) if self.online else 0.0,
+            "width": width,
+            "height": height,
+            "format": self.latest.format if self.latest is not None else self.info.format,
+            "clients": len(self.subscribers),
+            "frames_received": self.frames_received,
+            "last_frame_age_ms": age,
+        }
+
+
+class Hub:
+    def __init__(
+        self,
+        cameras: Iterable[CameraInfo],
+        *,
+        offline_after: float,
+        accept_unknown: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cameras: dict[str, Camera] = {info.id: Camera(info) for info in cameras}
+        self.offline_after = offline_after
+        self.accept_unknown = accept_unknown
+        self.clock = clock
+        self.rejected_unknown = 0
+
+    def camera(self, camera_id: str) -> Camera:
+        try:
+            return self.cameras[camera_id]
+        except KeyError:
+            raise UnknownCamera(camera_id) from None
+
+    def publish(self, frame: Frame) -> bool:
+        """Record a camera frame and offer it to every subscriber; False if not accepted."""
+        camera = self.cameras.get(frame.camera)
+        if camera is None:
+            if not self.accept_unknown:
+                self.rejected_unknown += 1
+                return False
+            info = CameraInfo(
+                frame.camera,
+                frame.camera,
+                frame.width,
+                frame.height,
+                frame.format,
+                configured=False,
+            )
+            camera = self.cameras[frame.camera] = Camera(info)
+            log.info("camera %s: first frame from an unconfigured camera, accepted", camera.id)
+        camera.latest = frame
+        camera.placeholder = None
+        camera.last_frame_at = frame.received_at
+        camera.frames_received += 1
+        camera.rate.tick(frame.received_at)
+        if not camera.online:
+            camera.online = True
+            log.info(
+                "camera %s: online (%dx%d %s)", camera.id, frame.width, frame.height, frame.format
+            )
+        for subscriber in camera.subscribers:
+            subscriber.offer(frame)
+        return True
+
+    def publish_placeholder(self, camera: Camera, frame: Frame) -> None:
+        """Offer a generated "No Data" frame for an offline camera to its subscribers."""
+        camera.placeholder = frame
+        for subscriber in camera.subscribers:
+            subscriber.offer(frame)
+
+    def mark_offline(self, now: float) -> list[Camera]:
+        """Mark cameras silent for ``offline_after`` as offline; returns every offline camera."""
+        offline = []
+        for camera in self.cameras.values():
+            silent = (
+                camera.last_frame_at is None or now - camera.last_frame_at >= self.offline_after
+            )
+            if camera.online and silent:
+                camera.online = False
+                log.warning(
+                    "camera %s: offline, no frame for %.1f s",
+                    camera.id,
+                    now - (camera.last_frame_at or now),
+                )
+            if not camera.online:
+                offline.append(camera)
+        return offline
+
+    def subscribe(self, camera_id: str, client: str, depth: int) -> Subscriber:
+        """A new subscriber, given the latest frame at once if it is fresh."""
+        camera = self.camera(camera_id)
+        subscriber = Subscriber(camera, client, depth)
+        camera.subscribers.add(subscriber)
+        fresh = camera.last_frame_at is not None and (
+            self.clock() - camera.last_frame_at < self.offline_after
+        )
+        if fresh and camera.latest is not None:
+            subscriber.offer(camera.latest)
+        elif camera.placeholder is not None:
+            subscriber.offer(camera.placeholder)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.camera.subscribers.discard(subscriber)
+        subscriber.queue.clear()  # free the frames it held
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(camera.subscribers) for camera in self.cameras.values())

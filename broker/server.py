@@ -1,0 +1,326 @@
+"""One TCP port for HTTP and WebSocket.
+
+Every connection is read with h11. Plain requests are answered here; a WebSocket
+upgrade for a camera is handed to trio-websocket (see `broker.wsframes`) and then fed
+from that client's own drop-oldest queue. Each connection has its own task and
+nursery; nothing a client does, or fails to do, can hold another client up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from importlib import resources
+
+import h11
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from broker.config import Config
+from broker.http import Response, Target, error, h11_response, json_response, parse_target
+from broker.hub import Hub, Subscriber, UnknownCamera
+from broker.ratelimit import RateLimitedLog
+from broker.wsframes import (
+    ReplayStream,
+    close_going_away,
+    is_websocket_upgrade,
+    request_bytes,
+    send_prebuilt,
+)
+
+log = logging.getLogger("broker.server")
+
+MAX_REQUEST_HEAD = 16 * 1024
+MAX_INCOMING_WS_MESSAGE = 64 * 1024
+# Bytes the kernel may hold unsent per client. Without a bound a slow reader sits
+# seconds behind on frames the kernel already accepted, whatever our queue drops.
+NOTSENT_LOWAT = 64 * 1024
+STATIC_FILES = {"/": "index.html", "/viewer.js": "viewer.js", "/viewer.css": "viewer.css"}
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class Server:
+    def __init__(self, config: Config, hub: Hub, health: Callable[[], dict[str, object]]) -> None:
+        self.config = config
+        self.hub = hub
+        self.health = health
+        self.http_errors: Counter[int] = Counter()
+        self.slow_disconnects = 0
+        self.started_at = time.monotonic()
+        self._complaints = RateLimitedLog(log)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``server.listen`` until cancelled; reports the port bound."""
+        server = self.config.server
+        listeners = await trio.open_tcp_listeners(server.port, host=server.host or None)
+        port = listeners[0].socket.getsockname()[1]
+        log.info("listening on http://%s:%d/", server.host, port)
+        task_status.started(port)
+        await trio.serve_listeners(self.handle_connection, listeners)
+
+    # -- connections ---------------------------------------------------------
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:  # the client is already gone
+            await trio.aclose_forcefully(stream)
+            return
+        client = f"{host}:{port}"
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        try:
+            while True:
+                request = await self._receive_request(stream, conn, client)
+                if request is None:
+                    return
+                if is_websocket_upgrade(request):
+                    await self._websocket(stream, conn, request, client)
+                    return
+                await self._answer(stream, conn, request)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            self._count(400)
+            self._complaints.warning("400", "client %s: malformed request: %s", client, exc)
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._send(stream, conn, error(400, "bad_request", str(exc)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _receive_request(
+        self, stream: trio.SocketStream, conn: h11.Connection, client: str
+    ) -> h11.Request | None:
+        """The next request head, or None when the client closed or took too long."""
+        with trio.move_on_after(self.config.server.header_timeout):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(64 * 1024))
+                    continue
+                if isinstance(event, h11.Request):
+                    return event
+                return None  # ConnectionClosed
+        if conn.their_state is h11.SEND_BODY or conn.trailing_data[0]:
+            self._complaints.warning(
+                "timeout",
+                "client %s: no complete request within %.1f s; disconnected",
+                client,
+                self.config.server.header_timeout,
+            )
+        return None
+
+    async def _send(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        response: Response,
+        head_only: bool = False,
+    ) -> None:
+        head, body = h11_response(response, head_only=head_only)
+        with trio.move_on_after(self.config.server.send_timeout):
+            data = conn.send(head)
+            if body:
+                data += conn.send(h11.Data(data=body))
+            data += conn.send(h11.EndOfMessage())
+            await stream.send_all(data)
+
+    async def _answer(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
+    ) -> None:
+        # Requests we serve carry no body; drain a small one, refuse a large one.
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                with trio.fail_after(self.config.server.header_timeout):
+                    conn.receive_data(await stream.receive_some(64 * 1024))
+                continue
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_REQUEST_HEAD:
+                    response = error(413, "too_large", "request bodies are not accepted here")
+                    self._count(413)
+                    await self._send(stream, conn, response)
+                    raise trio.ClosedResourceError
+                continue
+            break
+        method = request.method.decode("ascii", "replace")
+        response = self.route(method, parse_target(request.target))
+        if response.status >= 400:
+            self._count(response.status)
+        await self._send(stream, conn, response, head_only=method == "HEAD")
+
+    def _count(self, status: int) -> None:
+        self.http_errors[status] += 1
+
+    # -- routes ----------------------------------------------------------------
+
+    def route(self, method: str, target: Target) -> Response:
+        path = target.path
+        if path in STATIC_FILES or path in ("/healthz", "/api/cameras"):
+            if method not in ("GET", "HEAD"):
+                return error(
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed on {path}",
+                    allow="GET, HEAD",
+                )
+            if path == "/healthz":
+                return json_response(self.health())
+            if path == "/api/cameras":
+                now = time.monotonic()
+                return json_response([c.summary(now) for c in self.hub.cameras.values()])
+            return static(STATIC_FILES[path])
+        if path.startswith("/cameras/"):
+            return error(
+                426,
+                "upgrade_required",
+                f"{path} is a WebSocket endpoint: connect with ws://",
+                upgrade="websocket",
+            )
+        return error(404, "not_found", f"nothing at {path}")
+
+    def _stream_target(self, target: Target) -> tuple[str, float | None]:
+        """The camera and fps cap an upgrade request asks for, or BadRequest."""
+        if target.path == "/":
+            camera_id = self.config.default_camera
+            if camera_id is None:
+                raise BadRequest(error(404, "no_camera", "no camera is configured"))
+        elif target.path.startswith("/cameras/") and target.path.count("/") == 2:
+            camera_id = target.path.removeprefix("/cameras/")
+        else:
+            raise BadRequest(error(404, "not_found", f"no WebSocket endpoint at {target.path}"))
+        if camera_id not in self.hub.cameras:
+            raise BadRequest(error(404, "unknown_camera", f"no camera {camera_id!r}"))
+        fps = target.param("fps")
+        if fps is None:
+            return camera_id, None
+        try:
+            max_fps = float(fps)
+        except ValueError:
+            max_fps = math.nan
+        if not 0 < max_fps <= 1000:
+            raise BadRequest(
+                error(400, "bad_fps", f"fps must be a number above 0 and at most 1000, got {fps!r}")
+            )
+        return camera_id, max_fps
+
+    # -- WebSocket camera streams -------------------------------------------
+
+    async def _websocket(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
+    ) -> None:
+        try:
+            camera_id, max_fps = self._stream_target(parse_target(request.target))
+        except BadRequest as bad:
+            self._count(bad.response.status)
+            await self._send(stream, conn, bad.response)
+            return
+        raw = request_bytes(request, conn.trailing_data[0])
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(self.config.server.header_timeout):
+                ws_request = await wrap_server_stream(
+                    nursery,
+                    ReplayStream(stream, raw),
+                    message_queue_size=1,
+                    max_message_size=MAX_INCOMING_WS_MESSAGE,
+                )
+                ws = await ws_request.accept()
+            if ws_request is None or ws is None:  # handshake timed out
+                nursery.cancel_scope.cancel()
+                return
+            subscriber = self.hub.subscribe(camera_id, client, self.config.server.queue_depth)
+            cap = f" (at most {max_fps:g} fps)" if max_fps else ""
+            log.info("client %s: watching camera %s over WebSocket%s", client, camera_id, cap)
+            try:
+                await self._stream_frames(ws, subscriber, max_fps)
+            finally:
+                self.hub.unsubscribe(subscriber)
+                log.info(
+                    "client %s: left camera %s (sent %d frames, dropped %d)",
+                    client,
+                    camera_id,
+                    subscriber.sent,
+                    subscriber.dropped,
+                )
+                nursery.cancel_scope.cancel()
+
+    async def _stream_frames(
+        self, ws: WebSocketConnection, subscriber: Subscriber, max_fps: float | None
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
+            try:
+                await self._send_frames(ws, subscriber, max_fps)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            except trio.Cancelled:
+                if ws.closed is None:  # we are shutting down, not the client leaving
+                    await close_going_away(ws)
+                raise
+            nursery.cancel_scope.cancel()
+
+    async def _send_frames(
+        self, ws: WebSocketConnection, subscriber: Subscriber, max_fps: float | None
+    ) -> None:
+        send_timeout = self.config.server.send_timeout
+        interval = 1 / max_fps if max_fps else 0.0
+        next_due = 0.0
+        while True:
+            if interval:
+                await trio.sleep_until(next_due)
+            frame = await subscriber.next_frame(newest=bool(interval))
+            next_due = max(next_due + interval, trio.current_time())
+            with trio.move_on_after(send_timeout) as timer:
+                await send_prebuilt(ws, frame.websocket_message())
+            if timer.cancelled_caught:
+                # Part of a frame may be on the wire: the connection cannot be reused.
+                self.slow_disconnects += 1
+                log.warning(
+                    "client %s: camera %s: took no frame within %.1f s; disconnected "
+                    "(sent %d, dropped %d)",
+                    subscriber.client,
+                    subscriber.camera.id,
+                    send_timeout,
+                    subscriber.sent,
+                    subscriber.dropped,
+                )
+                await trio.aclose_forcefully(ws._stream)
+                return
+            subscriber.delivered(frame)
+
+
+async def _until_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+    """Read (and ignore) what a viewer sends until it closes, then stop its stream."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed:
+        scope.cancel()
+
+
+def static(name: str) -> Response:
+    data = resources.files("broker").joinpath("static", name).read_bytes()
+    suffix = name[name.rfind(".") :]
+    return Response(200, data, STATIC_TYPES[suffix])
+
+
+__all__ = ["Server", "UnknownCamera"]

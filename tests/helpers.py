@@ -1,0 +1,94 @@
+"""Shared test helpers: a real in-process broker, a ZeroMQ publisher, realistic JPEGs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+
+import cv2
+import numpy as np
+import trio
+import zmq
+
+from broker import config as configuration
+from broker.app import Broker
+from cameras import stamp, wire
+
+
+@cache
+def sample_jpeg(width: int = 1280, height: int = 720, quality: int = 80) -> bytes:
+    """A JPEG with natural-image-like detail (about 100-200 KB at 720p)."""
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    image = cv2.add(image, rng.integers(0, 3, (height, width, 3), dtype=np.uint8))
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def config(cameras: str = '[[cameras]]\nid = "a"\n', **sections: str) -> configuration.Config:
+    server = sections.get("server", "")
+    ingest = sections.get("ingest", "")
+    return configuration.parse(
+        f'[server]\nlisten = "127.0.0.1:0"\n{server}\n'
+        f'[ingest]\nendpoints = ["tcp://127.0.0.1:*"]\n{ingest}\n{cameras}'
+    )
+
+
+@asynccontextmanager
+async def running_broker(cfg: configuration.Config) -> AsyncIterator[Broker]:
+    async with trio.open_nursery() as nursery:
+        broker = await nursery.start(Broker(cfg).run)
+        try:
+            yield broker
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+class Publisher:
+    """A worker stand-in: publishes stamped frames over a real ZMQ PUB socket."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.seq = 0
+
+    def send(self, camera: str, jpeg: bytes, width: int = 1280, height: int = 720) -> None:
+        now = time.time()
+        header = wire.FrameHeader(camera, self.seq, now, width, height)
+        self.socket.send_multipart(wire.encode(header, stamp.stamp(jpeg, self.seq, now)))
+        self.seq += 1
+
+    def send_raw(self, parts: list[bytes]) -> None:
+        self.socket.send_multipart(parts)
+
+    async def stream(
+        self,
+        camera: str,
+        fps: float,
+        jpeg: bytes | None = None,
+        width: int = 1280,
+        height: int = 720,
+    ) -> None:
+        jpeg = jpeg or sample_jpeg(width, height)
+        next_due = trio.current_time()
+        while True:
+            self.send(camera, jpeg, width, height)
+            next_due += 1 / fps
+            await trio.sleep_until(next_due)
+
+    def close(self) -> None:
+        self.context.destroy(linger=0)
+
+
+@asynccontextmanager
+async def publisher(broker: Broker) -> AsyncIterator[Publisher]:
+    pub = Publisher(broker.ingest_endpoints[0])
+    try:
+        await trio.sleep(0.2)  # let the PUB connect, or its first frames are dropped
+        yield pub
+    finally:
+        pub.close()

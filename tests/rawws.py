@@ -1,0 +1,86 @@
+"""A minimal WebSocket client over a raw trio stream, for tests that must control
+exactly how fast a viewer reads (trio-websocket always reads as fast as it can)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+import trio
+
+
+class RawWebSocket:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.received_bytes = 0
+
+    @classmethod
+    async def connect(
+        cls, port: int, path: str, extra_headers: str = ""
+    ) -> tuple[RawWebSocket, bytes]:
+        """Open and handshake; returns the client and the raw response head."""
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n".encode()
+        )
+        client = cls(stream)
+        while b"\r\n\r\n" not in client.buffer:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise ConnectionError("closed during handshake")
+            client.buffer += data
+        end = client.buffer.index(b"\r\n\r\n") + 4
+        head = bytes(client.buffer[:end])
+        del client.buffer[:end]
+        return client, head
+
+    async def _fill(self, chunk: int) -> bool:
+        data = await self.stream.receive_some(chunk)
+        if not data:
+            return False
+        self.received_bytes += len(data)
+        self.buffer += data
+        return True
+
+    async def receive(self, chunk: int = 65536, pace: float = 0.0) -> tuple[int, bytes] | None:
+        """The next (opcode, payload), or None when the server closed the connection.
+
+        With ``pace`` (bytes per second) the client reads no faster than that.
+        """
+        while True:
+            parsed = self._parse()
+            if parsed is not None:
+                return parsed
+            if not await self._fill(chunk):
+                return None
+            if pace:
+                await trio.sleep(chunk / pace)
+
+    def _parse(self) -> tuple[int, bytes] | None:
+        buf = self.buffer
+        if len(buf) < 2:
+            return None
+        opcode, length, offset = buf[0] & 0x0F, buf[1] & 0x7F, 2
+        if length == 126:
+            if len(buf) < 4:
+                return None
+            (length,) = struct.unpack(">H", buf[2:4])
+            offset = 4
+        elif length == 127:
+            if len(buf) < 10:
+                return None
+            (length,) = struct.unpack(">Q", buf[2:10])
+            offset = 10
+        if len(buf) < offset + length:
+            return None
+        payload = bytes(buf[offset : offset + length])
+        del buf[: offset + length]
+        return opcode, payload
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
