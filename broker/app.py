@@ -55,12 +55,14 @@ class Broker:
             )
             for endpoint in self.ingest_endpoints:
                 log.info("ingest bound on %s", endpoint)
+            listeners = await self.server.listen()
+            self.port = self.server.port
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
                     ingest.run_ingest, socket, self.hub, self.ingest_stats,
                     self.config.ingest.max_frame_bytes, name="ingest",
                 )  # fmt: skip
-                self.port = await nursery.start(self.server.serve)
                 nursery.start_soon(self._show_offline, name="offline-monitor")
                 supervised = [camera for camera in self.config.cameras if camera.supervised]
                 if supervised:

@@ -39,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         trio.run(serve, config, args.log_level)
-    except (OSError, zmq.ZMQError) as exc:
-        log.error("cannot start: %s", exc)
+    except BaseExceptionGroup as group:
+        startup, other = group.split((OSError, zmq.ZMQError))
+        if startup is None or other is not None:
+            raise
+        while isinstance(startup, BaseExceptionGroup):
+            startup = startup.exceptions[0]
+        log.error("cannot start: %s", startup)
         return 1
     return 0
 

@@ -61,15 +61,19 @@ class Server:
         self.http_errors: Counter[int] = Counter()
         self.slow_disconnects = 0
         self.started_at = time.monotonic()
+        self.port = 0
         self._complaints = RateLimitedLog(log)
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on ``server.listen`` until cancelled; reports the port bound."""
+    async def listen(self) -> list[trio.SocketListener]:
+        """Bind ``server.listen``; raises OSError (port in use, say) before anything starts."""
         server = self.config.server
         listeners = await trio.open_tcp_listeners(server.port, host=server.host or None)
-        port = listeners[0].socket.getsockname()[1]
-        log.info("listening on http://%s:%d/", server.host, port)
-        task_status.started(port)
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("listening on http://%s:%d/", server.host, self.port)
+        return listeners
+
+    async def serve(self, listeners: list[trio.SocketListener]) -> None:
+        """Serve HTTP and WebSocket on ``listeners`` until cancelled."""
         await trio.serve_listeners(self.handle_connection, listeners)
 
     # -- connections ---------------------------------------------------------

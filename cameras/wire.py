@@ -78,7 +78,9 @@ def encode(header: FrameHeader, payload: Buffer) -> list[Buffer]:
 def decode(parts: Sequence[Buffer], max_payload: int) -> tuple[FrameHeader, Buffer]:
     """Check and split one received message; the payload is returned uncopied."""
     if len(parts) != 3:
-        raise WireError("parts", f"expected 3 message parts (topic, header, payload), got {len(parts)}")
+        raise WireError(
+            "parts", f"expected 3 message parts (topic, header, payload), got {len(parts)}"
+        )
     raw_topic, raw_header, payload = parts
     if len(raw_header) > MAX_HEADER_BYTES:
         raise WireError("header", f"header of {len(raw_header)} bytes exceeds {MAX_HEADER_BYTES}")
@@ -145,7 +147,9 @@ def _check(header: FrameHeader) -> None:
     if header.seq < 0:
         raise WireError("field", f"seq must be >= 0, got {header.seq}")
     if not math.isfinite(header.captured_at) or header.captured_at < 0:
-        raise WireError("field", f"captured_at must be a finite time >= 0, got {header.captured_at}")
+        raise WireError(
+            "field", f"captured_at must be a finite time >= 0, got {header.captured_at}"
+        )
     for name in ("width", "height"):
         value = getattr(header, name)
         if not 1 <= value <= MAX_DIMENSION:

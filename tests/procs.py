@@ -1,0 +1,102 @@
+"""Real broker processes for end-to-end tests: started from a config file on a free
+port, waited for until /healthz answers, and always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 5) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+class BrokerProcess:
+    def __init__(self, config: Path, port: int | None = None, log: Path | None = None) -> None:
+        self.config = config
+        self.port = port or free_port()
+        self.log = log or config.with_suffix(".log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> BrokerProcess:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "broker", "run", str(self.config),
+                 "--listen", f"127.0.0.1:{self.port}", "--log-level", "debug"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                get_json(self.url + "/healthz", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"broker did not answer within {timeout} s:\n{self.logs()}")
+
+    def cameras(self) -> dict[str, dict]:
+        return {c["id"]: c for c in get_json(self.url + "/api/cameras")}
+
+    def wait_online(self, *camera_ids: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cameras = self.cameras()
+            if all(cameras[c]["online"] for c in camera_ids):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"cameras {camera_ids} not online:\n{self.logs()}")
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> BrokerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_config(tmp_path: Path, cameras: str, extra: str = "") -> Path:
+    path = tmp_path / "broker.toml"
+    path.write_text(f"[ingest]\nendpoints = []\noffline_after = 1.0\n{extra}\n{cameras}")
+    return path
+
+
+def synthetic_camera(camera_id: str, width: int, height: int, fps: float) -> str:
+    return (
+        f'[[cameras]]\nid = "{camera_id}"\nsource = "test-pattern"\n'
+        f"width = {width}\nheight = {height}\nfps = {fps}\n"
+    )

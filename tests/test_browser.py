@@ -1,0 +1,93 @@
+"""Headless Chromium doing what the Grafana Live Image Panel does: binaryType
+arraybuffer, a Blob and object URL per message on an <img>, the previous URL revoked,
+reconnect after a delay unless the close code is 1000."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from procs import BrokerProcess, synthetic_camera, write_config
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+PANEL = """
+<img id="img">
+<script>
+window.loaded = 0; window.received = 0; window.closes = [];
+let url = null;
+const img = document.getElementById("img");
+img.onload = () => { window.loaded += 1; };
+function connect() {
+  const ws = new WebSocket(WS_URL);
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (event) => {
+    if (typeof event.data === "string") return;
+    window.received += 1;
+    const next = URL.createObjectURL(new Blob([event.data], {type: "image/jpeg"}));
+    img.src = next;
+    if (url) URL.revokeObjectURL(url);
+    url = next;
+  };
+  ws.onclose = (event) => {
+    window.closes.push(event.code);
+    if (event.code !== 1000) setTimeout(connect, RECONNECT_MS);
+  };
+}
+connect();
+</script>
+"""
+
+
+@pytest.fixture
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+        )  # playwright gives it a fresh, temporary profile
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(20_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def open_panel(page, ws_url: str, reconnect_ms: int = 500) -> None:
+    page.set_content(
+        PANEL.replace("WS_URL", repr(ws_url)).replace("RECONNECT_MS", str(reconnect_ms))
+    )
+
+
+def wait_for_more_images(page, count: int) -> int:
+    page.wait_for_function(f"window.loaded >= {count}")
+    return page.evaluate("window.loaded")
+
+
+@pytest.mark.timeout(120)
+def test_panel_shows_live_frames_and_recovers_after_broker_restart(
+    tmp_path: Path, browser_page
+) -> None:
+    config = write_config(tmp_path, synthetic_camera("lobby", 640, 360, 10))
+    broker = BrokerProcess(config)
+    with broker:
+        broker.wait_online("lobby")
+        open_panel(browser_page, f"ws://127.0.0.1:{broker.port}/cameras/lobby")
+        loaded = wait_for_more_images(browser_page, 5)
+        assert browser_page.evaluate("document.getElementById('img').naturalWidth") == 640
+        wait_for_more_images(browser_page, loaded + 5)  # the count rises: live
+        assert broker.stop() == 0
+        browser_page.wait_for_function("window.closes.length >= 1")
+        assert browser_page.evaluate("window.closes[0]") == 1001
+        before = browser_page.evaluate("window.loaded")
+        broker.start()  # same port
+        broker.wait_online("lobby")
+        wait_for_more_images(browser_page, before + 5)  # reconnected by itself
