@@ -1,0 +1,214 @@
+"""camera-worker as a real process against a real ZMQ SUB socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from cameras import stamp, wire
+from cameras.encoding import encode
+from cameras.sources import use_passthrough
+from cameras.testpattern import TestPattern
+from cameras.worker import Backoff, late_slots
+
+
+@contextmanager
+def subscriber() -> Iterator[tuple[zmq.Socket, str]]:
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")
+    socket.setsockopt(zmq.RCVTIMEO, 10_000)
+    socket.bind("tcp://127.0.0.1:*")
+    try:
+        yield socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    finally:
+        context.destroy(linger=0)
+
+
+@contextmanager
+def worker(endpoint: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cameras.worker", "--broker", endpoint, "--camera-id", "cam", *args],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def frames(socket: zmq.Socket, count: int) -> list[tuple[wire.FrameHeader, bytes]]:
+    return [wire.decode(socket.recv_multipart(), 1 << 24) for _ in range(count)]  # type: ignore[misc]
+
+
+def decoded_size(payload: bytes) -> tuple[int, int]:
+    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    return image.shape[1], image.shape[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- pure parts -----------------------------------------------------------------
+
+
+def test_test_pattern_has_realistic_jpeg_sizes_and_moves() -> None:
+    pattern = TestPattern(1280, 720)
+    first, second = pattern.draw(0, 1000.0), pattern.draw(1, 1000.1)
+    size = len(encode(first, "jpeg", 80))
+    assert 100_000 <= size <= 200_000, size
+    assert np.mean(cv2.absdiff(first, second)) > 5
+
+
+@pytest.mark.parametrize("fmt", wire.FORMATS)
+def test_encode_each_format(fmt: str) -> None:
+    data = encode(TestPattern(64, 48).draw(0), fmt, 80)
+    assert wire.sniff_format(data) == fmt
+    assert decoded_size(data) == (64, 48)
+
+
+def test_passthrough_only_when_the_camera_gives_exactly_what_was_asked() -> None:
+    assert use_passthrough("jpeg", (1280, 720), (1280, 720), "MJPG")
+    assert use_passthrough("jpeg", None, (640, 480), "MJPG")
+    assert not use_passthrough("jpeg", (1280, 720), (640, 480), "MJPG")
+    assert not use_passthrough("png", None, (640, 480), "MJPG")
+    assert not use_passthrough("jpeg", None, (640, 480), "YUYV")
+
+
+def test_pacing_drops_late_slots_and_backoff_doubles_to_a_cap() -> None:
+    assert late_slots(1.0, 1.05, 0.1) == 0
+    assert late_slots(1.35, 1.0, 0.1) == 3
+    backoff = Backoff(1, 8)
+    assert [backoff.next() for _ in range(5)] == [1, 2, 4, 8, 8]
+    backoff.reset()
+    assert backoff.next() == 1
+
+
+# -- real processes ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_test_pattern_worker_publishes_stamped_frames_at_the_requested_rate() -> None:
+    with (
+        subscriber() as (socket, endpoint),
+        worker(
+            endpoint, "--source", "test-pattern", "--width", "320", "--height", "240", "--fps", "10"
+        ),
+    ):
+        frames(socket, 2)  # connected
+        started = time.monotonic()
+        received = frames(socket, 20)
+        rate = 20 / (time.monotonic() - started)
+        assert 7 <= rate <= 13, rate
+        seqs = [header.seq for header, _ in received]
+        assert seqs == sorted(set(seqs))
+        for header, payload in received:
+            assert (header.camera, header.format, header.width, header.height) == (
+                "cam",
+                "jpeg",
+                320,
+                240,
+            )
+            assert decoded_size(payload) == (320, 240)
+            seq, captured_at = stamp.read(payload)
+            assert seq == header.seq and captured_at == pytest.approx(header.captured_at, abs=1e-6)
+
+
+@pytest.mark.timeout(30)
+def test_png_output() -> None:
+    with (
+        subscriber() as (socket, endpoint),
+        worker(
+            endpoint,
+            "--source",
+            "test-pattern",
+            "--width",
+            "160",
+            "--height",
+            "120",
+            "--format",
+            "png",
+        ),
+    ):
+        header, payload = frames(socket, 1)[0]
+        assert header.format == "png" and wire.sniff_format(payload) == "png"
+
+
+@pytest.mark.timeout(30)
+def test_video_file_loops_and_folder_cycles(tmp_path: Path) -> None:
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20, (160, 120))
+    pattern = TestPattern(160, 120)
+    for seq in range(10):
+        writer.write(pattern.draw(seq))
+    writer.release()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seq in range(3):
+        cv2.imwrite(str(folder / f"{seq}.png"), pattern.draw(seq))
+    for source, size in ((video, (160, 120)), (folder, (80, 60))):
+        args = ["--source", str(source), "--fps", "30"]
+        if size == (80, 60):
+            args += ["--width", "80", "--height", "60"]  # resized to what was asked
+        with subscriber() as (socket, endpoint), worker(endpoint, *args):
+            received = frames(socket, 25)  # more than the clip has: it loops
+            assert all(decoded_size(payload) == size for _, payload in received)
+
+
+@pytest.mark.timeout(30)
+def test_missing_device_is_retried_with_backoff_without_spinning() -> None:
+    with subscriber() as (_, endpoint), worker(endpoint, "--device", "/dev/video99") as process:
+        time.sleep(1.0)
+        cpu_before = cpu_seconds(process.pid)
+        time.sleep(3.0)
+        assert cpu_seconds(process.pid) - cpu_before < 0.3  # under 10% of a core
+        assert process.poll() is None  # still running, not a crash loop
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(5) == 0
+        assert time.monotonic() - started < 2
+        log = process.stderr.read().decode()
+        assert "cannot open device /dev/video99; retrying in 1 s" in log
+        assert "retrying in 2 s" in log
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_worker_cleanly(signum: int) -> None:
+    with (
+        subscriber() as (socket, endpoint),
+        worker(
+            endpoint, "--source", "test-pattern", "--width", "320", "--height", "240"
+        ) as process,
+    ):
+        frames(socket, 2)
+        process.send_signal(signum)
+        started = time.monotonic()
+        assert process.wait(5) == 0
+        assert time.monotonic() - started < 2
+
+
+def test_bad_arguments_are_refused() -> None:
+    for args in (["--source", "test-pattern", "--quality", "101"], ["--fps", "0", "--source", "x"],
+                 ["--source", "a", "--device", "b"], ["--source", "test-pattern", "--width", "10"]):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "cameras.worker", "--broker", "tcp://127.0.0.1:1", "--camera-id", "c", *args],
+            capture_output=True, timeout=20,
+        )  # fmt: skip
+        assert result.returncode == 2, args
