@@ -88,8 +88,8 @@ class Worker:
             if now - reported_at >= DROP_REPORT_INTERVAL:
                 if self.dropped > dropped_at_report:
                     log.warning(
-                        "camera %s: capture+encode cannot keep up with %g fps (%.0f ms per "
-                        "frame); dropped %d frames in the last %.0f s", self.camera, self.fps,
+                        "camera %s: fell behind %g fps (the last frame took %.0f ms to "
+                        "capture and encode); dropped %d frames in the last %.0f s", self.camera, self.fps,
                         work * 1000, self.dropped - dropped_at_report, now - reported_at,
                     )  # fmt: skip
                 reported_at, dropped_at_report = now, self.dropped
