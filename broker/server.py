@@ -240,6 +240,7 @@ class Server:
             return
         raw = request_bytes(request, conn.trailing_data[0])
         async with trio.open_nursery() as nursery:
+            ws_request = ws = None
             with trio.move_on_after(self.config.server.header_timeout):
                 ws_request = await wrap_server_stream(
                     nursery,

@@ -91,7 +91,7 @@ def decode(parts: Sequence[Buffer], max_payload: int) -> tuple[FrameHeader, Buff
     if not isinstance(fields, dict):
         raise WireError("header", f"header must be a msgpack map, got {type(fields).__name__}")
     version = fields.get("version")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise WireError(
             "version", f"unsupported protocol version {version!r}, expected {PROTOCOL_VERSION}"
         )
@@ -103,7 +103,7 @@ def decode(parts: Sequence[Buffer], max_payload: int) -> tuple[FrameHeader, Buff
         height=_field(fields, "height", int),
         format=_field(fields, "format", str),
     )
-    unknown = sorted(set(fields) - _HEADER_KEYS)
+    unknown = sorted(set(fields) - _HEADER_KEYS, key=repr)
     if unknown:
         raise WireError("field", f"unknown header field(s): {', '.join(map(str, unknown))}")
     _check(header)

@@ -3,6 +3,7 @@ one exact ``reason`` per kind of malformed message."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -158,7 +159,7 @@ header_values = st.one_of(
     st.floats(),
     st.text(max_size=8),
     st.binary(max_size=8),
-    st.lists(st.integers(), max_size=2),
+    st.lists(st.integers(-(2**63), 2**64 - 1), max_size=2),
 )
 
 
@@ -174,10 +175,8 @@ def test_hostile_header_maps_raise_only_wire_error(
     """Near-valid header maps, with wrong values and extra str or bytes keys."""
     fields = {**VALID_FIELDS, **changes, **extra}
     parts = [b"cam1\x00", msgpack.packb(fields), MAGIC["jpeg"]]
-    try:
+    with contextlib.suppress(WireError):
         wire.decode(parts, 1000)
-    except WireError:
-        pass
 
 
 def bad_header_cases() -> list[Any]:
@@ -229,7 +228,7 @@ def bad_header_cases() -> list[Any]:
             "field",
             "'camera' must be str, got bytes",
         ),
-        ("format None-like", message(format=[]), "field", "'format' must be str, got list"),
+        ("format a list", message(format=[]), "field", "'format' must be str, got list"),
         ("negative seq", message(seq=-1), "field", "seq must be >= 0, got -1"),
         (
             "nan captured_at",
