@@ -4,12 +4,14 @@ reconnect after a delay unless the close code is 1000."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from procs import BrokerProcess, synthetic_camera, write_config
+from procs import BrokerProcess
 
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -72,17 +74,26 @@ def wait_for_more_images(page, count: int) -> int:
     return page.evaluate("window.loaded")
 
 
+def demo_config(tmp_path: Path) -> Path:
+    """config/demo.toml, but taking no fixed ingest port (tests may run beside a demo)."""
+    text = (ROOT / "config" / "demo.toml").read_text()
+    text = re.sub(r"(?m)^endpoints = .*$", "endpoints = []", text)
+    assert "endpoints = []" in text
+    path = tmp_path / "demo.toml"
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.timeout(120)
 def test_panel_shows_live_frames_and_recovers_after_broker_restart(
     tmp_path: Path, browser_page
 ) -> None:
-    config = write_config(tmp_path, synthetic_camera("lobby", 640, 360, 10))
-    broker = BrokerProcess(config)
+    broker = BrokerProcess(demo_config(tmp_path))
     with broker:
-        broker.wait_online("lobby")
+        broker.wait_online("lobby", "yard", "garage", "desk")
         open_panel(browser_page, f"ws://127.0.0.1:{broker.port}/cameras/lobby")
         loaded = wait_for_more_images(browser_page, 5)
-        assert browser_page.evaluate("document.getElementById('img').naturalWidth") == 640
+        assert browser_page.evaluate("document.getElementById('img').naturalWidth") == 1280
         wait_for_more_images(browser_page, loaded + 5)  # the count rises: live
         assert broker.stop() == 0
         browser_page.wait_for_function("window.closes.length >= 1")
@@ -91,3 +102,20 @@ def test_panel_shows_live_frames_and_recovers_after_broker_restart(
         broker.start()  # same port
         broker.wait_online("lobby")
         wait_for_more_images(browser_page, before + 5)  # reconnected by itself
+
+
+@pytest.mark.timeout(120)
+def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, browser_page) -> None:
+    with BrokerProcess(demo_config(tmp_path)) as broker:
+        broker.wait_online("lobby", "yard", "garage", "desk")
+        browser_page.goto(broker.url + "/")
+        browser_page.wait_for_function(
+            "document.querySelectorAll('.tile img').length === 4 && "
+            "[...document.querySelectorAll('.tile img')].every((img) => img.naturalWidth > 0) && "
+            "document.querySelectorAll('.dot.live').length === 4"
+        )
+        sizes = browser_page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('.tile')].map("
+            "(t) => [t.dataset.camera, t.querySelector('img').naturalWidth]))"
+        )
+        assert sizes == {"lobby": 1280, "yard": 640, "garage": 1920, "desk": 320}
