@@ -89,8 +89,9 @@ class Worker:
                 if self.dropped > dropped_at_report:
                     log.warning(
                         "camera %s: fell behind %g fps (the last frame took %.0f ms to "
-                        "capture and encode); dropped %d frames in the last %.0f s", self.camera, self.fps,
-                        work * 1000, self.dropped - dropped_at_report, now - reported_at,
+                        "capture and encode); dropped %d frames in the last %.0f s",
+                        self.camera, self.fps, work * 1000, self.dropped - dropped_at_report,
+                        now - reported_at,
                     )  # fmt: skip
                 reported_at, dropped_at_report = now, self.dropped
             stop.wait(max(0.0, next_due - time.monotonic()))
