@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
@@ -56,6 +57,7 @@ def h11_response(response: Response, *, head_only: bool = False) -> tuple[h11.Re
         ("cache-control", "no-store"),
         *response.headers,
     ]
-    return h11.Response(status_code=response.status, headers=headers), (
+    reason = HTTPStatus(response.status).phrase.encode()
+    return h11.Response(status_code=response.status, headers=headers, reason=reason), (
         b"" if head_only else response.body
     )

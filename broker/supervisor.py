@@ -87,6 +87,9 @@ class Supervisor:
         run = functools.partial(
             trio.run_process, command, check=False, stdin=subprocess.DEVNULL,
             deliver_cancel=terminate_then_kill(self.settings.stop_grace),
+            # Its own session: a Ctrl-C in the terminal reaches the broker only, which
+            # then stops its workers in order instead of racing them.
+            start_new_session=True,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(run)
