@@ -25,9 +25,9 @@ class TestPattern:
         big_w, big_h = width * 2, height
         coarse = rng.integers(0, 256, (max(2, big_h // 16), max(2, big_w // 16), 3), np.uint8)
         texture = cv2.resize(coarse, (big_w, big_h), interpolation=cv2.INTER_CUBIC)
-        grain = rng.integers(0, 6, (big_h, big_w, 3), np.uint8)
+        grain = rng.integers(0, 14, (big_h, big_w, 3), np.uint8)
         self._texture = cv2.add(texture, grain)
-        self._scale = max(0.4, height / 720 * 1.2)
+        self._scale = max(0.4, height / 720 * 2.0)
 
     def draw(self, seq: int, now: float | None = None) -> np.ndarray:
         now = time.time() if now is None else now
@@ -37,6 +37,8 @@ class TestPattern:
         centre = (int(w / 2 + w / 3 * math.cos(seq / 15)), int(h / 2 + h / 3 * math.sin(seq / 10)))
         cv2.circle(frame, centre, max(4, h // 10), (40, 200, 250), -1, cv2.LINE_AA)
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        # A dark band keeps the text readable on the busy texture.
+        cv2.rectangle(frame, (0, 0), (w, int(h * 0.3)), (30, 30, 30), -1)
         for text, y in ((f"frame {seq}", 0.12), (stamp, 0.24)):
             origin = (int(w * 0.04), int(h * y))
             cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, self._scale, (0, 0, 0),

@@ -25,7 +25,7 @@ function tile(camera) {
 function stampTime(bytes) {
   const head = new TextDecoder("latin1").decode(bytes.subarray(0, 512));
   const at = head.indexOf("CB1 seq=");
-  return at < 0 ? null : parseFloat(head.substring(at + 30, at + 51));
+  return at < 0 ? null : parseFloat(head.substring(at + 31, at + 52));
 }
 
 function connect(id, t) {
