@@ -41,8 +41,6 @@ class TestPattern:
         cv2.rectangle(frame, (0, 0), (w, int(h * 0.3)), (30, 30, 30), -1)
         for text, y in ((f"frame {seq}", 0.12), (stamp, 0.24)):
             origin = (int(w * 0.04), int(h * y))
-            cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, self._scale, (0, 0, 0),
-                        max(2, int(self._scale * 6)), cv2.LINE_AA)  # fmt: skip
             cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, self._scale,
                         (255, 255, 255), max(1, int(self._scale * 2)), cv2.LINE_AA)  # fmt: skip
         return frame
