@@ -20,6 +20,7 @@ from broker import ingest, nodata
 from broker.config import Config
 from broker.frames import Frame
 from broker.hub import CameraInfo, Hub
+from broker.metrics import Metrics
 from broker.server import Server
 from broker.supervisor import Supervisor
 
@@ -38,8 +39,9 @@ class Broker:
             accept_unknown=config.ingest.accept_unknown_cameras,
         )
         self.ingest_stats = ingest.IngestStats()
-        self.server = Server(config, self.hub, self.health)
         self.supervisor: Supervisor | None = None
+        self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts)
+        self.server = Server(config, self.hub, self.health, self.metrics.exposition)
         self.port = 0
         self.ingest_endpoints: list[str] = []
         self.started_at = time.monotonic()
@@ -61,7 +63,7 @@ class Broker:
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
                     ingest.run_ingest, socket, self.hub, self.ingest_stats,
-                    self.config.ingest.max_frame_bytes, name="ingest",
+                    self.config.ingest.max_frame_bytes, self.observe_latency, name="ingest",
                 )  # fmt: skip
                 nursery.start_soon(self._show_offline, name="offline-monitor")
                 supervised = [camera for camera in self.config.cameras if camera.supervised]
@@ -93,6 +95,12 @@ class Broker:
                 ))  # fmt: skip
             await trio.sleep(PLACEHOLDER_INTERVAL)
 
+    def observe_latency(self, camera_id: str, seconds: float) -> None:
+        self.metrics.latency.labels(camera_id).observe(seconds)
+
+    def worker_restarts(self) -> dict[str, int]:
+        return dict(self.supervisor.restarts) if self.supervisor else {}
+
     def health(self) -> dict[str, object]:
         cameras = self.hub.cameras.values()
         return {
@@ -104,5 +112,5 @@ class Broker:
             "ingest": self.ingest_stats.as_dict(),
             "http_errors": {str(code): n for code, n in self.server.http_errors.items()},
             "slow_client_disconnects": self.server.slow_disconnects,
-            "worker_restarts": dict(self.supervisor.restarts) if self.supervisor else {},
+            "worker_restarts": self.worker_restarts(),
         }

@@ -1,4 +1,5 @@
-"""The ``broker`` command: ``broker run CONFIG`` and ``broker check CONFIG``."""
+"""The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG`` and
+``broker grafana CONFIG``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import trio
 import zmq
 
 from broker import config as configuration
+from broker import grafana
 from broker.app import Broker
 
 log = logging.getLogger("broker")
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print("ok")
         return 0
+    if args.command == "grafana":
+        return grafana.run(config, args.public_url, args.out)
     if args.listen:
         try:
             config = configuration.from_dict(_with_listen(args.config, args.listen))
@@ -91,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     check = commands.add_parser("check", help="validate a config: prints ok or every error")
     check.add_argument("config")
+    dashboards = commands.add_parser("grafana", help="write Grafana dashboards for a config")
+    dashboards.add_argument("config")
+    dashboards.add_argument(
+        "--public-url", required=True, help="the broker as browsers reach it: http://HOST:8765"
+    )
+    dashboards.add_argument("--out", required=True, metavar="DIR", help="output folder")
     return root
 
 

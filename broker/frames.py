@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass, field
 
 Buffer = bytes | bytearray | memoryview
+MJPEG_BOUNDARY = "camera-broker-frame"
 
 
 def websocket_binary_header(length: int) -> bytes:
@@ -37,6 +38,7 @@ class Frame:
     received_at: float  # time.monotonic() when the broker received it
     placeholder: bool = False  # a generated "No Data" image, not from the camera
     _websocket_message: bytes | None = field(default=None, repr=False)
+    _mjpeg_part: bytes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -47,3 +49,13 @@ class Frame:
         if self._websocket_message is None:
             self._websocket_message = websocket_binary_header(len(self.data)) + self.data
         return self._websocket_message
+
+    def mjpeg_part(self) -> bytes:
+        """This frame as one part of a ``multipart/x-mixed-replace`` stream, built on first use."""
+        if self._mjpeg_part is None:
+            head = (
+                f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/{self.format}\r\n"
+                f"Content-Length: {len(self.data)}\r\n\r\n"
+            ).encode()
+            self._mjpeg_part = head + self.data + b"\r\n"
+        return self._mjpeg_part

@@ -49,14 +49,18 @@ class RateMeter:
 class Subscriber:
     """One client's interest in one camera, with its own drop-oldest queue."""
 
-    __slots__ = ("_ready", "bytes_sent", "camera", "client", "connected_at", "queue", "sent")
+    __slots__ = (
+        "_ready", "bytes_sent", "camera", "client", "connected_at", "kind", "lag", "queue", "sent",
+    )  # fmt: skip
 
-    def __init__(self, camera: Camera, client: str, depth: int) -> None:
+    def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
         self.camera = camera
         self.client = client
+        self.kind = kind  # which output: websocket, mjpeg
         self.queue: DropOldestQueue[Frame] = DropOldestQueue(depth)
         self.sent = 0
         self.bytes_sent = 0
+        self.lag = 0.0  # seconds from the broker receiving the last frame sent to its delivery
         self.connected_at = time.monotonic()
         self._ready = trio.Event()
 
@@ -80,6 +84,19 @@ class Subscriber:
     def delivered(self, frame: Frame) -> None:
         self.sent += 1
         self.bytes_sent += frame.size
+        self.lag = time.monotonic() - frame.received_at
+
+    def stats(self, now: float) -> dict[str, object]:
+        return {
+            "client": self.client,
+            "kind": self.kind,
+            "frames_sent": self.sent,
+            "frames_dropped": self.dropped,
+            "bytes_sent": self.bytes_sent,
+            "queue_depth": len(self.queue),
+            "lag_ms": round(self.lag * 1000, 1),
+            "connected_s": round(now - self.connected_at, 1),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +113,7 @@ class CameraInfo:
 
 class Camera:
     __slots__ = (
+        "departed",
         "frames_received",
         "info",
         "last_frame_at",
@@ -115,10 +133,21 @@ class Camera:
         self.online = False
         self.rate = RateMeter()
         self.subscribers: set[Subscriber] = set()
+        self.departed = [0, 0, 0]  # frames sent, dropped, bytes sent of subscribers gone
 
     @property
     def id(self) -> str:
         return self.info.id
+
+    def delivery_totals(self) -> tuple[int, int, int]:
+        """Frames sent, frames dropped and bytes sent to all clients ever, summed on demand
+        so that the hot path counts nothing twice."""
+        sent, dropped, sent_bytes = self.departed
+        for subscriber in self.subscribers:
+            sent += subscriber.sent
+            dropped += subscriber.dropped
+            sent_bytes += subscriber.bytes_sent
+        return sent, dropped, sent_bytes
 
     @property
     def size(self) -> tuple[int, int]:
@@ -220,10 +249,12 @@ class Hub:
                 offline.append(camera)
         return offline
 
-    def subscribe(self, camera_id: str, client: str, depth: int) -> Subscriber:
+    def subscribe(
+        self, camera_id: str, client: str, depth: int, kind: str = "websocket"
+    ) -> Subscriber:
         """A new subscriber, given the latest frame at once if it is fresh."""
         camera = self.camera(camera_id)
-        subscriber = Subscriber(camera, client, depth)
+        subscriber = Subscriber(camera, client, depth, kind)
         camera.subscribers.add(subscriber)
         fresh = camera.last_frame_at is not None and (
             self.clock() - camera.last_frame_at < self.offline_after
@@ -235,7 +266,12 @@ class Hub:
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        subscriber.camera.subscribers.discard(subscriber)
+        camera = subscriber.camera
+        if subscriber in camera.subscribers:
+            camera.subscribers.discard(subscriber)
+            camera.departed[0] += subscriber.sent
+            camera.departed[1] += subscriber.dropped
+            camera.departed[2] += subscriber.bytes_sent
         subscriber.queue.clear()  # free the frames it held
 
     @property

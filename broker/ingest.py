@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zmq
 
@@ -55,6 +55,7 @@ async def run_ingest(
     hub: Hub,
     stats: IngestStats,
     max_frame_bytes: int,
+    observe_latency: Callable[[str, float], None] | None = None,
 ) -> None:
     """Receive frames until cancelled; closes ``socket`` on the way out."""
     receiver = TrioReceiver(socket)
@@ -94,5 +95,7 @@ async def run_ingest(
                 continue
             stats.frames += 1
             stats.bytes += len(payload)
+            if observe_latency is not None:
+                observe_latency(header.camera, time.time() - header.captured_at)
     finally:
         receiver.close()

@@ -8,19 +8,23 @@ nursery; nothing a client does, or fails to do, can hold another client up.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import h11
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
+from broker import nodata
 from broker.config import Config
+from broker.frames import MJPEG_BOUNDARY, Frame
 from broker.http import Response, Target, error, h11_response, json_response, parse_target
 from broker.hub import Hub, Subscriber, UnknownCamera
 from broker.ratelimit import RateLimitedLog
@@ -40,6 +44,15 @@ MAX_INCOMING_WS_MESSAGE = 64 * 1024
 # seconds behind on frames the kernel already accepted, whatever our queue drops.
 NOTSENT_LOWAT = 64 * 1024
 STATIC_FILES = {"/": "index.html", "/viewer.js": "viewer.js", "/viewer.css": "viewer.css"}
+JSON_ROUTES = ("/healthz", "/api/cameras", "/api/stats")
+CAMERA_OUTPUTS = {"snapshot.jpg": "snapshot", "mjpeg": "mjpeg"}
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MJPEG_HEAD = (
+    "HTTP/1.1 200 OK\r\n"
+    f"Content-Type: multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}\r\n"
+    "Cache-Control: no-store\r\n"
+    "Connection: close\r\n\r\n"  # the body ends when the connection does
+).encode()
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -54,7 +67,14 @@ class BadRequest(Exception):
 
 
 class Server:
-    def __init__(self, config: Config, hub: Hub, health: Callable[[], dict[str, object]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hub: Hub,
+        health: Callable[[], dict[str, object]],
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.config = config
         self.hub = hub
         self.health = health
@@ -95,7 +115,7 @@ class Server:
                 if is_websocket_upgrade(request):
                     await self._websocket(stream, conn, request, client)
                     return
-                await self._answer(stream, conn, request)
+                await self._answer(stream, conn, request, client)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
@@ -147,7 +167,7 @@ class Server:
             await stream.send_all(data)
 
     async def _answer(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
     ) -> None:
         # Requests we serve carry no body; drain a small one, refuse a large one.
         size = 0
@@ -167,7 +187,18 @@ class Server:
                 continue
             break
         method = request.method.decode("ascii", "replace")
-        response = self.route(method, parse_target(request.target))
+        target = parse_target(request.target)
+        camera_id, output = camera_path(target.path)
+        if output == "mjpeg" and method in ("GET", "HEAD") and camera_id in self.hub.cameras:
+            try:
+                max_fps = fps_cap(target)
+            except BadRequest as bad:
+                response = bad.response
+            else:
+                await self._mjpeg(stream, camera_id, max_fps, client, head_only=method == "HEAD")
+                raise trio.ClosedResourceError  # the stream is over: close the connection
+        else:
+            response = await self.route(method, target)
         if response.status >= 400:
             self._count(response.status)
         await self._send(stream, conn, response, head_only=method == "HEAD")
@@ -177,55 +208,102 @@ class Server:
 
     # -- routes ----------------------------------------------------------------
 
-    def route(self, method: str, target: Target) -> Response:
+    async def route(self, method: str, target: Target) -> Response:
         path = target.path
-        if path in STATIC_FILES or path in ("/healthz", "/api/cameras"):
-            if method not in ("GET", "HEAD"):
-                return error(
-                    405,
-                    "method_not_allowed",
-                    f"{method} is not allowed on {path}",
-                    allow="GET, HEAD",
-                )
-            if path == "/healthz":
-                return json_response(self.health())
-            if path == "/api/cameras":
-                now = time.monotonic()
-                return json_response([c.summary(now) for c in self.hub.cameras.values()])
+        camera_id, output = camera_path(path)
+        known = path in STATIC_FILES or path in JSON_ROUTES or path == "/metrics" or output
+        if not known:
+            return error(404, "not_found", f"nothing at {path}")
+        if method not in ("GET", "HEAD"):
+            return error(405, "method_not_allowed", f"{method} is not allowed on {path}",
+                         allow="GET, HEAD")  # fmt: skip
+        if output and camera_id not in self.hub.cameras:
+            return error(404, "unknown_camera", f"no camera {camera_id!r}")
+        if output == "websocket":
+            return error(426, "upgrade_required",
+                         f"{path} is a WebSocket endpoint: connect with ws://",
+                         upgrade="websocket")  # fmt: skip
+        if output == "snapshot":
+            return await self.snapshot(camera_id)
+        if path == "/metrics" and self.metrics is not None:
+            return Response(200, self.metrics(), METRICS_TYPE)
+        if path == "/healthz":
+            return json_response(self.health())
+        if path == "/api/cameras":
+            now = time.monotonic()
+            return json_response([c.summary(now) for c in self.hub.cameras.values()])
+        if path == "/api/stats":
+            return json_response(self.stats())
+        if path in STATIC_FILES:
             return static(STATIC_FILES[path])
-        if path.startswith("/cameras/"):
-            return error(
-                426,
-                "upgrade_required",
-                f"{path} is a WebSocket endpoint: connect with ws://",
-                upgrade="websocket",
-            )
         return error(404, "not_found", f"nothing at {path}")
+
+    def stats(self) -> dict[str, object]:
+        now = time.monotonic()
+        cameras = []
+        for camera in self.hub.cameras.values():
+            sent, dropped, sent_bytes = camera.delivery_totals()
+            cameras.append({
+                **camera.summary(now),
+                "frames_sent": sent, "frames_dropped": dropped, "bytes_sent": sent_bytes,
+                "subscribers": [s.stats(now) for s in camera.subscribers],
+            })  # fmt: skip
+        return {**self.health(), "cameras": cameras}
+
+    async def snapshot(self, camera_id: str) -> Response:
+        """The latest fresh frame, else the "No Data" image."""
+        camera = self.hub.camera(camera_id)
+        now = time.monotonic()
+        frame = camera.latest
+        if frame is not None and camera.online:
+            age = round((now - frame.received_at) * 1000)
+            headers = [("x-frame-seq", str(frame.seq)), ("x-frame-age-ms", str(age)),
+                       ("x-frame-captured-at", f"{frame.captured_at:.6f}")]  # fmt: skip
+            return Response(200, bytes(frame.data), f"image/{frame.format}", headers)
+        width, height = camera.size
+        silent = None if camera.last_frame_at is None else now - camera.last_frame_at
+        image = await trio.to_thread.run_sync(
+            nodata.render, camera.info.name, width, height, silent
+        )
+        return Response(200, image, "image/jpeg", [("x-camera-online", "false")])
 
     def _stream_target(self, target: Target) -> tuple[str, float | None]:
         """The camera and fps cap an upgrade request asks for, or BadRequest."""
+        camera_id, output = camera_path(target.path)
         if target.path == "/":
             camera_id = self.config.default_camera
             if camera_id is None:
                 raise BadRequest(error(404, "no_camera", "no camera is configured"))
-        elif target.path.startswith("/cameras/") and target.path.count("/") == 2:
-            camera_id = target.path.removeprefix("/cameras/")
-        else:
+        elif output != "websocket":
             raise BadRequest(error(404, "not_found", f"no WebSocket endpoint at {target.path}"))
         if camera_id not in self.hub.cameras:
             raise BadRequest(error(404, "unknown_camera", f"no camera {camera_id!r}"))
-        fps = target.param("fps")
-        if fps is None:
-            return camera_id, None
+        return camera_id, fps_cap(target)
+
+    # -- MJPEG ---------------------------------------------------------------
+
+    async def _mjpeg(self, stream: trio.SocketStream, camera_id: str, max_fps: float | None,
+                     client: str, head_only: bool) -> None:  # fmt: skip
+        """``multipart/x-mixed-replace`` until the client leaves: one shared, pre-built part
+        per frame, through the same drop-oldest queue and send timeout as WebSocket."""
+        with trio.move_on_after(self.config.server.send_timeout):
+            await stream.send_all(MJPEG_HEAD)
+        if head_only:
+            return
+        subscriber = self.hub.subscribe(camera_id, client, self.config.server.queue_depth, "mjpeg")
+        log.info("client %s: watching camera %s over MJPEG", client, camera_id)
         try:
-            max_fps = float(fps)
-        except ValueError:
-            max_fps = math.nan
-        if not 0 < max_fps <= 1000:
-            raise BadRequest(
-                error(400, "bad_fps", f"fps must be a number above 0 and at most 1000, got {fps!r}")
-            )
-        return camera_id, max_fps
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_eof, stream, nursery.cancel_scope)
+                await self._send_frames(stream.send_all, stream, subscriber, max_fps,
+                                        Frame.mjpeg_part)  # fmt: skip
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.hub.unsubscribe(subscriber)
+            log.info("client %s: left camera %s (sent %d frames, dropped %d)", client,
+                     camera_id, subscriber.sent, subscriber.dropped)  # fmt: skip
 
     # -- WebSocket camera streams -------------------------------------------
 
@@ -274,7 +352,10 @@ class Server:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
             try:
-                await self._send_frames(ws, subscriber, max_fps)
+                await self._send_frames(
+                    functools.partial(send_prebuilt, ws), ws._stream, subscriber, max_fps,
+                    Frame.websocket_message,
+                )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away
             except trio.Cancelled:
@@ -284,8 +365,14 @@ class Server:
             nursery.cancel_scope.cancel()
 
     async def _send_frames(
-        self, ws: WebSocketConnection, subscriber: Subscriber, max_fps: float | None
+        self,
+        write: Callable[[bytes], Awaitable[None]],
+        stream: trio.abc.Stream,
+        subscriber: Subscriber,
+        max_fps: float | None,
+        message: Callable[[Frame], bytes],
     ) -> None:
+        """Feed one client from its queue; on a send timeout abort ``stream`` and return."""
         send_timeout = self.config.server.send_timeout
         interval = 1 / max_fps if max_fps else 0.0
         next_due = 0.0
@@ -295,7 +382,7 @@ class Server:
             frame = await subscriber.next_frame(newest=bool(interval))
             next_due = max(next_due + interval, trio.current_time())
             with trio.move_on_after(send_timeout) as timer:
-                await send_prebuilt(ws, frame.websocket_message())
+                await write(message(frame))
             if timer.cancelled_caught:
                 # Part of a frame may be on the wire: the connection cannot be reused.
                 self.slow_disconnects += 1
@@ -308,7 +395,7 @@ class Server:
                     subscriber.sent,
                     subscriber.dropped,
                 )
-                await trio.aclose_forcefully(ws._stream)
+                await trio.aclose_forcefully(stream)
                 return
             subscriber.delivered(frame)
 
@@ -320,6 +407,41 @@ async def _until_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> Non
             await ws.get_message()
     except ConnectionClosed:
         scope.cancel()
+
+
+async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    """Ignore what an MJPEG client sends; when it closes, stop its stream."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while await stream.receive_some(4096):
+            pass
+    scope.cancel()
+
+
+def camera_path(path: str) -> tuple[str, str | None]:
+    """``/cameras/{id}[/output]`` → (id, "websocket" | "snapshot" | "mjpeg"), else ("", None)."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[1] != "cameras" or not parts[2]:
+        return "", None
+    if len(parts) == 3:
+        return parts[2], "websocket"
+    if len(parts) == 4 and parts[3] in CAMERA_OUTPUTS:
+        return parts[2], CAMERA_OUTPUTS[parts[3]]
+    return "", None
+
+
+def fps_cap(target: Target) -> float | None:
+    fps = target.param("fps")
+    if fps is None:
+        return None
+    try:
+        max_fps = float(fps)
+    except ValueError:
+        max_fps = math.nan
+    if not 0 < max_fps <= 1000:
+        raise BadRequest(
+            error(400, "bad_fps", f"fps must be a number above 0 and at most 1000, got {fps!r}")
+        )
+    return max_fps
 
 
 def static(name: str) -> Response:

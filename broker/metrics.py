@@ -1,0 +1,76 @@
+"""Prometheus exposition of the broker's state, read at scrape time.
+
+Counters that the hot path already keeps (per camera and per subscriber) are turned
+into metrics only when Prometheus asks, so serving frames pays nothing for them. The
+one metric observed per frame is the capture-to-ingest latency histogram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from broker.hub import Hub
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class BrokerCollector(Collector):
+    def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
+                 worker_restarts: Callable[[], Mapping[str, int]]) -> None:  # fmt: skip
+        self.hub = hub
+        self.ingest_errors = ingest_errors
+        self.worker_restarts = worker_restarts
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        received = counter("frames_received", "Frames received from the camera", "camera")
+        delivered = counter("frames_delivered", "Frames sent to clients", "camera")
+        dropped = counter("frames_dropped", "Frames dropped unseen by slow clients", "camera")
+        sent_bytes = counter("sent_bytes", "Image bytes sent to clients", "camera")
+        clients = gauge("clients", "Connected clients", "camera")
+        online = gauge("camera_online", "1 while the camera sends frames", "camera")
+        for camera in self.hub.cameras.values():
+            sent, drops, size = camera.delivery_totals()
+            received.add_metric([camera.id], camera.frames_received)
+            delivered.add_metric([camera.id], sent)
+            dropped.add_metric([camera.id], drops)
+            sent_bytes.add_metric([camera.id], size)
+            clients.add_metric([camera.id], len(camera.subscribers))
+            online.add_metric([camera.id], int(camera.online))
+        errors = counter("ingest_errors", "Malformed or refused ingest messages", "reason")
+        for reason, count in sorted(self.ingest_errors.items()):
+            errors.add_metric([reason], count)
+        restarts = counter("worker_restarts", "Camera worker restarts", "camera")
+        for camera_id, count in sorted(self.worker_restarts().items()):
+            restarts.add_metric([camera_id], count)
+        yield from (received, delivered, dropped, sent_bytes, clients, online, errors, restarts)
+
+
+PREFIX = "camera_broker_"
+
+
+def counter(name: str, documentation: str, label: str) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, documentation, labels=[label])
+
+
+def gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, labels=[label])
+
+
+class Metrics:
+    def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
+                 worker_restarts: Callable[[], Mapping[str, int]]) -> None:  # fmt: skip
+        self.registry = CollectorRegistry()
+        self.registry.register(BrokerCollector(hub, ingest_errors, worker_restarts))
+        self.latency = Histogram(
+            "camera_broker_latency_seconds",
+            "Capture to ingest latency (needs the worker's clock in sync with the broker's)",
+            ["camera"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

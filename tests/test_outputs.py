@@ -1,0 +1,159 @@
+"""HTTP outputs with real sockets: snapshot, MJPEG, /api/stats and /metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import trio
+from helpers import config, publisher, running_broker, sample_jpeg
+from prometheus_client.parser import text_string_to_metric_families
+from test_server import get, http
+from trio_websocket import open_websocket_url
+
+from cameras import stamp
+
+
+class MjpegReader:
+    """Reads a multipart/x-mixed-replace response part by part, at an optional pace."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    @classmethod
+    async def open(cls, port: int, path: str) -> tuple[MjpegReader, bytes]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reader = cls(stream)
+        while b"\r\n\r\n" not in reader.buffer:
+            reader.buffer += await stream.receive_some(65536)
+        head, _, rest = bytes(reader.buffer).partition(b"\r\n\r\n")
+        reader.buffer = bytearray(rest)
+        return reader, head
+
+    async def part(self, pace: float = 0.0) -> tuple[dict[str, str], bytes]:
+        while True:
+            if b"\r\n\r\n" in self.buffer:
+                head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                assert lines[0] == "--camera-broker-frame", lines
+                headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+                length = int(headers["content-length"])
+                if len(rest) >= length + 2:
+                    assert rest[length : length + 2] == b"\r\n"
+                    self.buffer = bytearray(rest[length + 2 :])
+                    return headers, rest[:length]
+            data = await self.stream.receive_some(16384)
+            if not data:
+                raise EOFError
+            self.buffer += data
+            if pace:
+                await trio.sleep(len(data) / pace)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def test_snapshot_is_the_latest_frame_or_no_data() -> None:
+    async with running_broker(config()) as broker:
+        status, headers, body = await http(broker.port, get("/cameras/a/snapshot.jpg"))
+        assert status == 200 and headers["x-camera-online"] == "false"
+        assert body[:2] == b"\xff\xd8" and stamp.read(body) is None  # "No Data"
+        assert headers["cache-control"] == "no-store"
+        async with publisher(broker) as pub:
+            pub.send("a", sample_jpeg(320, 240), 320, 240)
+            await trio.sleep(0.3)
+            status, headers, body = await http(broker.port, get("/cameras/a/snapshot.jpg"))
+        assert status == 200 and headers["content-type"] == "image/jpeg"
+        assert stamp.read(body)[0] == int(headers["x-frame-seq"]) == 0
+        assert 0 <= int(headers["x-frame-age-ms"]) < 1000
+        assert (await http(broker.port, get("/cameras/zz/snapshot.jpg")))[0] == 404
+        assert (await http(broker.port, get("/cameras/a/snapshot.jpg", "POST")))[0] == 405
+
+
+async def test_mjpeg_parts_carry_content_length_and_a_slow_reader_does_not_slow_a_fast_one() -> (
+    None
+):
+    fps = 15
+    async with (
+        running_broker(config()) as broker,
+        publisher(broker) as pub,
+        trio.open_nursery() as n,
+    ):
+        n.start_soon(pub.stream, "a", float(fps))
+        fast, head = await MjpegReader.open(broker.port, "/cameras/a/mjpeg")
+        slow, _ = await MjpegReader.open(broker.port, "/cameras/a/mjpeg")
+        assert b"multipart/x-mixed-replace; boundary=camera-broker-frame" in head
+        counts = {"fast": 0, "slow": 0}
+        lags: list[float] = []
+
+        async def read(name: str, reader: MjpegReader, pace: float) -> None:
+            while True:
+                headers, body = await reader.part(pace)
+                assert headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+                counts[name] += 1
+                if name == "slow":
+                    lags.append(time.time() - stamp.read(body)[1])
+
+        n.start_soon(read, "fast", fast, 0)
+        n.start_soon(read, "slow", slow, 500_000)
+        await trio.sleep(4)
+        assert counts["fast"] >= 0.9 * fps * 4, counts
+        assert 1 <= counts["slow"] < 0.9 * counts["fast"], counts
+        assert max(lags) < 1.5, lags
+        stats = json.loads((await http(broker.port, get("/api/stats")))[2])
+        (camera,) = stats["cameras"]
+        kinds = sorted(s["kind"] for s in camera["subscribers"])
+        assert kinds == ["mjpeg", "mjpeg"]
+        assert sum(s["frames_dropped"] for s in camera["subscribers"]) > 0
+        n.cancel_scope.cancel()
+    await fast.aclose()
+    await slow.aclose()
+
+
+async def test_mjpeg_fps_cap_and_head() -> None:
+    async with (
+        running_broker(config()) as broker,
+        publisher(broker) as pub,
+        trio.open_nursery() as n,
+    ):
+        n.start_soon(pub.stream, "a", 20.0, sample_jpeg(320, 240), 320, 240)
+        reader, _ = await MjpegReader.open(broker.port, "/cameras/a/mjpeg?fps=4")
+        await reader.part()
+        started = time.monotonic()
+        for _ in range(8):
+            await reader.part()
+        assert 1.6 <= time.monotonic() - started <= 2.6
+        await reader.aclose()
+        status, headers, body = await http(broker.port, get("/cameras/a/mjpeg", "HEAD"))
+        assert status == 200 and body == b""
+        assert headers["content-type"].startswith("multipart/x-mixed-replace")
+        assert (await http(broker.port, get("/cameras/a/mjpeg?fps=-1")))[0] == 400
+        n.cancel_scope.cancel()
+
+
+async def test_metrics_parse_and_count() -> None:
+    async with running_broker(config()) as broker, publisher(broker) as pub:
+        async with open_websocket_url(f"ws://127.0.0.1:{broker.port}/cameras/a") as ws:
+            for _ in range(5):
+                pub.send("a", sample_jpeg(320, 240), 320, 240)
+                await trio.sleep(0.05)
+            for _ in range(5):
+                await ws.get_message()
+            pub.send_raw([b"junk"])
+            await trio.sleep(0.2)
+            status, headers, body = await http(broker.port, get("/metrics"))
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+        camera = (("camera", "a"),)
+        assert samples[("camera_broker_frames_received_total", camera)] == 5
+        assert samples[("camera_broker_frames_delivered_total", camera)] == 5
+        assert samples[("camera_broker_clients", camera)] == 1
+        assert samples[("camera_broker_ingest_errors_total", (("reason", "parts"),))] == 1
+        assert samples[("camera_broker_latency_seconds_count", camera)] == 5
+        assert samples[("camera_broker_sent_bytes_total", camera)] > 0
