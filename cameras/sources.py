@@ -21,6 +21,9 @@ from cameras.testpattern import TestPattern
 log = logging.getLogger("camera-worker")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# FFmpeg's own default is 30 s: a stalled or silent URL would hold the worker (and a
+# SIGTERM) that long. Real cameras answer well within this.
+STREAM_TIMEOUT_MS = 5000
 
 
 class SourceError(Exception):
@@ -88,12 +91,18 @@ class CaptureSource(Source):
         self.description = ("device " if device else "") + target
         self.capture: cv2.VideoCapture | None = None
         self.passthrough = False
+        self.passthrough_refused = False  # the driver once gave non-JPEG bytes: decode
         self.delivered = (0, 0)
 
     def open(self) -> None:
         if self.device:
             index: int | str = int(self.target) if self.target.isdigit() else self.target
             capture = cv2.VideoCapture(index, cv2.CAP_V4L2)
+        elif "://" in self.target:
+            capture = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+            ])  # fmt: skip
         else:
             capture = cv2.VideoCapture(self.target)
         if not capture.isOpened():
@@ -115,7 +124,9 @@ class CaptureSource(Source):
                      int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))  # fmt: skip
         fourcc = fourcc_name(capture.get(cv2.CAP_PROP_FOURCC))
         self.delivered = delivered
-        self.passthrough = use_passthrough(self.fmt, self.size, delivered, fourcc)
+        self.passthrough = not self.passthrough_refused and use_passthrough(
+            self.fmt, self.size, delivered, fourcc
+        )
         if self.passthrough:
             capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)
         mode = "forwarding its MJPEG untouched" if self.passthrough else "decoding and encoding"
@@ -131,7 +142,11 @@ class CaptureSource(Source):
         if not ok or frame is None:
             raise SourceError(f"{self.description}: no frame (unplugged or stream ended)")
         if self.passthrough:
-            return Capture(now, jpeg=frame.tobytes(), jpeg_size=self.delivered)
+            jpeg = frame.tobytes()
+            if not jpeg.startswith(b"\xff\xd8"):  # CONVERT_RGB=0 gave raw pixels instead
+                self.passthrough_refused = True
+                raise SourceError(f"{self.description}: MJPEG passthrough gave no JPEG; decoding")
+            return Capture(now, jpeg=jpeg, jpeg_size=self.delivered)
         return Capture(now, frame)
 
     def close(self) -> None:
@@ -148,8 +163,10 @@ class FolderSource(Source):
         self.description = f"images in {folder}"
         self.paths: list[Path] = []
         self.index = 0
+        self.unreadable: set[Path] = set()  # logged once each, then skipped
 
     def open(self) -> None:
+        self.unreadable.clear()  # a reopen gives replaced files another chance
         try:
             self.paths = sorted(
                 p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
@@ -160,12 +177,18 @@ class FolderSource(Source):
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {self.folder}")
 
     def read(self) -> Capture:
-        path = self.paths[self.index % len(self.paths)]
-        self.index += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise SourceError(f"cannot decode {path}")
-        return Capture(time.time(), image)
+        # One bad file must not stall the camera: skip it; fail only if none decode.
+        for _ in range(len(self.paths)):
+            path = self.paths[self.index % len(self.paths)]
+            self.index += 1
+            if path in self.unreadable:
+                continue
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return Capture(time.time(), image)
+            log.warning("cannot decode %s; skipping it", path)
+            self.unreadable.add(path)
+        raise SourceError(f"none of the images in {self.folder} can be decoded")
 
 
 def make_source(source: str | None, device: str | None, size: tuple[int, int] | None,

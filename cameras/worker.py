@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import signal
 import sys
-import threading
 import time
 
 import cv2
@@ -25,6 +26,38 @@ from cameras.sources import Capture, Source, SourceError, make_source
 log = logging.getLogger("camera-worker")
 
 DROP_REPORT_INTERVAL = 5.0
+
+
+class Stop:
+    """A stop request that a signal handler may set and that sleeps wake up for.
+
+    Like `threading.Event`, but `set` takes no lock: ``Event.set`` from a handler can
+    deadlock when the signal lands while the main thread holds the Event's internal lock
+    inside ``wait``. Here ``set`` writes one byte to a pipe that is never drained, so
+    once set, every later ``wait`` returns at once.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._set = False
+        self.signal: str | None = None  # which signal asked, for the log
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            os.write(self._write, b"x")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        if not self._set:
+            select.select([self._read], [], [], max(0.0, timeout))
+        return self._set
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 class Backoff:
@@ -57,7 +90,7 @@ class Worker:
         self.dropped = 0
         self.backoff = Backoff()
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: Stop) -> None:
         while not stop.is_set():
             try:
                 self.source.open()
@@ -70,7 +103,7 @@ class Worker:
             finally:
                 self.source.close()
 
-    def stream(self, stop: threading.Event) -> None:
+    def stream(self, stop: Stop) -> None:
         interval = 1 / self.fps
         next_due = time.monotonic()
         reported_at, dropped_at_report, work = next_due, 0, 0.0
@@ -167,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # fmt: skip
-    stop = threading.Event()
+    stop = Stop()
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("camera %s: %s received, stopping", args.camera_id, signal.Signals(signum).name)
+        # No logging here: a handler must not take locks the interrupted code may hold.
+        stop.signal = signal.Signals(signum).name
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -185,14 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         socket.connect(args.broker)
     except zmq.ZMQError as exc:
         log.error("camera %s: bad --broker %s: %s", args.camera_id, args.broker, exc)
+        stop.close()
         return 2
     log.info("camera %s: %s at %g fps as %s, publishing to %s", args.camera_id,
              source.description, args.fps, args.format, args.broker)  # fmt: skip
     try:
         Worker(args, socket, source).run(stop)
+        log.info("camera %s: %s received, stopped", args.camera_id, stop.signal)
     finally:
         socket.close(linger=0)
         context.term()
+        stop.close()
     return 0
 
 

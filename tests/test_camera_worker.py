@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket as stdlib_socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +20,9 @@ import zmq
 
 from cameras import stamp, wire
 from cameras.encoding import encode
-from cameras.sources import use_passthrough
+from cameras.sources import STREAM_TIMEOUT_MS, use_passthrough
 from cameras.testpattern import TestPattern
-from cameras.worker import Backoff, late_slots
+from cameras.worker import Backoff, Stop, late_slots
 
 
 @contextmanager
@@ -98,6 +100,19 @@ def test_pacing_drops_late_slots_and_backoff_doubles_to_a_cap() -> None:
     assert [backoff.next() for _ in range(5)] == [1, 2, 4, 8, 8]
     backoff.reset()
     assert backoff.next() == 1
+
+
+def test_stop_wakes_a_waiting_sleep_and_stays_set() -> None:
+    stop = Stop()
+    try:
+        assert stop.wait(0.01) is False
+        threading.Timer(0.1, stop.set).start()
+        started = time.monotonic()
+        assert stop.wait(10) is True
+        assert time.monotonic() - started < 2
+        assert stop.wait(10) is True  # at once: the pipe is never drained
+    finally:
+        stop.close()
 
 
 # -- real processes ---------------------------------------------------------------
@@ -212,3 +227,50 @@ def test_bad_arguments_are_refused() -> None:
             capture_output=True, timeout=20,
         )  # fmt: skip
         assert result.returncode == 2, args
+
+
+@pytest.mark.timeout(30)
+def test_folder_skips_an_undecodable_image(tmp_path: Path) -> None:
+    for seq in range(3):
+        cv2.imwrite(str(tmp_path / f"{seq}.png"), TestPattern(80, 60).draw(seq))
+    (tmp_path / "1b.jpg").write_bytes(b"not an image")
+    with (
+        subscriber() as (socket, endpoint),
+        worker(endpoint, "--source", str(tmp_path), "--fps", "20") as process,
+    ):
+        frames(socket, 2)
+        started = time.monotonic()
+        frames(socket, 20)
+        assert 20 / (time.monotonic() - started) >= 10  # not stalled by the bad file
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+        log = process.stderr.read().decode()
+        assert log.count("cannot decode") == 1, log  # said once, then skipped
+
+
+@pytest.mark.timeout(30)
+def test_a_silent_stream_url_neither_hangs_nor_holds_up_sigterm() -> None:
+    server = stdlib_socket.create_server(("127.0.0.1", 0))
+    accepted: list[stdlib_socket.socket] = []  # accepted, never answered
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/stream.mjpg"
+    try:
+        with subscriber() as (_, endpoint), worker(endpoint, "--source", url) as process:
+            time.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert process.wait(STREAM_TIMEOUT_MS / 1000 + 5) == 0
+            assert time.monotonic() - started < STREAM_TIMEOUT_MS / 1000 + 1.5
+            assert f"cannot open {url}; retrying in 1 s" in process.stderr.read().decode()
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
