@@ -7,6 +7,7 @@ period, and the ingest socket is closed. Each step is bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ import zmq
 from broker import ingest, nodata
 from broker.config import Config
 from broker.frames import Frame
-from broker.hub import CameraInfo, Hub
+from broker.hub import CameraInfo, Hub, Retention
 from broker.metrics import Metrics
 from broker.server import Server
 from broker.supervisor import Supervisor
@@ -37,6 +38,7 @@ class Broker:
             [CameraInfo(c.id, c.display_name, c.width, c.height, c.format) for c in config.cameras],
             offline_after=config.ingest.offline_after,
             accept_unknown=config.ingest.accept_unknown_cameras,
+            retention=Retention(**dataclasses.asdict(config.retention)),
         )
         self.ingest_stats = ingest.IngestStats()
         self.supervisor: Supervisor | None = None
@@ -79,6 +81,8 @@ class Broker:
         """Mark silent cameras offline and send their viewers a "No Data" image each second."""
         while True:
             now = time.monotonic()
+            self.hub.expire(now)
+            self._expire_sessions(now)
             for camera in self.hub.mark_offline(now):
                 if not camera.subscribers:
                     continue
@@ -94,6 +98,15 @@ class Broker:
                     received_at=time.monotonic(), placeholder=True,
                 ))  # fmt: skip
             await trio.sleep(PLACEHOLDER_INTERVAL)
+
+    def _expire_sessions(self, now: float) -> None:
+        ttl = self.config.ingest.session_ttl
+        for camera in list(self.hub.cameras.values()):
+            last = camera.last_frame_at or camera.created_at
+            if camera.info.session and now - last > ttl:
+                log.info("camera %s: ad-hoc session expired after %.0f s without frames",
+                         camera.id, now - last)  # fmt: skip
+                self.hub.remove_camera(camera)
 
     def observe_latency(self, camera_id: str, seconds: float) -> None:
         self.metrics.latency.labels(camera_id).observe(seconds)

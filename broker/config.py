@@ -52,6 +52,7 @@ class ServerConfig:
     send_timeout: float = 5.0  # seconds a client may take to accept one frame
     header_timeout: float = 10.0  # seconds a client has to send its HTTP request head
     default_camera: str = ""  # camera served at "/"; "" = the first configured camera
+    cors_origins: tuple[str, ...] = ()  # origins allowed to read our HTTP API; "*" = any
 
     @property
     def host(self) -> str:
@@ -70,6 +71,17 @@ class IngestConfig:
     max_frame_bytes: int = 16 * 1024 * 1024  # larger frames are dropped
     offline_after: float = 3.0  # seconds without a frame before a camera is offline
     accept_unknown_cameras: bool = False  # accept frames for ids absent from the config
+    http_sessions: bool = False  # allow POST /api/sessions to create ad-hoc cameras
+    session_ttl: float = 60.0  # seconds without a frame before an ad-hoc camera expires
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Recent frames kept per camera for /cameras/{id}/next.jpg (frames in order)."""
+
+    frames: int = 30  # at most this many frames per camera
+    max_age: float = 10.0  # seconds a frame is kept (the TTL)
+    max_bytes: int = 256 * 1024 * 1024  # memory cap for all cameras together
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     ingest: IngestConfig = IngestConfig()
     workers: WorkersConfig = WorkersConfig()
+    retention: RetentionConfig = RetentionConfig()
     cameras: tuple[CameraConfig, ...] = ()
 
     def camera(self, camera_id: str) -> CameraConfig | None:
@@ -168,6 +181,7 @@ def from_dict(data: Mapping[str, Any]) -> Config:
         server=ServerConfig(**tables.get("server", {})),
         ingest=IngestConfig(**tables.get("ingest", {})),
         workers=WorkersConfig(**tables.get("workers", {})),
+        retention=RetentionConfig(**tables.get("retention", {})),
         cameras=tuple(CameraConfig(**camera) for camera in cameras),
     )
 
@@ -225,6 +239,12 @@ def _endpoint_problem(endpoint: str) -> str | None:
     return f"must be tcp://HOST:PORT or ipc://PATH, got {_show(endpoint)}"
 
 
+def _origin_problem(origin: str) -> str | None:
+    if origin == "*" or re.fullmatch(r"https?://[^/\s]+", origin):
+        return None
+    return f'must be "*" or an origin such as "https://grafana.example:3000", got {_show(origin)}'
+
+
 def _camera_id_problem(camera_id: str) -> str | None:
     if CAMERA_ID.fullmatch(camera_id):
         return None
@@ -267,12 +287,20 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "send_timeout": _Spec(float, 0.1, 300),
         "header_timeout": _Spec(float, 0.1, 300),
         "default_camera": _Spec(str),
+        "cors_origins": _Spec(tuple, item=_Spec(str, rule=_origin_problem)),
     },
     IngestConfig: {
         "endpoints": _Spec(tuple, item=_Spec(str, rule=_endpoint_problem)),
         "max_frame_bytes": _Spec(int, 1024, 256 * 1024 * 1024),
         "offline_after": _Spec(float, 0.1, 3600),
         "accept_unknown_cameras": _Spec(bool),
+        "http_sessions": _Spec(bool),
+        "session_ttl": _Spec(float, 1, 86400),
+    },
+    RetentionConfig: {
+        "frames": _Spec(int, 1, 1000),
+        "max_age": _Spec(float, 0.1, 3600),
+        "max_bytes": _Spec(int, 1024 * 1024, 16 * 1024**3),
     },
     WorkersConfig: {
         "restart_delay": _Spec(float, 0.1, 60),
@@ -296,6 +324,7 @@ _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "ingest": IngestConfig,
     "workers": WorkersConfig,
+    "retention": RetentionConfig,
 }
 
 _INVALID = object()  # marks a value that failed its check

@@ -25,6 +25,10 @@ class UnknownCamera(KeyError):
     pass
 
 
+class SubscriptionEnded(Exception):
+    """The camera is gone (an expired ad-hoc session): the client should be closed."""
+
+
 class RateMeter:
     """Events per second over a sliding window of recent timestamps."""
 
@@ -50,7 +54,8 @@ class Subscriber:
     """One client's interest in one camera, with its own drop-oldest queue."""
 
     __slots__ = (
-        "_ready", "bytes_sent", "camera", "client", "connected_at", "kind", "lag", "queue", "sent",
+        "_ready", "bytes_sent", "camera", "client", "closed", "connected_at", "kind", "lag",
+        "queue", "sent",
     )  # fmt: skip
 
     def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
@@ -62,6 +67,7 @@ class Subscriber:
         self.bytes_sent = 0
         self.lag = 0.0  # seconds from the broker receiving the last frame sent to its delivery
         self.connected_at = time.monotonic()
+        self.closed = False
         self._ready = trio.Event()
 
     @property
@@ -75,11 +81,17 @@ class Subscriber:
     async def next_frame(self, newest: bool = False) -> Frame:
         """Wait for a frame: the oldest queued, or with ``newest`` the newest."""
         while True:
+            if self.closed:
+                raise SubscriptionEnded(self.camera.id)
             frame = self.queue.get_newest() if newest else self.queue.get()
             if frame is not None:
                 return frame
             self._ready = trio.Event()
             await self._ready.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
 
     def delivered(self, frame: Frame) -> None:
         self.sent += 1
@@ -100,6 +112,15 @@ class Subscriber:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """Bounds of the recent-frames window (seed 003's sliding window with a TTL)."""
+
+    frames: int = 30
+    max_age: float = 10.0
+    max_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class CameraInfo:
     """What the hub knows of a camera before any frame: from the config or the first frame."""
 
@@ -109,10 +130,13 @@ class CameraInfo:
     height: int
     format: str = "jpeg"
     configured: bool = True
+    session: bool = False  # an ad-hoc camera made by POST /api/sessions
 
 
 class Camera:
     __slots__ = (
+        "arrived",
+        "created_at",
         "departed",
         "frames_received",
         "info",
@@ -121,7 +145,9 @@ class Camera:
         "online",
         "placeholder",
         "rate",
+        "recent",
         "subscribers",
+        "upload_seq",
     )
 
     def __init__(self, info: CameraInfo) -> None:
@@ -134,6 +160,10 @@ class Camera:
         self.rate = RateMeter()
         self.subscribers: set[Subscriber] = set()
         self.departed = [0, 0, 0]  # frames sent, dropped, bytes sent of subscribers gone
+        self.recent: deque[Frame] = deque()  # the retention window, oldest first
+        self.arrived = trio.Event()  # set (and replaced) on each frame, for next.jpg waiters
+        self.created_at = time.monotonic()
+        self.upload_seq = 0  # next sequence number for frames uploaded over HTTP
 
     @property
     def id(self) -> str:
@@ -180,8 +210,11 @@ class Hub:
         *,
         offline_after: float,
         accept_unknown: bool = False,
+        retention: Retention = Retention(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.retention = retention
+        self.retained_bytes = 0
         self.cameras: dict[str, Camera] = {info.id: Camera(info) for info in cameras}
         self.offline_after = offline_after
         self.accept_unknown = accept_unknown
@@ -223,7 +256,48 @@ class Hub:
             )
         for subscriber in camera.subscribers:
             subscriber.offer(frame)
+        self._retain(camera, frame)
+        camera.arrived.set()
+        camera.arrived = trio.Event()
         return True
+
+    def _retain(self, camera: Camera, frame: Frame) -> None:
+        camera.recent.append(frame)
+        self.retained_bytes += frame.size
+        if len(camera.recent) > self.retention.frames:
+            self.retained_bytes -= camera.recent.popleft().size
+        while self.retained_bytes > self.retention.max_bytes:
+            oldest = min(
+                (c for c in self.cameras.values() if c.recent),
+                key=lambda c: c.recent[0].received_at,
+            )
+            self.retained_bytes -= oldest.recent.popleft().size
+
+    def expire(self, now: float) -> None:
+        """Forget retained frames older than the TTL."""
+        for camera in self.cameras.values():
+            while camera.recent and now - camera.recent[0].received_at > self.retention.max_age:
+                self.retained_bytes -= camera.recent.popleft().size
+
+    def next_after(self, camera: Camera, after: int) -> Frame | None:
+        """The oldest retained frame newer than sequence number ``after`` (seed 003)."""
+        self.expire(self.clock())
+        for frame in camera.recent:
+            if frame.seq > after:
+                return frame
+        return None
+
+    def add_camera(self, info: CameraInfo) -> Camera:
+        camera = self.cameras[info.id] = Camera(info)
+        return camera
+
+    def remove_camera(self, camera: Camera) -> None:
+        """Drop a camera: its clients are told the subscription ended, its frames freed."""
+        del self.cameras[camera.id]
+        for subscriber in list(camera.subscribers):
+            subscriber.close()
+        self.retained_bytes -= sum(frame.size for frame in camera.recent)
+        camera.recent.clear()
 
     def publish_placeholder(self, camera: Camera, frame: Frame) -> None:
         """Offer a generated "No Data" frame for an offline camera to its subscribers."""

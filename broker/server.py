@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import math
+import secrets
 import socket
 import time
 from collections import Counter
@@ -26,8 +27,9 @@ from broker import nodata
 from broker.config import Config
 from broker.frames import MJPEG_BOUNDARY, Frame
 from broker.http import Response, Target, error, h11_response, json_response, parse_target
-from broker.hub import Hub, Subscriber, UnknownCamera
+from broker.hub import Camera, CameraInfo, Hub, Subscriber, SubscriptionEnded, UnknownCamera
 from broker.ratelimit import RateLimitedLog
+from broker.uploads import UploadError, parse_upload
 from broker.wsframes import (
     ReplayStream,
     close_going_away,
@@ -35,6 +37,7 @@ from broker.wsframes import (
     request_bytes,
     send_prebuilt,
 )
+from cameras.wire import CAMERA_ID
 
 log = logging.getLogger("broker.server")
 
@@ -45,7 +48,9 @@ MAX_INCOMING_WS_MESSAGE = 64 * 1024
 NOTSENT_LOWAT = 64 * 1024
 STATIC_FILES = {"/": "index.html", "/viewer.js": "viewer.js", "/viewer.css": "viewer.css"}
 JSON_ROUTES = ("/healthz", "/api/cameras", "/api/stats")
-CAMERA_OUTPUTS = {"snapshot.jpg": "snapshot", "mjpeg": "mjpeg"}
+CAMERA_OUTPUTS = {
+    "snapshot.jpg": "snapshot", "mjpeg": "mjpeg", "next.jpg": "next", "frames": "frames",
+}  # fmt: skip
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MJPEG_HEAD = (
     "HTTP/1.1 200 OK\r\n"
@@ -157,7 +162,10 @@ class Server:
         conn: h11.Connection,
         response: Response,
         head_only: bool = False,
+        origin: h11.Request | None = None,
     ) -> None:
+        if origin is not None:
+            response.headers.extend(self._cors(origin))
         head, body = h11_response(response, head_only=head_only)
         with trio.move_on_after(self.config.server.send_timeout):
             data = conn.send(head)
@@ -166,29 +174,38 @@ class Server:
             data += conn.send(h11.EndOfMessage())
             await stream.send_all(data)
 
+    def _cors(self, request: h11.Request) -> list[tuple[str, str]]:
+        """CORS headers, only for origins the config allows."""
+        allowed = self.config.server.cors_origins
+        origin = http_header_value(request, b"origin")
+        if not allowed or not origin:
+            return []
+        if "*" in allowed:
+            headers = [("access-control-allow-origin", "*")]
+        elif origin in allowed:
+            headers = [("access-control-allow-origin", origin), ("vary", "Origin")]
+        else:
+            return []
+        if request.method == b"OPTIONS":
+            headers += [("access-control-allow-methods", "GET, HEAD, POST, OPTIONS"),
+                        ("access-control-allow-headers", "content-type, authorization"),
+                        ("access-control-max-age", "600")]  # fmt: skip
+        return headers
+
     async def _answer(
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
     ) -> None:
-        # Requests we serve carry no body; drain a small one, refuse a large one.
-        size = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                with trio.fail_after(self.config.server.header_timeout):
-                    conn.receive_data(await stream.receive_some(64 * 1024))
-                continue
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > MAX_REQUEST_HEAD:
-                    response = error(413, "too_large", "request bodies are not accepted here")
-                    self._count(413)
-                    await self._send(stream, conn, response)
-                    raise trio.ClosedResourceError
-                continue
-            break
         method = request.method.decode("ascii", "replace")
         target = parse_target(request.target)
         camera_id, output = camera_path(target.path)
+        # Only uploads carry a body; anything else may bring a small one, drained.
+        limit = self.config.ingest.max_frame_bytes if output == "frames" else MAX_REQUEST_HEAD
+        body = await self._read_body(stream, conn, request, limit)
+        if body is None:
+            response = error(413, "too_large", f"the request body exceeds {limit} bytes")
+            self._count(413)
+            await self._send(stream, conn, response, origin=request)
+            raise trio.ClosedResourceError  # the rest of the body is unread: close
         if output == "mjpeg" and method in ("GET", "HEAD") and camera_id in self.hub.cameras:
             try:
                 max_fps = fps_cap(target)
@@ -198,27 +215,66 @@ class Server:
                 await self._mjpeg(stream, camera_id, max_fps, client, head_only=method == "HEAD")
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
-            response = await self.route(method, target)
+            response = await self.route(method, target, request, body)
         if response.status >= 400:
             self._count(response.status)
-        await self._send(stream, conn, response, head_only=method == "HEAD")
+        await self._send(stream, conn, response, head_only=method == "HEAD", origin=request)
+
+    async def _read_body(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, limit: int
+    ) -> bytes | None:
+        """The request body, or None when it is larger than ``limit``."""
+        declared = http_header_value(request, b"content-length")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        chunks, size = [], 0
+        with trio.move_on_after(self.config.server.header_timeout) as timer:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(64 * 1024))
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        return None
+                    chunks.append(event.data)
+                else:
+                    return b"".join(chunks)
+        if timer.cancelled_caught:
+            raise trio.ClosedResourceError  # a body that never arrives: cut the client off
+        return None
 
     def _count(self, status: int) -> None:
         self.http_errors[status] += 1
 
     # -- routes ----------------------------------------------------------------
 
-    async def route(self, method: str, target: Target) -> Response:
+    async def route(
+        self, method: str, target: Target, request: h11.Request | None = None, body: bytes = b""
+    ) -> Response:
         path = target.path
         camera_id, output = camera_path(path)
         known = path in STATIC_FILES or path in JSON_ROUTES or path == "/metrics" or output
-        if not known:
+        if not known and path != "/api/sessions":
             return error(404, "not_found", f"nothing at {path}")
-        if method not in ("GET", "HEAD"):
+        allowed = "POST" if output == "frames" or path == "/api/sessions" else "GET, HEAD"
+        if method == "OPTIONS":
+            return Response(204, headers=[("allow", f"{allowed}, OPTIONS")])
+        if method not in allowed.split(", "):
             return error(405, "method_not_allowed", f"{method} is not allowed on {path}",
-                         allow="GET, HEAD")  # fmt: skip
-        if output and camera_id not in self.hub.cameras:
+                         allow=allowed)  # fmt: skip
+        if path == "/api/sessions":
+            return self.create_session()
+        if output == "frames" and camera_id not in self.hub.cameras:
+            if not self.hub.accept_unknown or not CAMERA_ID.fullmatch(camera_id):
+                return error(404, "unknown_camera", f"no camera {camera_id!r}")
+        elif output and camera_id not in self.hub.cameras:
             return error(404, "unknown_camera", f"no camera {camera_id!r}")
+        if output == "frames":
+            content_type = http_header_value(request, b"content-type") if request else ""
+            return self.upload(camera_id, content_type, body)
+        if output == "next":
+            return await self.next_image(camera_id, target)
         if output == "websocket":
             return error(426, "upgrade_required",
                          f"{path} is a WebSocket endpoint: connect with ws://",
@@ -250,16 +306,65 @@ class Server:
             })  # fmt: skip
         return {**self.health(), "cameras": cameras}
 
+    def upload(self, camera_id: str, content_type: str, body: bytes) -> Response:
+        """A frame POSTed by a producer: checked, then published like a worker's frame."""
+        try:
+            image = parse_upload(content_type, body)
+        except UploadError as bad:
+            return error(bad.status, bad.code, str(bad))
+        camera = self.hub.cameras.get(camera_id)
+        seq = camera.upload_seq if camera is not None else 0
+        frame = Frame(camera_id, seq, time.time(), image.width, image.height, image.format,
+                      image.data, time.monotonic())  # fmt: skip
+        if not self.hub.publish(frame):
+            return error(404, "unknown_camera", f"no camera {camera_id!r}")
+        self.hub.cameras[camera_id].upload_seq = seq + 1
+        return json_response({"camera": camera_id, "seq": seq, "width": image.width,
+                              "height": image.height, "format": image.format}, 201)  # fmt: skip
+
+    def create_session(self) -> Response:
+        """An ad-hoc camera for an HTTP producer (seed 003's session)."""
+        if not self.config.ingest.http_sessions:
+            return error(403, "sessions_disabled", "ingest.http_sessions is off in the config")
+        camera_id = "session-" + secrets.token_hex(4)
+        self.hub.add_camera(CameraInfo(camera_id, camera_id, 1280, 720, configured=False,
+                                       session=True))  # fmt: skip
+        log.info("camera %s: ad-hoc session created", camera_id)
+        base = f"/cameras/{camera_id}"
+        return json_response({
+            "id": camera_id, "ttl_s": self.config.ingest.session_ttl,
+            "upload": base + "/frames", "websocket": base, "snapshot": base + "/snapshot.jpg",
+            "mjpeg": base + "/mjpeg", "next": base + "/next.jpg",
+        }, 201)  # fmt: skip
+
+    async def next_image(self, camera_id: str, target: Target) -> Response:
+        """Frames in order (seed 003): the oldest retained frame newer than ``after``,
+        waiting up to ``timeout`` seconds for one, else the "No Data" image."""
+        try:
+            after = int(target.param("after") or -1)
+            timeout = float(target.param("timeout") or 10)
+            if not 0 <= timeout <= 60:
+                raise ValueError
+        except ValueError:
+            return error(400, "bad_query", "after must be an integer and timeout a number "
+                         "of seconds from 0 to 60")  # fmt: skip
+        camera = self.hub.camera(camera_id)
+        with trio.move_on_after(timeout):
+            while (frame := self.hub.next_after(camera, after)) is None:
+                await camera.arrived.wait()
+            return frame_response(frame, time.monotonic())
+        return await self._no_data(camera, time.monotonic())
+
     async def snapshot(self, camera_id: str) -> Response:
         """The latest fresh frame, else the "No Data" image."""
         camera = self.hub.camera(camera_id)
         now = time.monotonic()
         frame = camera.latest
         if frame is not None and camera.online:
-            age = round((now - frame.received_at) * 1000)
-            headers = [("x-frame-seq", str(frame.seq)), ("x-frame-age-ms", str(age)),
-                       ("x-frame-captured-at", f"{frame.captured_at:.6f}")]  # fmt: skip
-            return Response(200, bytes(frame.data), f"image/{frame.format}", headers)
+            return frame_response(frame, now)
+        return await self._no_data(camera, now)
+
+    async def _no_data(self, camera: Camera, now: float) -> Response:
         width, height = camera.size
         silent = None if camera.last_frame_at is None else now - camera.last_frame_at
         image = await trio.to_thread.run_sync(
@@ -298,7 +403,7 @@ class Server:
                 await self._send_frames(stream.send_all, stream, subscriber, max_fps,
                                         Frame.mjpeg_part)  # fmt: skip
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
             pass
         finally:
             self.hub.unsubscribe(subscriber)
@@ -358,6 +463,8 @@ class Server:
                 )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away
+            except SubscriptionEnded:
+                await close_going_away(ws)
             except trio.Cancelled:
                 if ws.closed is None:  # we are shutting down, not the client leaving
                     await close_going_away(ws)
@@ -442,6 +549,20 @@ def fps_cap(target: Target) -> float | None:
             error(400, "bad_fps", f"fps must be a number above 0 and at most 1000, got {fps!r}")
         )
     return max_fps
+
+
+def frame_response(frame: Frame, now: float) -> Response:
+    age = round((now - frame.received_at) * 1000)
+    headers = [("x-frame-seq", str(frame.seq)), ("x-frame-age-ms", str(age)),
+               ("x-frame-captured-at", f"{frame.captured_at:.6f}")]  # fmt: skip
+    return Response(200, bytes(frame.data), f"image/{frame.format}", headers)
+
+
+def http_header_value(request: h11.Request, name: bytes) -> str:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
 def static(name: str) -> Response:

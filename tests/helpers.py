@@ -30,9 +30,10 @@ def sample_jpeg(width: int = 1280, height: int = 720, quality: int = 80) -> byte
 def config(cameras: str = '[[cameras]]\nid = "a"\n', **sections: str) -> configuration.Config:
     server = sections.get("server", "")
     ingest = sections.get("ingest", "")
+    tables = sections.get("retention", "")  # whole extra tables, e.g. "[retention]\n..."
     return configuration.parse(
         f'[server]\nlisten = "127.0.0.1:0"\n{server}\n'
-        f'[ingest]\nendpoints = ["tcp://127.0.0.1:*"]\n{ingest}\n{cameras}'
+        f'[ingest]\nendpoints = ["tcp://127.0.0.1:*"]\n{ingest}\n{tables}\n{cameras}'
     )
 
 

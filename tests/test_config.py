@@ -14,6 +14,7 @@ from broker.config import (
     Config,
     ConfigError,
     IngestConfig,
+    RetentionConfig,
     ServerConfig,
     WorkersConfig,
     from_dict,
@@ -152,7 +153,7 @@ BAD_CONFIGS = [
         '[server]\ncolour = "red"',
         [
             "server.colour: unknown key (known keys: listen, queue_depth, send_timeout, "
-            "header_timeout, default_camera)"
+            "header_timeout, default_camera, cors_origins)"
         ],
         id="unknown-key-list",
     ),
@@ -503,6 +504,7 @@ def test_example_config_is_the_defaults() -> None:
     assert config.server == ServerConfig()
     assert config.ingest == IngestConfig()
     assert config.workers == WorkersConfig()
+    assert config.retention == RetentionConfig()
     assert config.cameras == (CameraConfig(id="front"),)
 
 
@@ -512,6 +514,7 @@ def test_example_config_has_every_key() -> None:
         "server": ServerConfig,
         "ingest": IngestConfig,
         "workers": WorkersConfig,
+        "retention": RetentionConfig,
         "cameras": CameraConfig,
     }
     assert set(raw) == {f.name for f in dataclasses.fields(Config)} == set(expected)
