@@ -24,7 +24,7 @@ PANEL = """
 window.loaded = 0; window.received = 0; window.closes = [];
 let url = null;
 const img = document.getElementById("img");
-img.onload = () => { window.loaded += 1; };
+img.onload = () => { window.loaded += 1; window.width = img.naturalWidth; };
 function connect() {
   const ws = new WebSocket(WS_URL);
   ws.binaryType = "arraybuffer";
@@ -93,7 +93,7 @@ def test_panel_shows_live_frames_and_recovers_after_broker_restart(
         broker.wait_online("lobby", "yard", "garage", "desk")
         open_panel(browser_page, f"ws://127.0.0.1:{broker.port}/cameras/lobby")
         loaded = wait_for_more_images(browser_page, 5)
-        assert browser_page.evaluate("document.getElementById('img').naturalWidth") == 1280
+        assert browser_page.evaluate("window.width") == 1280
         wait_for_more_images(browser_page, loaded + 5)  # the count rises: live
         assert broker.stop() == 0
         browser_page.wait_for_function("window.closes.length >= 1")
@@ -119,3 +119,23 @@ def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, browser_page) 
             "(t) => [t.dataset.camera, t.querySelector('img').naturalWidth]))"
         )
         assert sizes == {"lobby": 1280, "yard": 640, "garage": 1920, "desk": 320}
+
+
+@pytest.mark.timeout(120)
+def test_panel_imitation_shows_every_camera_of_the_generated_dashboard(
+    tmp_path: Path, browser_page
+) -> None:
+    """The Live Image Panel, imitated, against every wsUrl `broker grafana` generates."""
+    from broker import config as configuration
+    from broker import grafana
+
+    path = demo_config(tmp_path)
+    with BrokerProcess(path) as broker:
+        broker.wait_online("lobby", "yard", "garage", "desk")
+        dashboard = grafana.live_dashboard(configuration.load(path), broker.url)
+        urls = [panel["options"]["wsUrl"] for panel in dashboard["panels"]]
+        assert len(urls) == 4
+        for url in urls:
+            open_panel(browser_page, url)
+            wait_for_more_images(browser_page, 3)
+            assert browser_page.evaluate("window.width") > 0

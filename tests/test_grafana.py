@@ -172,3 +172,28 @@ async def test_live_urls_are_served_by_the_broker() -> None:
                     message = await ws.get_message()
             assert isinstance(message, bytes) and message.startswith(b"\xff\xd8")
         n.cancel_scope.cancel()
+
+
+async def test_mjpeg_text_panels_point_at_served_streams() -> None:
+    import re
+
+    from test_outputs import MjpegReader
+
+    cfg = config(CAMERAS)
+    async with running_broker(cfg) as broker, publisher(broker) as pub, trio.open_nursery() as n:
+        for camera in cfg.cameras:
+            n.start_soon(pub.stream, camera.id, 10.0)
+        base = f"http://127.0.0.1:{broker.port}"
+        text = grafana.mjpeg_dashboard(cfg, base)
+        assert len(text["panels"]) == len(cfg.cameras)
+        for panel in text["panels"]:
+            assert panel["options"]["mode"] == "html"
+            (src,) = re.findall(r'<img src="([^"]+)"', panel["options"]["content"])
+            assert src.startswith(base) and src.endswith("/mjpeg")
+            reader, head = await MjpegReader.open(broker.port, src.removeprefix(base))
+            assert b"multipart/x-mixed-replace" in head
+            with trio.fail_after(5):
+                _, body = await reader.part()
+            assert body.startswith(b"\xff\xd8")
+            await reader.aclose()
+        n.cancel_scope.cancel()
