@@ -55,7 +55,7 @@ class Subscriber:
 
     __slots__ = (
         "_ready", "bytes_sent", "camera", "client", "closed", "connected_at", "kind", "lag",
-        "queue", "sent",
+        "queue", "rate", "sent",
     )  # fmt: skip
 
     def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
@@ -68,6 +68,7 @@ class Subscriber:
         self.lag = 0.0  # seconds from the broker receiving the last frame sent to its delivery
         self.connected_at = time.monotonic()
         self.closed = False
+        self.rate = RateMeter()
         self._ready = trio.Event()
 
     @property
@@ -96,7 +97,9 @@ class Subscriber:
     def delivered(self, frame: Frame) -> None:
         self.sent += 1
         self.bytes_sent += frame.size
-        self.lag = time.monotonic() - frame.received_at
+        now = time.monotonic()
+        self.lag = now - frame.received_at
+        self.rate.tick(now)
 
     def stats(self, now: float) -> dict[str, object]:
         return {
@@ -104,6 +107,7 @@ class Subscriber:
             "kind": self.kind,
             "frames_sent": self.sent,
             "frames_dropped": self.dropped,
+            "fps": round(self.rate.rate(now), 2),
             "bytes_sent": self.bytes_sent,
             "queue_depth": len(self.queue),
             "lag_ms": round(self.lag * 1000, 1),

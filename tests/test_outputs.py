@@ -107,6 +107,9 @@ async def test_mjpeg_parts_carry_content_length_and_a_slow_reader_does_not_slow_
         kinds = sorted(s["kind"] for s in camera["subscribers"])
         assert kinds == ["mjpeg", "mjpeg"]
         assert sum(s["frames_dropped"] for s in camera["subscribers"]) > 0
+        assert max(s["fps"] for s in camera["subscribers"]) >= 0.9 * fps  # the fast reader
+        assert min(s["fps"] for s in camera["subscribers"]) < 0.9 * fps  # the slow one
+        assert all(s["queue_depth"] <= 2 and s["lag_ms"] >= 0 for s in camera["subscribers"])
         n.cancel_scope.cancel()
     await fast.aclose()
     await slow.aclose()
