@@ -160,3 +160,28 @@ async def test_metrics_parse_and_count() -> None:
         assert samples[("camera_broker_ingest_errors_total", (("reason", "parts"),))] == 1
         assert samples[("camera_broker_latency_seconds_count", camera)] == 5
         assert samples[("camera_broker_sent_bytes_total", camera)] > 0
+
+
+async def test_a_stalled_mjpeg_reader_is_disconnected_after_the_send_timeout() -> None:
+    async with (
+        running_broker(config(server="send_timeout = 1.0")) as broker,
+        publisher(broker) as pub,
+        trio.open_nursery() as n,
+    ):
+        n.start_soon(pub.stream, "a", 15.0)
+        stalled, _ = await MjpegReader.open(broker.port, "/cameras/a/mjpeg")  # never reads on
+        fast, _ = await MjpegReader.open(broker.port, "/cameras/a/mjpeg")
+        started = time.monotonic()
+        count = 0
+        with trio.fail_after(10):
+            while (
+                json.loads((await http(broker.port, get("/healthz")))[2])["slow_client_disconnects"]
+                < 1
+            ):
+                for _ in range(3):
+                    await fast.part()
+                    count += 1
+        assert count >= 0.8 * 15 * (time.monotonic() - started) - 3  # the fast one kept its rate
+        n.cancel_scope.cancel()
+    await stalled.aclose()
+    await fast.aclose()

@@ -155,3 +155,44 @@ def test_run_reports_a_port_in_use(tmp_path: Path) -> None:
         result = run_cli("run", str(config), "--listen", f"127.0.0.1:{taken.getsockname()[1]}")
     assert result.returncode == 1
     assert "cannot start" in result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_every_http_output_of_a_running_broker(tmp_path: Path) -> None:
+    """`broker run` as a process with a worker: each HTTP endpoint answers as documented."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = write_config(tmp_path, synthetic_camera("cam", 320, 240, 10))
+    with BrokerProcess(config) as broker:
+        broker.wait_online("cam")
+        with urllib.request.urlopen(broker.url + "/cameras/cam/snapshot.jpg", timeout=5) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and int(r.headers["X-Frame-Seq"]) >= 0
+            assert size_of(r.read()) == (320, 240)
+        with urllib.request.urlopen(broker.url + "/cameras/cam/next.jpg?after=-1", timeout=5) as r:
+            first = int(r.headers["X-Frame-Seq"])
+        with urllib.request.urlopen(
+            broker.url + f"/cameras/cam/next.jpg?after={first}", timeout=5
+        ) as r:
+            assert int(r.headers["X-Frame-Seq"]) > first
+        with urllib.request.urlopen(broker.url + "/cameras/cam/mjpeg", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            assert r.readline().startswith(b"--camera-broker-frame")
+        jpeg = stamp.stamp(
+            cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes(), 1, 1.0
+        )
+        upload = urllib.request.Request(broker.url + "/cameras/cam/frames", data=jpeg,
+                                        headers={"Content-Type": "image/jpeg"})  # fmt: skip
+        with urllib.request.urlopen(upload, timeout=5) as r:
+            assert r.status == 201
+        stats = get_json(broker.url + "/api/stats")
+        assert stats["cameras"][0]["id"] == "cam" and stats["cameras"][0]["frames_received"] > 0
+        with urllib.request.urlopen(broker.url + "/metrics", timeout=5) as r:
+            names = {f.name for f in text_string_to_metric_families(r.read().decode())}
+        assert {"camera_broker_frames_received", "camera_broker_latency_seconds"} <= names
+        assert (
+            json.loads(urllib.request.urlopen(broker.url + "/healthz", timeout=5).read())["status"]
+            == "ok"
+        )
