@@ -59,3 +59,9 @@ class Frame:
             ).encode()
             self._mjpeg_part = head + self.data + b"\r\n"
         return self._mjpeg_part
+
+    def release_messages(self) -> None:
+        """Forget the pre-built messages (rebuilt on demand): a frame kept in the
+        retention window should not hold its payload two or three times."""
+        self._websocket_message = None
+        self._mjpeg_part = None

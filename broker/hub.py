@@ -266,6 +266,8 @@ class Hub:
         return True
 
     def _retain(self, camera: Camera, frame: Frame) -> None:
+        if camera.recent:  # no longer the newest: clients have (nearly) all sent it
+            camera.recent[-1].release_messages()
         camera.recent.append(frame)
         self.retained_bytes += frame.size
         if len(camera.recent) > self.retention.frames:
