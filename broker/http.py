@@ -43,11 +43,12 @@ def parse_target(raw: bytes) -> Target:
     return Target(unquote(parts.path) or "/", parse_qs(parts.query))
 
 
-def header(request: h11.Request, name: bytes) -> bytes | None:
+def header(request: h11.Request, name: bytes) -> str:
+    """The value of header ``name`` (lower case), or "" when absent."""
     for key, value in request.headers:
         if key == name:
-            return value
-    return None
+            return value.decode("latin-1")
+    return ""
 
 
 def h11_response(response: Response, *, head_only: bool = False) -> tuple[h11.Response, bytes]:

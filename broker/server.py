@@ -26,8 +26,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 from broker import nodata
 from broker.config import Config
 from broker.frames import MJPEG_BOUNDARY, Frame
-from broker.http import Response, Target, error, h11_response, json_response, parse_target
-from broker.hub import Camera, CameraInfo, Hub, Subscriber, SubscriptionEnded, UnknownCamera
+from broker.http import Response, Target, error, h11_response, header, json_response, parse_target
+from broker.hub import Camera, CameraInfo, Hub, Subscriber, SubscriptionEnded
 from broker.ratelimit import RateLimitedLog
 from broker.uploads import UploadError, parse_upload
 from broker.wsframes import (
@@ -177,7 +177,7 @@ class Server:
     def _cors(self, request: h11.Request) -> list[tuple[str, str]]:
         """CORS headers, only for origins the config allows."""
         allowed = self.config.server.cors_origins
-        origin = http_header_value(request, b"origin")
+        origin = header(request, b"origin")
         if not allowed or not origin:
             return []
         if "*" in allowed:
@@ -224,7 +224,7 @@ class Server:
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, limit: int
     ) -> bytes | None:
         """The request body, or None when it is larger than ``limit``."""
-        declared = http_header_value(request, b"content-length")
+        declared = header(request, b"content-length")
         if declared.isdigit() and int(declared) > limit:
             return None
         chunks, size = [], 0
@@ -271,7 +271,7 @@ class Server:
         elif output and camera_id not in self.hub.cameras:
             return error(404, "unknown_camera", f"no camera {camera_id!r}")
         if output == "frames":
-            content_type = http_header_value(request, b"content-type") if request else ""
+            content_type = header(request, b"content-type") if request else ""
             return self.upload(camera_id, content_type, body)
         if output == "next":
             return await self.next_image(camera_id, target)
@@ -558,17 +558,7 @@ def frame_response(frame: Frame, now: float) -> Response:
     return Response(200, bytes(frame.data), f"image/{frame.format}", headers)
 
 
-def http_header_value(request: h11.Request, name: bytes) -> str:
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1")
-    return ""
-
-
 def static(name: str) -> Response:
     data = resources.files("broker").joinpath("static", name).read_bytes()
     suffix = name[name.rfind(".") :]
     return Response(200, data, STATIC_TYPES[suffix])
-
-
-__all__ = ["Server", "UnknownCamera"]
