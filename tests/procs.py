@@ -3,26 +3,13 @@ port, waited for until /healthz answers, and always stopped."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get_json(url: str, timeout: float = 5) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.load(response)
+from benchmarks.procs import free_port, get_json, stop_process
 
 
 class BrokerProcess:
@@ -70,14 +57,7 @@ class BrokerProcess:
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
