@@ -11,9 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import fanout
+from benchmarks import fanout, ingest, slow_clients, worker
 
 SCENARIOS = {"fanout": fanout}
+SCENARIOS["slow-clients"] = slow_clients
+SCENARIOS["ingest"] = ingest
+SCENARIOS["worker"] = worker
 QUICK_SECONDS = 3.0
 DEFAULT_SECONDS = 20.0
 

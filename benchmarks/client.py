@@ -9,7 +9,14 @@ stamp's capture time) and drops (gaps in the stamp's sequence numbers), counted 
 between ``start`` and ``stop`` lines on stdin. On ``stop`` it prints one JSON summary on
 stdout and exits. While counting, it prints ``{"frames": N}`` about once a second.
 
+``--mode`` makes slow viewers: ``throttled`` reads each connection at most ``--read-rate``
+bytes per second (a token bucket, reads of at most 16 KiB) and also reports each frame's
+lag over time; ``stalled`` handshakes and then never reads again. ``--rcvbuf`` sets the
+connections' SO_RCVBUF before connecting (so the kernel does not hide the slowness behind
+megabytes of buffer).
+
     python -m benchmarks.client --port 8765 --camera cam0:4 --camera cam1:4
+    python -m benchmarks.client --port 8765 --camera cam0:2 --mode throttled --read-rate 1e6
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from cameras import stamp
 # Bytes of each image kept for the stamp: SOI, JFIF APP0 (18) and the COM segment (57).
 PREFIX_BYTES = 256
 RECV_BYTES = 1 << 20
+THROTTLED_READ_BYTES = 16 * 1024  # the token bucket's size and the largest throttled read
+MODES = ("fast", "throttled", "stalled")
 
 
 class Connection:
@@ -41,6 +50,11 @@ class Connection:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.latencies = array("d")
+        self.times = array("d")  # receipt time of each counted frame, s after `start`
+        self.started_wall = 0.0
+        self.tokens = 0.0  # throttled mode: bytes this connection may read now
+        self.refilled = 0.0
+        self.reading = False  # registered with the selector
         self._reset()
 
     def _reset(self) -> None:
@@ -106,9 +120,10 @@ class Connection:
             self.frames += 1
             self.bytes += self.length
             self.latencies.append(now - captured_at)
+            self.times.append(now - self.started_wall)
         self.last_seq = seq
 
-    def summary(self, seconds: float) -> dict[str, object]:
+    def summary(self, seconds: float, series: bool = False) -> dict[str, object]:
         span = None
         if self.first_seq is not None and self.last_seq is not None:
             span = self.last_seq - self.first_seq + 1
@@ -124,12 +139,18 @@ class Connection:
             "closed": self.closed,
             **latency_summary_ms(self.latencies),
             "latencies_ms": [round(v * 1000, 3) for v in self.latencies],
-        }
+        } | ({"lag_series": [[round(t, 3), round(v * 1000, 3)]
+                              for t, v in zip(self.times, self.latencies, strict=True)]}
+             if series else {})  # fmt: skip
 
 
-def open_connection(port: int, camera: str, name: str) -> tuple[Connection, bytes]:
+def open_connection(port: int, camera: str, name: str, rcvbuf: int = 0) -> tuple[Connection, bytes]:
     """Connect and handshake (blocking); returns the connection and bytes already read."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET /cameras/{camera} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -150,8 +171,12 @@ def open_connection(port: int, camera: str, name: str) -> tuple[Connection, byte
 
 
 class Client:
-    def __init__(self, connections: list[Connection]) -> None:
+    def __init__(
+        self, connections: list[Connection], mode: str = "fast", read_rate: float = 0.0
+    ) -> None:
         self.connections = connections
+        self.mode = mode
+        self.read_rate = read_rate if mode == "throttled" else 0.0
         self.selector = selectors.DefaultSelector()
         self.buffer = bytearray(RECV_BYTES)
         self.view = memoryview(self.buffer)
@@ -161,12 +186,15 @@ class Client:
         self.done = False
 
     def run(self) -> None:
-        for conn in self.connections:
-            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        if self.mode == "fast":
+            for conn in self.connections:
+                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+                conn.reading = True
         self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, None)
         next_report = time.monotonic() + 1
         while not self.done:
-            for key, _ in self.selector.select(timeout=1.0):
+            timeout = self._throttle() if self.read_rate else 1.0
+            for key, _ in self.selector.select(timeout=timeout):
                 if key.data is None:
                     self._commands()
                 else:
@@ -176,17 +204,45 @@ class Client:
                 frames = sum(c.frames for c in self.connections)
                 print(json.dumps({"frames": frames}), flush=True)
 
+    def _throttle(self) -> float:
+        """Refill the token buckets; read only from connections holding a full read's worth.
+        Returns the seconds until the next bucket fills (the select timeout)."""
+        now, wait = time.monotonic(), 1.0
+        for conn in self.connections:
+            if conn.closed:
+                continue
+            if conn.refilled:
+                conn.tokens += (now - conn.refilled) * self.read_rate
+            conn.tokens = min(conn.tokens, float(THROTTLED_READ_BYTES))
+            conn.refilled = now
+            ready = conn.tokens >= THROTTLED_READ_BYTES
+            if ready and not conn.reading:
+                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            elif not ready and conn.reading:
+                self.selector.unregister(conn.sock)
+            conn.reading = ready
+            if not ready:
+                wait = min(wait, (THROTTLED_READ_BYTES - conn.tokens) / self.read_rate)
+        return max(wait, 0.001)
+
     def _receive(self, conn: Connection) -> None:
+        size = int(conn.tokens) if self.read_rate else RECV_BYTES
         try:
-            count = conn.sock.recv_into(self.buffer)
+            count = conn.sock.recv_into(self.buffer, size)
         except BlockingIOError:
             return
         except OSError:
             count = 0
         if not count:
             conn.closed = True
+            conn.reading = False
             self.selector.unregister(conn.sock)
             return
+        if self.read_rate:
+            conn.tokens -= count
+            if conn.tokens < THROTTLED_READ_BYTES:
+                conn.reading = False
+                self.selector.unregister(conn.sock)
         conn.feed(self.view[:count], time.time())
 
     def _commands(self) -> None:
@@ -201,9 +257,10 @@ class Client:
 
     def _command(self, command: str) -> None:
         if command == "start":
-            self.started = time.monotonic()
+            self.started, wall = time.monotonic(), time.time()
             for conn in self.connections:
                 conn.counting = True
+                conn.started_wall = wall
         elif command == "stop":
             self.seconds = time.monotonic() - self.started if self.started else 0.0
             for conn in self.connections:
@@ -213,7 +270,10 @@ class Client:
     def summary(self) -> dict[str, object]:
         return {
             "seconds": round(self.seconds, 3),
-            "connections": [c.summary(self.seconds) for c in self.connections],
+            "mode": self.mode,
+            "connections": [
+                c.summary(self.seconds, series=self.mode == "throttled") for c in self.connections
+            ],
         }
 
 
@@ -228,6 +288,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", type=parse_camera, action="append", required=True,
                    metavar="ID[:COUNT]", help="open COUNT connections to camera ID")  # fmt: skip
     p.add_argument("--name", default="c", help="prefix of the connection names")
+    p.add_argument("--mode", choices=MODES, default="fast",
+                   help="fast, throttled (--read-rate) or stalled (never reads)")  # fmt: skip
+    p.add_argument("--read-rate", type=float, default=1e6, metavar="BYTES",
+                   help="throttled mode: bytes/s per connection (default 1e6)")  # fmt: skip
+    p.add_argument("--rcvbuf", type=int, default=0, metavar="BYTES",
+                   help="SO_RCVBUF of each connection (default: the kernel's)")  # fmt: skip
     return p
 
 
@@ -236,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     connections = []
     for camera, count in args.camera:
         for i in range(count):
-            conn, rest = open_connection(args.port, camera, f"{args.name}{camera}/{i}")
+            name = f"{args.name}{camera}/{i}"
+            conn, rest = open_connection(args.port, camera, name, args.rcvbuf)
             conn.feed(memoryview(rest), time.time())
             connections.append(conn)
     print(json.dumps({"ready": True, "connections": len(connections)}), flush=True)
-    client = Client(connections)
+    client = Client(connections, args.mode, args.read_rate)
     client.run()
     print(json.dumps(client.summary()), flush=True)
     for conn in connections:

@@ -1,0 +1,363 @@
+"""Scenario ``slow-clients``: do slow viewers hurt fast ones?
+
+One broker, C replay publishers and two phases of the same length. Phase "alone": F fast
+WebSocket clients per camera. Phase "with slow": the same fast clients plus T readers per
+camera throttled to ``--read-rate`` bytes/s and S clients per camera that never read. It
+compares the fast clients' fps and p99 between the phases, follows the throttled readers'
+lag over time, counts the stalled clients the broker disconnects after ``send_timeout``
+(``slow_client_disconnects`` in ``/healthz``) and compares the broker's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.fanout import Run, measure, shutdown, start_clients, start_replays, wait
+from benchmarks.fanout import write_config as write_camera_config
+from benchmarks.procs import Broker, Child, Workspace, get_json
+
+SCENARIO = "slow-clients"
+TARGET_FPS_RATIO = 0.99  # fast clients' fps / source fps, with the slow clients
+TARGET_P99_RATIO = 1.2  # fast clients' p99 with the slow clients / without
+TARGET_LAG_MS = 500.0  # throttled reader's p99 lag
+TARGET_LAG_GROWTH_MS = 50.0  # mean lag of the last third minus that of the first third
+RSS_ALLOWANCE = 5 * 2**20  # broker RSS beyond (queue depth + 1) x frame size per slow client
+RCVBUF = 64 * 1024  # SO_RCVBUF of the slow clients: little kernel buffering to hide behind
+PHASES = ("alone", "with_slow")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cameras", type=int, help="cameras (default 2; --quick 1)")
+    p.add_argument("--clients", type=int, help="fast clients per camera (default 4; --quick 2)")
+    p.add_argument("--throttled", type=int, help="throttled readers per camera (2; --quick 1)")
+    p.add_argument("--stalled", type=int, help="never-reading clients per camera (2; --quick 1)")
+    p.add_argument("--read-rate", type=float, default=1e6, metavar="BYTES",
+                   help="throttled readers' bytes per second (default 1e6)")  # fmt: skip
+    p.add_argument("--send-timeout", type=float, metavar="SECONDS",
+                   help="broker server.send_timeout (default 5; --quick 1)")  # fmt: skip
+    p.add_argument("--queue-depth", type=int, default=2, help="broker server.queue_depth (2)")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--quality", type=int, default=80)
+    p.add_argument("--client-procs", type=int, default=2,
+                   help="processes sharing the fast connections (default 2)")  # fmt: skip
+
+
+def _defaults(a: argparse.Namespace) -> None:
+    for name, normal, quick in (("cameras", 2, 1), ("clients", 4, 2), ("throttled", 2, 1),
+                                ("stalled", 2, 1), ("send_timeout", 5.0, 1.0)):  # fmt: skip
+        if getattr(a, name) is None:
+            setattr(a, name, quick if a.quick else normal)
+
+
+def write_config(run: Run) -> Path:
+    path = write_camera_config(run)
+    server = f"send_timeout = {run.args.send_timeout}\nqueue_depth = {run.args.queue_depth}\n"
+    path.write_text(path.read_text() + f"\n[server]\n{server}")
+    return path
+
+
+class HealthPoller:
+    """``slow_client_disconnects`` from ``/healthz`` twice a second, in a thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.points, self.stopped = url, [], threading.Event()
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                count = get_json(self.url, timeout=2)["slow_client_disconnects"]
+            except (OSError, ValueError, KeyError):
+                continue
+            self.points.append([round(time.monotonic() - self.started, 2), count])
+
+    def stop(self) -> list[list[float]]:
+        self.stopped.set()
+        self.thread.join(5)
+        return self.points
+
+
+def start_slow_clients(run: Run) -> None:
+    assert run.broker is not None
+    a = run.args
+    for mode, count in (("throttled", a.throttled), ("stalled", a.stalled)):
+        if count <= 0:
+            continue
+        argv = ["-m", "benchmarks.client", "--port", str(run.broker.port), "--mode", mode,
+                "--name", f"{mode}:", "--read-rate", str(a.read_rate),
+                "--rcvbuf", str(RCVBUF)]  # fmt: skip
+        for cid in run.camera_ids:
+            argv += ["--camera", f"{cid}:{count}"]
+        child = Child(f"{mode} clients", argv, run.work.path / f"client-{mode}.log")
+        run.clients.append(child)
+        child.expect(timeout=30)
+
+
+def phase(run: Run, name: str, warmup: float, slow: bool) -> dict:
+    assert run.broker is not None
+    run.clients, run.samples = [], []
+    start_clients(run)
+    poller = None
+    if slow:
+        before = get_json(run.broker.url + "/healthz")["slow_client_disconnects"]
+        start_slow_clients(run)
+        poller = HealthPoller(run.broker.url + "/healthz")
+    common.progress(f"phase {name}: {len(run.clients)} client processes connected")
+    wait(warmup, f"{name} warm-up")
+    raw = measure(run)
+    raw["samples"] = run.samples
+    raw["disconnects_before"] = before if slow else None
+    raw["disconnect_timeline"] = poller.stop() if poller else []
+    for child in run.clients:
+        child.stop()
+    run.clients = []
+    return raw
+
+
+def execute(run: Run, warmup: float) -> dict[str, dict]:
+    a = run.args
+    common.progress(f"{SCENARIO}: {a.cameras} cameras, per camera {a.clients} fast + "
+                    f"{a.throttled} throttled ({a.read_rate:g} B/s) + {a.stalled} stalled "
+                    f"clients, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, send_timeout "
+                    f"{a.send_timeout:g} s; 2 phases of {warmup:g} + {a.duration:g} s")  # fmt: skip
+    run.broker = Broker(write_config(run), run.work.path / "broker.log")
+    run.broker.wait_ready()
+    start_replays(run)
+    run.broker.wait_online(run.camera_ids)
+    common.progress(f"broker up on port {run.broker.port}, {len(run.replays)} replays online")
+    return {"alone": phase(run, "alone", warmup, False),
+            "with_slow": phase(run, "with slow", warmup, True)}  # fmt: skip
+
+
+# --- analysis ------------------------------------------------------------------------
+
+
+def _connections(raw: dict, mode: str) -> list[dict]:
+    found = [conn for c in raw["clients"] if c.get("mode", "fast") == mode
+             for conn in c["connections"]]  # fmt: skip
+    for conn in found:
+        conn["source_fps"] = raw["replays"][conn["camera"]]["fps"]
+        conn["fps_ratio"] = round(conn["fps"] / conn["source_fps"], 4) if conn["fps"] and conn[
+            "source_fps"] else 0.0  # fmt: skip
+    return sorted(found, key=lambda conn: conn["name"])
+
+
+def _thirds(series: list[list[float]]) -> tuple[float | None, float | None]:
+    third = len(series) // 3
+    if not third:
+        return None, None
+    first = sum(v for _, v in series[:third]) / third
+    last = sum(v for _, v in series[-third:]) / third
+    return round(first, 3), round(last, 3)
+
+
+def summarise(run: Run, raw: dict) -> dict:
+    """One phase: fast and slow clients, their latency, broker figures."""
+    fast = _connections(raw, "fast")
+    samples = [v for conn in fast for v in conn.pop("latencies_ms")]
+    throttled = _connections(raw, "throttled")
+    for conn in throttled:
+        conn.pop("latencies_ms")
+        conn["lag_first_third_ms"], conn["lag_last_third_ms"] = _thirds(conn["lag_series"])
+        first, last = conn["lag_first_third_ms"], conn["lag_last_third_ms"]
+        conn["lag_growth_ms"] = None if first is None else round(last - first, 3)
+    stalled = _connections(raw, "stalled")
+    for conn in stalled:
+        conn.pop("latencies_ms")
+    health = raw["health"]
+    before = raw["disconnects_before"]
+    return {
+        "fast": fast,
+        "fast_latency": common.latency_summary_ms([v / 1000 for v in samples]),
+        "throttled": throttled,
+        "stalled": stalled,
+        "sources": raw["replays"],
+        "broker": {"cores": raw["broker_cores"], "rss_bytes": raw["broker_rss_bytes"],
+                   "peak_rss_bytes": raw["broker_peak_rss_bytes"], "health": health},
+        "loadgen": {"cores": raw["loadgen_cores"]},
+        "slow_client_disconnects": None if before is None
+        else health["slow_client_disconnects"] - before,
+        "disconnect_timeline": raw["disconnect_timeline"],
+        "samples": raw["samples"],
+    }  # fmt: skip
+
+
+def targets(run: Run, phases: dict[str, dict], frame_bytes: float) -> dict[str, dict]:
+    a = run.args
+    alone, slow = phases["alone"], phases["with_slow"]
+    fast_ok = all(len(p["fast"]) == a.cameras * a.clients for p in phases.values())
+    throttled = slow["throttled"]
+    slow_ok = fast_ok and len(throttled) == a.cameras * a.throttled
+    slow_count = a.cameras * (a.throttled + a.stalled)
+    p99_alone, p99_slow = alone["fast_latency"]["p99_ms"], slow["fast_latency"]["p99_ms"]
+    lags = [c["p99_ms"] for c in throttled]
+    growths = [c["lag_growth_ms"] for c in throttled]
+    rss_limit = alone["broker"]["peak_rss_bytes"] + (
+        (a.queue_depth + 1) * frame_bytes * slow_count + RSS_ALLOWANCE
+    )
+    found = {
+        "fast_fps_ratio": (">=", TARGET_FPS_RATIO,
+                           min((c["fps_ratio"] for c in slow["fast"]), default=0.0), fast_ok),
+        "fast_p99_ms": ("<=", round(p99_alone * TARGET_P99_RATIO, 3) if p99_alone else None,
+                        p99_slow, fast_ok),
+        "throttled_lag_p99_ms": ("<=", TARGET_LAG_MS,
+                                 None if None in lags or not lags else max(lags), slow_ok),
+        "throttled_lag_growth_ms": ("<=", TARGET_LAG_GROWTH_MS,
+                                    None if None in growths or not growths else max(growths),
+                                    slow_ok),
+        "stalled_disconnected": (">=", a.cameras * a.stalled, slow["slow_client_disconnects"],
+                                 True),
+        "broker_peak_rss_bytes": ("<=", int(rss_limit), slow["broker"]["peak_rss_bytes"], slow_ok),
+    }  # fmt: skip
+    result = {}
+    for name, (op, limit, worst, counted) in found.items():
+        ok = worst is not None and limit is not None and counted
+        ok = ok and (worst >= limit if op == ">=" else worst <= limit)
+        result[name] = {"op": op, "limit": limit, "worst": worst, "met": bool(ok)}
+    return result
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def print_report(result: dict) -> None:
+    phases = result["phases"]
+    by_name = {c["name"]: c for c in phases["alone"]["fast"]}
+    rows = []
+    for c in phases["with_slow"]["fast"]:
+        a = by_name.get(c["name"], {})
+        rows.append([c["name"], a.get("fps"), c["fps"], a.get("p50_ms"), c["p50_ms"],
+                     a.get("p99_ms"), c["p99_ms"], c["drops"],
+                     "closed" if c["closed"] else ""])  # fmt: skip
+    print("fast clients (alone | with slow clients):")
+    print(common.format_table(["client", "fps", "fps+slow", "p50 ms", "p50+slow", "p99 ms",
+                               "p99+slow", "drops+slow", ""], rows))  # fmt: skip
+    slow = phases["with_slow"]
+    rows = [[c["name"], c["frames"], c["fps"], c["p50_ms"], c["p99_ms"], c["max_ms"],
+             c["lag_first_third_ms"], c["lag_last_third_ms"], "closed" if c["closed"] else ""]
+            for c in slow["throttled"]]  # fmt: skip
+    print(f"\nthrottled readers ({result['parameters']['read_rate']:g} B/s), lag = receipt of "
+          f"the frame's last byte minus capture:")  # fmt: skip
+    print(common.format_table(["client", "frames", "fps", "p50 ms", "p99 ms", "max ms",
+                               "1st third", "last third", ""], rows))  # fmt: skip
+    print(
+        f"\nframe size {result['frame_bytes'] / 1024:.0f} KiB; source fps: "
+        + ", ".join(f"{cid} {r['fps']}" for cid, r in slow["sources"].items())
+    )
+    for name in PHASES:
+        p = phases[name]
+        b, lat = p["broker"], p["fast_latency"]
+        print(f"{name:9s}: fast p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms | broker "
+              f"{b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.1f} MiB (peak "
+              f"{b['peak_rss_bytes'] / 2**20:.1f}) | load generators {p['loadgen']['cores']:.3f}"
+              f" cores")  # fmt: skip
+    stalled = len(slow["stalled"])
+    timeline = slow["disconnect_timeline"]
+    base = slow["broker"]["health"]["slow_client_disconnects"] - slow["slow_client_disconnects"]
+    seen = next((t for t, n in timeline if n - base >= stalled), None) if stalled else None
+    print(f"stalled clients: {stalled}; broker slow_client_disconnects in the phase "
+          f"{slow['slow_client_disconnects']} (send_timeout "
+          f"{result['parameters']['send_timeout']:g} s; all seen "
+          f"{'-' if seen is None else f'{seen:g} s'} after they connected)")  # fmt: skip
+    print("\ntargets:")
+    for name, t in result["targets"].items():
+        worst, limit = t["worst"], t["limit"]
+        if name.endswith("bytes"):
+            worst = None if worst is None else f"{worst / 2**20:.1f}M"
+            limit = None if limit is None else f"{limit / 2**20:.1f}M"
+        print(f"  {name:24s} worst {common._cell(worst):>8}  {t['op']} "
+              f"{common._cell(limit):<8}  {common.met(t['met'])}")  # fmt: skip
+
+
+def chart(result: dict, path: Path) -> None:
+    phases = result["phases"]
+    fig, (lat_ax, lag_ax, rss_ax, disc_ax) = common.new_figure(4, f"{SCENARIO} {result['title']}")
+    fast = phases["with_slow"]["fast"]
+    alone = {c["name"]: c for c in phases["alone"]["fast"]}
+    x = list(range(len(fast)))
+    lat_ax.bar([i - 0.2 for i in x], [alone.get(c["name"], {}).get("p99_ms") or 0 for c in fast],
+               width=0.4, label="p99 alone")  # fmt: skip
+    lat_ax.bar([i + 0.2 for i in x], [c["p99_ms"] or 0 for c in fast], width=0.4,
+               label="p99 with slow clients")  # fmt: skip
+    limit = result["targets"]["fast_p99_ms"]["limit"]
+    if limit:
+        lat_ax.axhline(limit, color="tab:red", ls="--", lw=1, label="1.2 x p99 alone")
+    lat_ax.set_xticks(x, [c["name"] for c in fast], rotation=90, fontsize=6)
+    lat_ax.set_yscale("log")
+    lat_ax.set_ylabel("fast clients' p99 ms")
+    lat_ax.legend(loc="upper right")
+    for c in phases["with_slow"]["throttled"]:
+        series = c["lag_series"]
+        lag_ax.plot([t for t, _ in series], [v for _, v in series], lw=1, label=c["name"])
+    lag_ax.axhline(TARGET_LAG_MS, color="tab:red", ls="--", lw=1)
+    lag_ax.set_xlabel("s")
+    lag_ax.set_ylabel("throttled readers' lag ms")
+    lag_ax.legend(loc="upper right", fontsize=7)
+    for name in PHASES:
+        samples = phases[name]["samples"]
+        rss_ax.plot([s["t"] for s in samples], [s["broker_rss_bytes"] / 2**20 for s in samples],
+                    label=f"broker RSS, {name}")  # fmt: skip
+    rss_ax.axhline(result["targets"]["broker_peak_rss_bytes"]["limit"] / 2**20, color="tab:red",
+                   ls="--", lw=1, label="RSS limit")  # fmt: skip
+    rss_ax.set_xlabel("s")
+    rss_ax.set_ylabel("MiB")
+    rss_ax.legend(loc="lower right")
+    timeline = phases["with_slow"]["disconnect_timeline"]
+    disc_ax.step([t for t, _ in timeline], [n for _, n in timeline], where="post")
+    disc_ax.axvline(result["parameters"]["send_timeout"], color="tab:red", ls="--", lw=1,
+                    label="send_timeout")  # fmt: skip
+    disc_ax.set_xlabel("s since the slow clients connected")
+    disc_ax.set_ylabel("slow_client_disconnects")
+    disc_ax.legend(loc="lower right")
+    common.save_figure(fig, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    _defaults(args)
+    warmup = 1.0 if args.quick else 2.0
+    bench = Run(args, Workspace())
+    started = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        raw = execute(bench, warmup)
+    except BaseException:
+        common.progress(f"failed; logs kept in {bench.work.keep_logs(args.out)}")
+        raise
+    finally:
+        shutdown(bench)
+        bench.work.remove()
+    phases = {name: summarise(bench, raw[name]) for name in PHASES}
+    fast = phases["alone"]["fast"]
+    frame_bytes = sum(c["bytes"] for c in fast) / max(1, sum(c["frames"] for c in fast))
+    a = args
+    result = {
+        "scenario": SCENARIO,
+        "started": started,
+        "title": f"{a.cameras} cameras x ({a.clients} fast + {a.throttled} throttled + "
+        f"{a.stalled} stalled), {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
+        f"2 x {a.duration:g} s",
+        "parameters": {k: getattr(a, k) for k in
+                       ("cameras", "clients", "throttled", "stalled", "read_rate",
+                        "send_timeout", "queue_depth", "width", "height", "fps", "quality",
+                        "client_procs", "duration", "quick")}
+        | {"warmup": warmup, "slow_rcvbuf": RCVBUF},
+        "machine": common.machine_info(),
+        "versions": common.versions(),
+        "frame_bytes": round(frame_bytes),
+        "phases": phases,
+    }  # fmt: skip
+    result["targets"] = targets(bench, phases, frame_bytes)
+    print_report(result)
+    json_path = common.result_path(args.out, SCENARIO, "json", started)
+    common.write_json(json_path, result)
+    png_path = json_path.with_suffix(".png")
+    chart(result, png_path)
+    print(f"\nwrote {json_path}\nwrote {png_path}")
+    return 0
