@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -226,3 +226,21 @@ def save_figure(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def report(
+    result: dict[str, Any],
+    out: Path,
+    scenario: str,
+    started: str,
+    print_table: Callable[[dict[str, Any]], None],
+    chart: Callable[[dict[str, Any], Path], None],
+) -> int:
+    """Print a scenario's table, then write its JSON and PNG; the command's exit code."""
+    print_table(result)
+    json_path = result_path(out, scenario, "json", started)
+    write_json(json_path, result)
+    png_path = json_path.with_suffix(".png")
+    chart(result, png_path)
+    print(f"\nwrote {json_path}\nwrote {png_path}")
+    return 0

@@ -255,13 +255,7 @@ def run(args: argparse.Namespace) -> int:
         "targets": analysed["targets"],
         "samples": bench.samples,
     }  # fmt: skip
-    print_report(result)
-    json_path = common.result_path(args.out, "fanout", "json", started)
-    common.write_json(json_path, result)
-    png_path = json_path.with_suffix(".png")
-    chart(result, png_path)
-    print(f"\nwrote {json_path}\nwrote {png_path}")
-    return 0
+    return common.report(result, args.out, "fanout", started, print_report, chart)
 
 
 def execute(run: Run, warmup: float) -> dict:

@@ -336,13 +336,7 @@ def run(args: argparse.Namespace) -> int:
                               "met": ratio is not None and ratio >= TARGET_RATIO}},
         "samples": bench.samples,
     }  # fmt: skip
-    print_report(result)
-    json_path = common.result_path(args.out, "ingest", "json", started)
-    common.write_json(json_path, result)
-    png_path = json_path.with_suffix(".png")
-    chart(result, png_path)
-    print(f"\nwrote {json_path}\nwrote {png_path}")
-    return 0
+    return common.report(result, args.out, "ingest", started, print_report, chart)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -354,10 +354,4 @@ def run(args: argparse.Namespace) -> int:
         "phases": phases,
     }  # fmt: skip
     result["targets"] = targets(bench, phases, frame_bytes)
-    print_report(result)
-    json_path = common.result_path(args.out, SCENARIO, "json", started)
-    common.write_json(json_path, result)
-    png_path = json_path.with_suffix(".png")
-    chart(result, png_path)
-    print(f"\nwrote {json_path}\nwrote {png_path}")
-    return 0
+    return common.report(result, args.out, SCENARIO, started, print_report, chart)

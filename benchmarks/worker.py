@@ -243,13 +243,7 @@ def run(args: argparse.Namespace) -> int:
                               "met": all(r["met"] for r in results)}},
         "samples": bench.samples,
     }  # fmt: skip
-    print_report(result)
-    json_path = common.result_path(args.out, "worker", "json", started)
-    common.write_json(json_path, result)
-    png_path = json_path.with_suffix(".png")
-    chart(result, png_path)
-    print(f"\nwrote {json_path}\nwrote {png_path}")
-    return 0
+    return common.report(result, args.out, "worker", started, print_report, chart)
 
 
 def main(argv: list[str] | None = None) -> int:
