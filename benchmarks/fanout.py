@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 from benchmarks.procs import Broker, Child, Workspace, get_json
@@ -54,12 +55,22 @@ class Run:
 
 def write_config(run: Run) -> Path:
     a = run.args
-    cameras = "".join(
-        f'[[cameras]]\nid = "{cid}"\nwidth = {a.width}\nheight = {a.height}\nfps = {a.fps}\n'
-        for cid in run.camera_ids
+    return write_broker_config(
+        run.work.path, run.endpoint, run.camera_ids, a.width, a.height, a.fps
     )
-    path = run.work.path / "broker.toml"
-    path.write_text(f'[ingest]\nendpoints = ["{run.endpoint}"]\n\n{cameras}')
+
+
+def write_broker_config(
+    directory: Path, endpoint: str, camera_ids: list[str],
+    width: int = 1280, height: int = 720, fps: float = 15,
+) -> Path:  # fmt: skip
+    """A broker config for external publishers on ``endpoint``; returns its path."""
+    cameras = "".join(
+        f'[[cameras]]\nid = "{cid}"\nwidth = {width}\nheight = {height}\nfps = {fps}\n'
+        for cid in camera_ids
+    )
+    path = directory / "broker.toml"
+    path.write_text(f'[ingest]\nendpoints = ["{endpoint}"]\n\n{cameras}')
     return path
 
 
@@ -222,7 +233,11 @@ def chart(result: dict, path: Path) -> None:
     common.save_figure(fig, path)
 
 
-def run(args: argparse.Namespace) -> int:
+def collect(
+    args: argparse.Namespace, execute: Callable[[Run, float], Any]
+) -> tuple[Run, Any, float, str]:
+    """Run a scenario's ``execute`` in a fresh workspace, keeping the logs if it fails and
+    stopping every process either way; returns the run, its raw result, warm-up and start."""
     warmup = 1.0 if args.quick else 2.0
     bench = Run(args, Workspace())
     started = time.strftime("%Y%m%d-%H%M%S")
@@ -234,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown(bench)
         bench.work.remove()
+    return bench, raw, warmup, started
+
+
+def run(args: argparse.Namespace) -> int:
+    bench, raw, warmup, started = collect(args, execute)
     analysed = analyse(bench, raw)
     a = args
     result = {

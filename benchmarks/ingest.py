@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.fanout import wait
+from benchmarks.fanout import wait, write_broker_config
 from benchmarks.procs import Broker, Child, Workspace, get_json
 
 TARGET_RATIO = 0.9
@@ -224,19 +224,11 @@ def bare_phase(run: Run, warmup: float) -> dict[str, object]:
     return result
 
 
-def write_config(run: Run, endpoint: str) -> Path:
-    cameras = "".join(
-        f'[[cameras]]\nid = "{cid}"\nwidth = 1280\nheight = 720\nfps = 15\n'
-        for cid in run.camera_ids
-    )
-    path = run.work.path / "broker.toml"
-    path.write_text(f'[ingest]\nendpoints = ["{endpoint}"]\n\n{cameras}')
-    return path
-
-
 def broker_phase(run: Run, warmup: float) -> dict[str, object]:
     endpoint = f"ipc://{run.work.path / 'broker.ipc'}"
-    run.broker = Broker(write_config(run, endpoint), run.work.path / "broker.log")
+    run.broker = Broker(
+        write_broker_config(run.work.path, endpoint, run.camera_ids), run.work.path / "broker.log"
+    )
     run.broker.wait_ready()
     common.progress(f"broker up on port {run.broker.port} (pid {run.broker.pid})")
     pubs = start_publishers(run, endpoint, "broker")

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import ROOT
@@ -36,6 +37,22 @@ def _env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}  # fmt: skip
+
+
+def wait_for_health(
+    process: subprocess.Popen, url: str, logs: Callable[[], str], timeout: float = 20
+) -> None:
+    """Poll ``url``/healthz until the broker answers; fail fast if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode}:\n{logs()}")
+        try:
+            get_json(url + "/healthz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"broker did not answer within {timeout} s:\n{logs()}")
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10) -> int:
@@ -133,16 +150,7 @@ class Broker:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                get_json(self.url + "/healthz", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"broker did not answer within {timeout} s:\n{self.logs()}")
+        wait_for_health(self.process, self.url, self.logs, timeout)
 
     def wait_online(self, camera_ids: list[str], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.fanout import Run, measure, shutdown, start_clients, start_replays, wait
+from benchmarks.fanout import Run, collect, measure, start_clients, start_replays, wait
 from benchmarks.fanout import write_config as write_camera_config
-from benchmarks.procs import Broker, Child, Workspace, get_json
+from benchmarks.procs import Broker, Child, get_json
 
 SCENARIO = "slow-clients"
 TARGET_FPS_RATIO = 0.99  # fast clients' fps / source fps, with the slow clients
@@ -322,17 +322,7 @@ def chart(result: dict, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _defaults(args)
-    warmup = 1.0 if args.quick else 2.0
-    bench = Run(args, Workspace())
-    started = time.strftime("%Y%m%d-%H%M%S")
-    try:
-        raw = execute(bench, warmup)
-    except BaseException:
-        common.progress(f"failed; logs kept in {bench.work.keep_logs(args.out)}")
-        raise
-    finally:
-        shutdown(bench)
-        bench.work.remove()
+    bench, raw, warmup, started = collect(args, execute)
     phases = {name: summarise(bench, raw[name]) for name in PHASES}
     fast = phases["alone"]["fast"]
     frame_bytes = sum(c["bytes"] for c in fast) / max(1, sum(c["frames"] for c in fast))

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.procs import free_port, get_json, stop_process
+from benchmarks.procs import free_port, get_json, stop_process, wait_for_health
 
 
 class BrokerProcess:
@@ -31,16 +31,8 @@ class BrokerProcess:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                get_json(self.url + "/healthz", timeout=1)
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"broker did not answer within {timeout} s:\n{self.logs()}")
+        wait_for_health(self.process, self.url, self.logs, timeout)
+        return self
 
     def cameras(self) -> dict[str, dict]:
         return {c["id"]: c for c in get_json(self.url + "/api/cameras")}
