@@ -87,10 +87,9 @@ class Broker:
                 if not camera.subscribers:
                     continue
                 width, height = camera.size
-                silent = None if camera.last_frame_at is None else now - camera.last_frame_at
                 # Rendering takes tens of ms: keep it off the event loop.
                 image = await trio.to_thread.run_sync(
-                    nodata.render, camera.info.name, width, height, silent
+                    nodata.render, camera.info.name, width, height, camera.silent_for(now)
                 )
                 last_seq = camera.latest.seq if camera.latest is not None else 0
                 self.hub.publish_placeholder(camera, Frame(

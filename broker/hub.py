@@ -173,6 +173,10 @@ class Camera:
     def id(self) -> str:
         return self.info.id
 
+    def silent_for(self, now: float) -> float | None:
+        """Seconds since the last frame, or None when none ever came."""
+        return None if self.last_frame_at is None else now - self.last_frame_at
+
     def delivery_totals(self) -> tuple[int, int, int]:
         """Frames sent, frames dropped and bytes sent to all clients ever, summed on demand
         so that the hot path counts nothing twice."""
@@ -192,7 +196,8 @@ class Camera:
 
     def summary(self, now: float) -> dict[str, object]:
         width, height = self.size
-        age = None if self.last_frame_at is None else round((now - self.last_frame_at) * 1000)
+        silent = self.silent_for(now)
+        age = None if silent is None else round(silent * 1000)
         return {
             "id": self.id,
             "name": self.info.name,

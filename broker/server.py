@@ -365,10 +365,8 @@ class Server:
         return await self._no_data(camera, now)
 
     async def _no_data(self, camera: Camera, now: float) -> Response:
-        width, height = camera.size
-        silent = None if camera.last_frame_at is None else now - camera.last_frame_at
         image = await trio.to_thread.run_sync(
-            nodata.render, camera.info.name, width, height, silent
+            nodata.render, camera.info.name, *camera.size, camera.silent_for(now)
         )
         return Response(200, image, "image/jpeg", [("x-camera-online", "false")])
 

@@ -22,6 +22,8 @@ import h11
 import trio
 from trio_websocket import WebSocketConnection
 
+from broker.http import header
+
 GOING_AWAY = 1001  # never 1000: the Grafana panel does not reconnect after a normal close
 
 
@@ -62,10 +64,7 @@ def request_bytes(request: h11.Request, trailing: bytes) -> bytes:
 
 
 def is_websocket_upgrade(request: h11.Request) -> bool:
-    for name, value in request.headers:
-        if name == b"upgrade" and value.lower() == b"websocket":
-            return True
-    return False
+    return header(request, b"upgrade").lower() == "websocket"
 
 
 async def send_prebuilt(ws: WebSocketConnection, message: bytes) -> None:
