@@ -70,7 +70,7 @@ def write_broker_config(
         for cid in camera_ids
     )
     path = directory / "broker.toml"
-    path.write_text(f'[ingest]\nendpoints = ["{endpoint}"]\n\n{cameras}')
+    path.write_text(f'[ingest]\nendpoints = ["{endpoint}"]\n[control]\nendpoints = []\n\n{cameras}')
     return path
 
 

@@ -7,6 +7,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import trio
 import zmq
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return grafana.run(config, args.public_url, args.out)
     if args.listen:
         try:
-            config = configuration.from_dict(_with_listen(args.config, args.listen))
+            config = configuration.from_dict(
+                _with_listen(args.config, args.listen), Path(args.config).resolve().parent
+            )
         except configuration.ConfigError as exc:
             print(f"--listen: {exc}", file=sys.stderr)
             return 2

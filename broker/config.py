@@ -24,10 +24,11 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cameras import settings as camera_settings
 from cameras.wire import CAMERA_ID, FORMATS
 
 
@@ -94,6 +95,43 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The control channel to workers (settings, commands) and its limits."""
+
+    endpoints: tuple[str, ...] = ("tcp://0.0.0.0:5556",)  # ROUTER bound for external workers
+    heartbeat_interval: float = 1.0  # seconds between heartbeats, both ways
+    lost_after: float = 3.0  # seconds without a word before a worker counts as lost
+    command_timeout: float = 5.0  # seconds a worker has to answer a command
+    command_rate: float = 10.0  # commands per second per client (burst: as many)
+    state_file: str = "camera-broker.state.json"  # relative to the config file; "" = none
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """Apply ``preset`` each day when the local time reaches ``at``."""
+
+    at: dt.time
+    preset: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenConfig:
+    """A bearer token and what it may do."""
+
+    token: str
+    role: str = "viewer"  # viewer: watch, list, stats; operator: also commands and settings
+    cameras: tuple[str, ...] = ()  # the cameras it may see; () = all
+    name: str = ""  # shown in the log instead of the token
+
+    @property
+    def label(self) -> str:
+        return self.name or self.token[:4] + "…"
+
+
+ROLES = ("viewer", "operator")
+
+
+@dataclass(frozen=True, slots=True)
 class CameraConfig:
     """One camera, either run by a supervised worker or fed by an external one."""
 
@@ -106,6 +144,9 @@ class CameraConfig:
     fps: float = 15.0
     format: str = "jpeg"  # one of cameras.wire.FORMATS
     quality: int = 80  # encoder quality, 1..100
+    on_demand: bool = False  # capture only while someone watches
+    idle_after: float = 30.0  # on_demand: seconds unwatched before capture stops
+    schedule: tuple[ScheduleEntry, ...] = ()  # presets applied at times of day
 
     @property
     def display_name(self) -> str:
@@ -123,7 +164,10 @@ class Config:
     ingest: IngestConfig = IngestConfig()
     workers: WorkersConfig = WorkersConfig()
     retention: RetentionConfig = RetentionConfig()
+    control: ControlConfig = ControlConfig()
     cameras: tuple[CameraConfig, ...] = ()
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → settings
+    tokens: tuple[TokenConfig, ...] = ()  # none: every client may do everything
 
     def camera(self, camera_id: str) -> CameraConfig | None:
         return next((c for c in self.cameras if c.id == camera_id), None)
@@ -145,44 +189,56 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source}: cannot read: not UTF-8 (byte {exc.start})") from exc
-    return parse(text, source)
+    return parse(text, source, base=Path(path).resolve().parent)
 
 
-def parse(text: str, source: str = "<config>") -> Config:
+def parse(text: str, source: str = "<config>", base: Path | None = None) -> Config:
     """Validate TOML text; ``source`` names it in syntax errors."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-    return from_dict(data)
+    return from_dict(data, base)
 
 
-def from_dict(data: Mapping[str, Any]) -> Config:
-    """Validate already-parsed TOML; raises `ConfigError` listing every problem."""
+def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
+    """Validate already-parsed TOML; raises `ConfigError` listing every problem.
+    A relative ``control.state_file`` is resolved against ``base`` (the config's folder)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a table, got {_typed(data)}")
     problems = _Problems()
     tables: dict[str, dict[str, Any]] = {}
     cameras: list[dict[str, Any]] = []
     camera_ids: set[str] = set()
+    presets = _presets(data.get("presets", {}), problems)
+    tokens = _tokens(data.get("tokens", []), problems)
     for key, value in data.items():
         if key in _SECTIONS:
             tables[key] = _table(_SECTIONS[key], value, key, problems)
         elif key == "cameras":
-            cameras, camera_ids = _cameras(value, problems)
-        else:
-            problems.add(_key(key), _unknown(key, [*_SECTIONS, "cameras"]))
+            cameras, camera_ids = _cameras(value, presets, problems)
+        elif key not in ("presets", "tokens"):
+            problems.add(_key(key), _unknown(key, _TOP_LEVEL))
     _check_restart_delays(tables.get("workers", {}), problems)
+    _check_heartbeat(tables.get("control", {}), problems)
     _check_default_camera(tables.get("server", {}), camera_ids, problems)
+    _check_token_cameras(tokens, camera_ids, problems)
     if problems.messages:
         raise ConfigError(problems.messages)
+    control = tables.get("control", {})
+    state_file = control.get("state_file", ControlConfig.__dataclass_fields__["state_file"].default)
+    if state_file and base is not None:
+        control["state_file"] = str(base / state_file)  # an absolute one stays as it is
     return Config(
         server=ServerConfig(**tables.get("server", {})),
         ingest=IngestConfig(**tables.get("ingest", {})),
         workers=WorkersConfig(**tables.get("workers", {})),
         retention=RetentionConfig(**tables.get("retention", {})),
+        control=ControlConfig(**control),
         cameras=tuple(CameraConfig(**camera) for camera in cameras),
+        presets=presets,
+        tokens=tuple(TokenConfig(**token) for token in tokens),
     )
 
 
@@ -261,6 +317,12 @@ def _source_problem(source: str) -> str | None:
     )
 
 
+def _token_problem(token: str) -> str | None:
+    if len(token) >= 8 and not any(c.isspace() for c in token):
+        return None
+    return "must be at least 8 characters without spaces (e.g. from `openssl rand -hex 16`)"
+
+
 def _device_problem(device: str) -> str | None:
     if not device or (device.startswith("/dev/") and len(device) > len("/dev/")):
         return None
@@ -302,6 +364,20 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "max_age": _Spec(float, 0.1, 3600),
         "max_bytes": _Spec(int, 1024 * 1024, 16 * 1024**3),
     },
+    ControlConfig: {
+        "endpoints": _Spec(tuple, item=_Spec(str, rule=_endpoint_problem)),
+        "heartbeat_interval": _Spec(float, 0.1, 60),
+        "lost_after": _Spec(float, 0.3, 600),
+        "command_timeout": _Spec(float, 0.1, 300),
+        "command_rate": _Spec(float, 0.1, 10000),
+        "state_file": _Spec(str),
+    },
+    TokenConfig: {
+        "token": _Spec(str, rule=_token_problem),
+        "role": _Spec(str, choices=ROLES),
+        "cameras": _Spec(tuple, item=_Spec(str)),
+        "name": _Spec(str),
+    },
     WorkersConfig: {
         "restart_delay": _Spec(float, 0.1, 60),
         "restart_delay_max": _Spec(float, 1, 3600),
@@ -317,6 +393,9 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "fps": _Spec(float, 0.1, 240),
         "format": _Spec(str, choices=FORMATS),
         "quality": _Spec(int, 1, 100),
+        "on_demand": _Spec(bool),
+        "idle_after": _Spec(float, 1, 86400),
+        "schedule": _Spec(list),  # checked by _schedule
     },
 }
 
@@ -325,7 +404,9 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
     "workers": WorkersConfig,
     "retention": RetentionConfig,
+    "control": ControlConfig,
 }
+_TOP_LEVEL = [*_SECTIONS, "cameras", "presets", "tokens"]
 
 _INVALID = object()  # marks a value that failed its check
 
@@ -348,9 +429,9 @@ def _table(cls: type, data: Any, path: str, problems: _Problems) -> dict[str, An
         problems.add(path, f"must be a table, got {_typed(data)}")
         return {}
     specs = _SPECS[cls]
-    for field in fields(cls):
-        if field.default is MISSING and field.name not in data:
-            problems.add(f"{path}.{field.name}", "is required")
+    for spec_field in fields(cls):
+        if spec_field.default is MISSING and spec_field.name not in data:
+            problems.add(f"{path}.{spec_field.name}", "is required")
     values: dict[str, Any] = {}
     for key, value in data.items():
         key_path = f"{path}.{_key(key)}"
@@ -365,6 +446,8 @@ def _table(cls: type, data: Any, path: str, problems: _Problems) -> dict[str, An
 
 def _check(spec: _Spec, value: Any, path: str, problems: _Problems) -> Any:
     """The value as stored (floats as float, arrays as tuples), or `_INVALID`."""
+    if spec.kind is list:  # an array of tables, checked by its own function
+        return value
     if spec.item is not None:
         return _check_array(spec.item, value, path, problems)
     problem = _problem(spec, value)
@@ -379,7 +462,7 @@ def _check_array(item: _Spec, value: Any, path: str, problems: _Problems) -> Any
         problems.add(path, f"must be an array of {_plural(item)}, got {_typed(value)}")
         return _INVALID
     checked = [_check(item, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    # Our only array lists endpoints to bind; binding one twice fails at startup.
+    # Our arrays list endpoints to bind (binding one twice fails) or camera ids.
     _check_unique([(f"{path}[{i}]", v) for i, v in enumerate(value)], "entry", problems)
     return _INVALID if _INVALID in checked else tuple(checked)
 
@@ -421,21 +504,122 @@ def _plural(spec: _Spec) -> str:
 # --- cameras and the rules that relate fields ---
 
 
-def _cameras(data: Any, problems: _Problems) -> tuple[list[dict[str, Any]], set[str]]:
+def _cameras(
+    data: Any, presets: dict[str, dict[str, Any]], problems: _Problems
+) -> tuple[list[dict[str, Any]], set[str]]:
     """The valid cameras' values, and every id given (valid or not)."""
-    if not isinstance(data, list):
-        problems.add("cameras", f"must be an array of tables ([[cameras]]), got {_typed(data)}")
-        return [], set()
-    cameras = [
-        _table(CameraConfig, camera, f"cameras[{i}]", problems) for i, camera in enumerate(data)
-    ]
+    cameras = _tables(CameraConfig, data, "cameras", problems)
     for i, camera in enumerate(cameras):
         if camera.get("source") and camera.get("device"):
             problems.add(f"cameras[{i}]", "must not set both source and device")
+        if "schedule" in camera:
+            camera["schedule"] = _schedule(camera["schedule"], presets, i, problems)
     ids = [(f"cameras[{i}].id", c["id"]) for i, c in enumerate(cameras) if "id" in c]
     _check_unique(ids, "camera id", problems)
     given = {c["id"] for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)}
     return cameras, given
+
+
+def _tables(cls: type, data: Any, path: str, problems: _Problems) -> list[dict[str, Any]]:
+    """An array of tables such as [[cameras]]: each one's valid values."""
+    if not isinstance(data, list):
+        problems.add(path, f"must be an array of tables ([[{path}]]), got {_typed(data)}")
+        return []
+    return [_table(cls, table, f"{path}[{i}]", problems) for i, table in enumerate(data)]
+
+
+def _schedule(
+    data: Any, presets: dict[str, dict[str, Any]], camera: int, problems: _Problems
+) -> tuple[ScheduleEntry, ...]:
+    path = f"cameras[{camera}].schedule"
+    if not isinstance(data, list):
+        problems.add(path, f'must be an array of {{at = "HH:MM", preset = "NAME"}}, got '
+                     f"{_typed(data)}")  # fmt: skip
+        return ()
+    entries = []
+    for i, entry in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(entry, dict):
+            problems.add(where, f'must be a table {{at = "HH:MM", preset = "NAME"}}, got '
+                         f"{_typed(entry)}")  # fmt: skip
+            continue
+        for key in entry.keys() - {"at", "preset"}:
+            problems.add(f"{where}.{_key(key)}", _unknown(key, ["at", "preset"]))
+        at, preset = _time_of_day(entry.get("at")), entry.get("preset")
+        if at is None:
+            shown = _typed(entry["at"]) if "at" in entry else "nothing"
+            problems.add(f"{where}.at", f'must be a time of day such as "07:30", got {shown}')
+        if preset not in presets:
+            known = ", ".join(presets) if presets else "there are none"
+            shown = _show(preset) if "preset" in entry else "nothing"
+            problems.add(f"{where}.preset", f"must name a preset ({known}), got {shown}")
+        if at is not None and preset in presets:
+            entries.append(ScheduleEntry(at, preset))
+    return tuple(entries)
+
+
+def _time_of_day(value: Any) -> dt.time | None:
+    if isinstance(value, dt.time):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
+        try:
+            return dt.time(*map(int, value.split(":")))
+        except ValueError:
+            return None
+    return None
+
+
+def _presets(data: Any, problems: _Problems) -> dict[str, dict[str, Any]]:
+    """``[presets.NAME]`` tables of camera settings, each checked like a settings change."""
+    if not isinstance(data, dict):
+        problems.add("presets", f"must be a table of [presets.NAME] tables, got {_typed(data)}")
+        return {}
+    presets = {}
+    for name, settings in data.items():
+        path = f"presets.{_key(name)}"
+        if not isinstance(settings, dict):
+            problems.add(path, f"must be a table of camera settings, got {_typed(settings)}")
+            continue
+        if not CAMERA_ID.fullmatch(name):
+            problems.add(path, f"a preset name must match {CAMERA_ID.pattern}")
+            continue
+        try:
+            presets[name] = camera_settings.validate(settings)
+        except camera_settings.SettingsError as bad:
+            for key, problem in bad.errors.items():
+                problems.add(f"{path}.{_key(key)}", problem)
+    return presets
+
+
+def _tokens(data: Any, problems: _Problems) -> list[dict[str, Any]]:
+    tokens = _tables(TokenConfig, data, "tokens", problems)
+    items = [(f"tokens[{i}].token", t["token"]) for i, t in enumerate(tokens) if "token" in t]
+    _check_unique(items, "token", problems)
+    return tokens
+
+
+def _check_token_cameras(
+    tokens: list[dict[str, Any]], ids: set[str], problems: _Problems
+) -> None:
+    if "cameras" in problems.paths:
+        return
+    for i, token in enumerate(tokens):
+        for j, camera in enumerate(token.get("cameras", ())):
+            if camera not in ids:
+                known = ", ".join(sorted(ids)) if ids else "there are none"
+                problem = f"must name a configured camera ({known}), got {_show(camera)}"
+                problems.add(f"tokens[{i}].cameras[{j}]", problem)
+
+
+def _check_heartbeat(control: dict[str, Any], problems: _Problems) -> None:
+    if {"control.heartbeat_interval", "control.lost_after"} & problems.paths:
+        return
+    defaults = ControlConfig()
+    interval = control.get("heartbeat_interval", defaults.heartbeat_interval)
+    lost = control.get("lost_after", defaults.lost_after)
+    if lost < 2 * interval:
+        problems.add("control.lost_after", f"must be at least twice heartbeat_interval "
+                     f"({_show(interval)}), got {_show(lost)}")  # fmt: skip
 
 
 def _check_unique(items: list[tuple[str, Any]], what: str, problems: _Problems) -> None:

@@ -30,10 +30,12 @@ def sample_jpeg(width: int = 1280, height: int = 720, quality: int = 80) -> byte
 def config(cameras: str = '[[cameras]]\nid = "a"\n', **sections: str) -> configuration.Config:
     server = sections.get("server", "")
     ingest = sections.get("ingest", "")
+    control = sections.get("control", "")
     tables = sections.get("retention", "")  # whole extra tables, e.g. "[retention]\n..."
     return configuration.parse(
         f'[server]\nlisten = "127.0.0.1:0"\n{server}\n'
-        f'[ingest]\nendpoints = ["tcp://127.0.0.1:*"]\n{ingest}\n{tables}\n{cameras}'
+        f'[ingest]\nendpoints = ["tcp://127.0.0.1:*"]\n{ingest}\n'
+        f'[control]\nendpoints = []\nstate_file = ""\n{control}\n{tables}\n{cameras}'
     )
 
 

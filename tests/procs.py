@@ -61,9 +61,11 @@ class BrokerProcess:
         self.stop()
 
 
-def write_config(tmp_path: Path, cameras: str, extra: str = "") -> Path:
+def write_config(tmp_path: Path, cameras: str, extra: str = "", control: str = "") -> Path:
+    """A config taking no fixed port; its state file goes beside it in ``tmp_path``."""
     path = tmp_path / "broker.toml"
-    path.write_text(f"[ingest]\nendpoints = []\noffline_after = 1.0\n{extra}\n{cameras}")
+    path.write_text(f"[ingest]\nendpoints = []\noffline_after = 1.0\n{extra}\n"
+                    f"[control]\nendpoints = []\n{control}\n{cameras}")  # fmt: skip
     return path
 
 

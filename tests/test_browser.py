@@ -75,10 +75,11 @@ def wait_for_more_images(page, count: int) -> int:
 
 
 def demo_config(tmp_path: Path) -> Path:
-    """config/demo.toml, but taking no fixed ingest port (tests may run beside a demo)."""
+    """config/demo.toml, but taking no fixed ingest or control port (tests may run beside
+    a demo), with its state file in ``tmp_path``."""
     text = (ROOT / "config" / "demo.toml").read_text()
     text = re.sub(r"(?m)^endpoints = .*$", "endpoints = []", text)
-    assert "endpoints = []" in text
+    assert text.count("endpoints = []") == 2
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path

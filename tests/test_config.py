@@ -13,6 +13,7 @@ from broker.config import (
     CameraConfig,
     Config,
     ConfigError,
+    ControlConfig,
     IngestConfig,
     RetentionConfig,
     ServerConfig,
@@ -29,6 +30,42 @@ CAMERA_KEYS = "id, name, source, device, width, height, fps, format, quality"
 
 # Each row: a config with mistakes, and exactly the messages it must produce, in order.
 BAD_CONFIGS = [
+    # --- control, presets, schedules, tokens ---
+    pytest.param(
+        "[control]\nheartbeat_interval = 2\nlost_after = 3",
+        ["control.lost_after: must be at least twice heartbeat_interval (2.0), got 3.0"],
+        id="lost-after-too-short",
+    ),
+    pytest.param(
+        "[presets.night]\nbrightness = 120\nglow = 1",
+        [
+            "presets.night.brightness: must be an integer from 0 to 100, got 120",
+            "presets.night.glow: unknown setting (known: width, height, fps, format, quality, "
+            "brightness, contrast, saturation, sharpness, auto_exposure, exposure_time, name)",
+        ],
+        id="preset-bad-settings",
+    ),
+    pytest.param(
+        '[presets.day]\nbrightness = 50\n[[cameras]]\nid = "a"\n'
+        'schedule = [{at = "25:00", preset = "day"}, {at = "07:00", preset = "dusk"}]',
+        [
+            'cameras[0].schedule[0].at: must be a time of day such as "07:30", got "25:00" '
+            "(a string)",
+            'cameras[0].schedule[1].preset: must name a preset (day), got "dusk"',
+        ],
+        id="schedule-bad-entries",
+    ),
+    pytest.param(
+        '[[cameras]]\nid = "a"\n[[tokens]]\ntoken = "short"\nrole = "admin"\n'
+        'cameras = ["b"]',
+        [
+            "tokens[0].token: must be at least 8 characters without spaces "
+            "(e.g. from `openssl rand -hex 16`)",
+            'tokens[0].role: must be one of viewer, operator, got "admin"',
+            'tokens[0].cameras[0]: must name a configured camera (a), got "b"',
+        ],
+        id="token-mistakes",
+    ),
     # --- types and ranges ---
     pytest.param(
         "[server]\nqueue_depth = 0",
@@ -415,6 +452,28 @@ format = "png"
     assert config.default_camera == "yard"
 
 
+def test_control_presets_schedule_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        '[control]\nendpoints = []\nstate_file = "state/s.json"\n'
+        "[presets.night]\nbrightness = 70\nauto_exposure = false\n"
+        '[[cameras]]\nid = "a"\non_demand = true\nidle_after = 5\n'
+        'schedule = [{at = "19:30", preset = "night"}, {at = 06:15:00, preset = "night"}]\n'
+        '[[tokens]]\ntoken = "operator-token"\nrole = "operator"\ncameras = ["a"]\n'
+    )
+    config = load(path)
+    assert config.control.endpoints == ()
+    assert config.control.state_file == str(tmp_path / "state" / "s.json")
+    assert config.presets == {"night": {"brightness": 70, "auto_exposure": False}}
+    camera = config.cameras[0]
+    assert (camera.on_demand, camera.idle_after) == (True, 5.0)
+    assert [(e.at.hour, e.at.minute, e.preset) for e in camera.schedule] == [
+        (19, 30, "night"), (6, 15, "night"),
+    ]
+    assert config.tokens[0].cameras == ("a",)
+    assert config.tokens[0].label == "oper…"
+
+
 def test_first_camera_is_the_default() -> None:
     config = parse('[[cameras]]\nid = "b"\n[[cameras]]\nid = "a"')
     assert config.default_camera == "b"
@@ -505,7 +564,10 @@ def test_example_config_is_the_defaults() -> None:
     assert config.ingest == IngestConfig()
     assert config.workers == WorkersConfig()
     assert config.retention == RetentionConfig()
+    assert config.control.endpoints == ControlConfig().endpoints
+    assert Path(config.control.state_file) == CONFIG_DIR / ControlConfig().state_file
     assert config.cameras == (CameraConfig(id="front"),)
+    assert config.presets == {} and config.tokens == ()
 
 
 def test_example_config_has_every_key() -> None:
@@ -515,12 +577,22 @@ def test_example_config_has_every_key() -> None:
         "ingest": IngestConfig,
         "workers": WorkersConfig,
         "retention": RetentionConfig,
+        "control": ControlConfig,
         "cameras": CameraConfig,
     }
-    assert set(raw) == {f.name for f in dataclasses.fields(Config)} == set(expected)
+    commented = {"presets", "tokens"}  # examples in comments: the default is none
+    assert set(raw) | commented == {f.name for f in dataclasses.fields(Config)}
+    assert set(raw) == set(expected)
     for table, cls in expected.items():
         section = raw[table][0] if table == "cameras" else raw[table]
         assert set(section) == {f.name for f in dataclasses.fields(cls)}, table
+    # The commented examples are valid once uncommented.
+    text = (CONFIG_DIR / "example.toml").read_text(encoding="utf-8")
+    start, end = text.index("# [presets.day]"), text.index("# One [[cameras]]")
+    block = re.sub(r"(?m)^# (\[presets|\[\[tokens|[a-z_]+ = )", r"\1", text[start:end])
+    config = parse(text[:start] + text[end:] + "\n" + block.replace('cameras = []', ''))
+    assert set(config.presets) == {"day", "night"}
+    assert config.tokens[0].role == "operator"
 
 
 def test_example_config_explains_every_key() -> None:

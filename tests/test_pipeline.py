@@ -107,6 +107,7 @@ async def test_external_worker_over_tcp(tmp_path: Path) -> None:
     ingest_port = free_port()
     config = tmp_path / "broker.toml"
     config.write_text(f'[ingest]\nendpoints = ["tcp://127.0.0.1:{ingest_port}"]\n'
+                      '[control]\nendpoints = []\n'
                       '[[cameras]]\nid = "front"\nwidth = 320\nheight = 240\n')  # fmt: skip
     with BrokerProcess(config) as broker:
         worker = subprocess.Popen(
