@@ -4,28 +4,42 @@ One process per camera. It paces itself to the target fps and drops frames (and 
 so) when capture or encoding cannot keep up, rather than falling behind. A source that
 fails is reopened with exponential backoff, never in a tight loop. SIGINT and SIGTERM
 stop it cleanly.
+
+With ``--control`` it also keeps a control channel to the broker (`cameras.link`): it
+says hello, heartbeats, and runs commands between frames: settings change live, without
+interrupting the stream; ``stop_stream`` releases the source. The loop waits for the next
+frame with a `zmq.Poller` over the control socket and the `Stop` pipe, so a command is
+handled within milliseconds and the frame pacing is kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import select
 import signal
 import sys
 import time
+from typing import Any
 
 import cv2
+import numpy as np
 import zmq
 
 from cameras import stamp, wire
+from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
 from cameras.encoding import encode
+from cameras.link import ControlLink, open_dealer
+from cameras.settings import SETTINGS, Settings, SettingsError, defaults, supported, validate
 from cameras.sources import Capture, Source, SourceError, make_source
 
 log = logging.getLogger("camera-worker")
 
 DROP_REPORT_INTERVAL = 5.0
+SIZE_KEYS = ("width", "height")
+Reply = tuple[bool, str, dict[str, Any]]  # success, message, extra reply fields
 
 
 class Stop:
@@ -49,6 +63,10 @@ class Stop:
 
     def is_set(self) -> bool:
         return self._set
+
+    def fileno(self) -> int:
+        """Readable once set: lets a poller wait on it with other sockets."""
+        return self._read
 
     def wait(self, timeout: float) -> bool:
         if not self._set:
@@ -78,74 +96,272 @@ def late_slots(now: float, next_due: float, interval: float) -> int:
 
 
 class Worker:
-    def __init__(self, args: argparse.Namespace, socket: zmq.Socket, source: Source) -> None:
+    """One camera: its source, its current settings, the frame loop and the commands.
+
+    ``control`` is the DEALER socket of the control channel, or None for a worker that
+    just streams (as before there was a control plane)."""
+
+    def __init__(self, args: argparse.Namespace, socket: zmq.Socket, source: Source,
+                 control: zmq.Socket | None = None) -> None:  # fmt: skip
         self.camera = args.camera_id
-        self.fps = args.fps
-        self.format = args.format
-        self.quality = args.quality
-        self.size = (args.width, args.height) if args.width and args.height else None
         self.socket = socket
         self.source = source
+        # Every setting but width/height, which `output_size` knows.
+        self.settings: Settings = {k: v for k, v in defaults().items() if k not in SIZE_KEYS}
+        self.settings.update(fps=float(args.fps), format=args.format, quality=args.quality)
+        self.size = (args.width, args.height) if args.width and args.height else None
+        self.last_size: tuple[int, int] | None = None  # of the last frame published
+        self.supported = supported()  # every source can apply every setting, in software
+        self.software: Settings = dict(NEUTRAL)  # the image settings applied in software
+        self.neutral = True  # `self.software` leaves images unchanged
+        self.streaming = not args.paused
+        self.opened = False
+        self.retry_at = 0.0  # when to try opening a failed source again
+        self.next_due = 0.0  # when the next frame is due
         self.seq = 0
         self.dropped = 0
         self.backoff = Backoff()
+        self.reported_at, self.dropped_at_report = time.monotonic(), 0
+        self.link: ControlLink | None = None
+        if control is not None:
+            self.link = ControlLink(control, args.heartbeat, self.hello, lambda: self.streaming)
+
+    # -- the loop -------------------------------------------------------------------
 
     def run(self, stop: Stop) -> None:
-        while not stop.is_set():
-            try:
-                self.source.open()
-                log.info("camera %s: capturing from %s", self.camera, self.source.description)
-                self.stream(stop)
-            except SourceError as exc:
-                delay = self.backoff.next()
-                log.error("camera %s: %s; retrying in %.0f s", self.camera, exc, delay)
-                stop.wait(delay)
-            finally:
-                self.source.close()
+        poller = zmq.Poller()
+        poller.register(stop, zmq.POLLIN)
+        if self.link is not None:
+            poller.register(self.link.socket, zmq.POLLIN)
+            self.link.start()
+        try:
+            while not stop.is_set():
+                self.step()
+                timeout = max(0.0, self.wake_at() - time.monotonic())
+                ready = dict(poller.poll(math.ceil(timeout * 1000)))
+                if self.link is not None and self.link.socket in ready:
+                    for command in self.link.receive():
+                        self.handle(command)
+        finally:
+            self.close_source()
 
-    def stream(self, stop: Stop) -> None:
-        interval = 1 / self.fps
-        next_due = time.monotonic()
-        reported_at, dropped_at_report, work = next_due, 0, 0.0
-        while not stop.is_set():
-            started = time.monotonic()
+    def step(self) -> None:
+        """Whatever is due now: a heartbeat, opening the source, a frame."""
+        if self.link is not None:
+            self.link.tick()
+        if not self.streaming:
+            return
+        if not self.opened and time.monotonic() >= self.retry_at:
+            self.open_source()
+        if self.opened and time.monotonic() >= self.next_due:
+            self.capture()
+
+    def wake_at(self) -> float:
+        times = [self.link.next_due()] if self.link is not None else []
+        if self.streaming:
+            times.append(self.next_due if self.opened else self.retry_at)
+        return min(times, default=time.monotonic() + 1.0)
+
+    def open_source(self) -> str | None:
+        """Open the source now; the error text if it failed (then retried with backoff)."""
+        try:
+            self.source.open()
+        except SourceError as exc:
+            self.source_failed(exc)
+            return str(exc)
+        self.opened = True
+        log.info("camera %s: capturing from %s", self.camera, self.source.description)
+        self.apply_controls()
+        self.next_due = time.monotonic()
+        return None
+
+    def source_failed(self, exc: SourceError) -> None:
+        self.close_source()
+        delay = self.backoff.next()
+        log.error("camera %s: %s; retrying in %.0f s", self.camera, exc, delay)
+        self.retry_at = time.monotonic() + delay
+
+    def close_source(self) -> None:
+        self.source.close()
+        self.opened = False
+
+    def capture(self) -> None:
+        """Capture, encode and publish one frame; keep the pacing, count late slots."""
+        fps = self.settings["fps"]
+        interval = 1 / fps
+        started = time.monotonic()
+        try:
             self.publish(self.source.read())
-            self.backoff.reset()
-            now = time.monotonic()
-            work = now - started
-            next_due += interval
-            missed = late_slots(now, next_due, interval)
-            if missed:
-                self.dropped += missed
-                next_due += missed * interval
-            if now - reported_at >= DROP_REPORT_INTERVAL:
-                if self.dropped > dropped_at_report:
-                    log.warning(
-                        "camera %s: fell behind %g fps (the last frame took %.0f ms to "
-                        "capture and encode); dropped %d frames in the last %.0f s",
-                        self.camera, self.fps, work * 1000, self.dropped - dropped_at_report,
-                        now - reported_at,
-                    )  # fmt: skip
-                reported_at, dropped_at_report = now, self.dropped
-            stop.wait(max(0.0, next_due - time.monotonic()))
+        except SourceError as exc:
+            self.source_failed(exc)
+            return
+        self.backoff.reset()
+        now = time.monotonic()
+        self.next_due += interval
+        missed = late_slots(now, self.next_due, interval)
+        if missed:
+            self.dropped += missed
+            self.next_due += missed * interval
+        if now - self.reported_at >= DROP_REPORT_INTERVAL:
+            if self.dropped > self.dropped_at_report:
+                log.warning(
+                    "camera %s: fell behind %g fps (the last frame took %.0f ms to "
+                    "capture and encode); dropped %d frames in the last %.0f s",
+                    self.camera, fps, (now - started) * 1000,
+                    self.dropped - self.dropped_at_report, now - self.reported_at,
+                )  # fmt: skip
+            self.reported_at, self.dropped_at_report = now, self.dropped
 
     def publish(self, capture: Capture) -> None:
-        if capture.jpeg is not None:  # the camera's own MJPEG, untouched
-            payload = capture.jpeg
-            width, height = capture.jpeg_size
-        else:
-            image = capture.image
-            assert image is not None
-            if self.size and capture.size != self.size:
-                image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-            height, width = image.shape[:2]
-            payload = encode(image, self.format, self.quality)
-            if self.format == "jpeg":  # lets any viewer measure latency (docs/protocol.md)
-                payload = stamp.stamp(payload, self.seq, capture.captured_at)
-        header = wire.FrameHeader(self.camera, self.seq, capture.captured_at, width, height,
-                                  self.format)  # fmt: skip
+        fmt = self.settings["format"]
+        image = capture.image
+        if capture.jpeg is not None:
+            if fmt == "jpeg" and self.neutral and self.size in (None, capture.jpeg_size):
+                self.send(capture.captured_at, *capture.jpeg_size, capture.jpeg)  # untouched
+                return
+            # Settings the camera's JPEG does not have yet: decode it and go on as usual.
+            image = cv2.imdecode(np.frombuffer(capture.jpeg, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                raise SourceError(f"{self.source.description}: an undecodable MJPEG frame")
+        assert image is not None
+        if self.size and (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        if not self.neutral:
+            image = adjust(image, self.software)
+        height, width = image.shape[:2]
+        payload = encode(image, fmt, self.settings["quality"])
+        if fmt == "jpeg":  # lets any viewer measure latency (docs/protocol.md)
+            payload = stamp.stamp(payload, self.seq, capture.captured_at)
+        self.send(capture.captured_at, width, height, payload)
+
+    def send(self, captured_at: float, width: int, height: int, payload: bytes) -> None:
+        header = wire.FrameHeader(self.camera, self.seq, captured_at, width, height,
+                                  self.settings["format"])  # fmt: skip
         self.socket.send_multipart(wire.encode(header, payload), copy=False)
+        self.last_size = (width, height)
         self.seq += 1
+
+    # -- settings -------------------------------------------------------------------
+
+    def output_size(self) -> tuple[int, int] | None:
+        return self.size or self.source.size or self.last_size
+
+    def current_settings(self) -> Settings:
+        """Every setting; width and height only once known (a file's size, say, is known
+        from its first frame)."""
+        size = self.output_size()
+        known = dict(zip(SIZE_KEYS, size, strict=True)) if size else {}
+        return {key: known[key] if key in SIZE_KEYS else self.settings[key]
+                for key in SETTINGS if key in known or key in self.settings}  # fmt: skip
+
+    def apply(self, changed: Settings) -> str | None:
+        """Apply validated changes live; the error text if the source failed meanwhile."""
+        self.settings.update({k: v for k, v in changed.items() if k not in SIZE_KEYS})
+        if changed.keys() & set(SIZE_KEYS):
+            size = self.output_size() or (0, 0)  # known, or both are in `changed`
+            self.size = (changed.get("width", size[0]), changed.get("height", size[1]))
+        if "fps" in changed:  # a slower rate must not wait out the old, longer interval
+            self.next_due = min(self.next_due, time.monotonic() + 1 / changed["fps"])
+        if changed.keys() & {"width", "height", "fps", "format"}:
+            try:
+                self.source.reconfigure(self.size, self.settings["fps"], self.settings["format"])
+            except SourceError as exc:
+                self.source_failed(exc)
+                return str(exc)
+            self.apply_controls()  # a device may have been reopened
+        elif changed.keys() & set(IMAGE_SETTINGS):
+            self.apply_controls()
+        return None
+
+    def apply_controls(self) -> None:
+        """Image settings: in hardware where the source can, the rest in software."""
+        image = {key: self.settings[key] for key in IMAGE_SETTINGS}
+        hardware = self.source.set_controls(image) if self.opened else frozenset()
+        self.software = {k: NEUTRAL[k] if k in hardware else v for k, v in image.items()}
+        self.neutral = is_neutral(self.software)
+
+    # -- the control channel --------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        return {"camera": self.camera, "device": self.source.description,
+                "supported": self.supported, "settings": self.current_settings(),
+                "streaming": self.streaming, "pid": os.getpid()}  # fmt: skip
+
+    def handle(self, command: dict[str, Any]) -> None:
+        """Run one command and send its one reply."""
+        assert self.link is not None
+        name = command["command"]
+        if "error" in command:
+            success, message, extra = False, command["error"], {}
+        else:
+            try:
+                success, message, extra = getattr(self, f"do_{name}")(command["settings"])
+            except Exception as exc:  # a bug must cost one command, not the camera
+                log.exception("camera %s: %s failed", self.camera, name)
+                success, message, extra = False, f"internal error: {exc!r}", {}
+        level = logging.DEBUG if name == "get_status" else logging.INFO
+        log.log(level, "camera %s: %s: %s", self.camera, name or "command", message)
+        self.link.reply(command["request_id"], success, message, self.current_settings(),
+                        self.streaming, **extra)  # fmt: skip
+
+    def do_update_settings(self, changes: Settings) -> Reply:
+        try:
+            clean = validate(changes, self.supported)
+            if ("width" in clean) != ("height" in clean):
+                size = self.output_size()
+                if size is None:
+                    missing = "height" if "width" in clean else "width"
+                    raise SettingsError({missing: "not known before the first frame: "
+                                                  "give width and height together"})  # fmt: skip
+                clean = {**dict(zip(SIZE_KEYS, size, strict=True)), **clean}
+        except SettingsError as exc:
+            return False, f"invalid settings, nothing changed: {exc}", {"errors": exc.errors}
+        current = self.current_settings()
+        changed = {key: value for key, value in clean.items() if current.get(key) != value}
+        if not changed:
+            return True, "no change", {}
+        error = self.apply(changed)
+        message = "changed " + ", ".join(changed)
+        return True, message + (f"; the source failed: {error}" if error else ""), {}
+
+    def do_start_stream(self, _settings: Settings) -> Reply:
+        if self.streaming:
+            return True, "already streaming", {}
+        self.streaming = True
+        self.backoff.reset()
+        error = self.open_source()
+        if error:
+            return False, f"cannot open the source: {error}; retrying", {}
+        return True, "streaming", {}
+
+    def do_stop_stream(self, _settings: Settings) -> Reply:
+        if not self.streaming:
+            return True, "already stopped", {}
+        self.streaming = False
+        self.close_source()  # a device's LED goes off
+        return True, "stopped", {}
+
+    def do_get_status(self, _settings: Settings) -> Reply:
+        if not self.streaming:
+            state = "stopped"
+        elif self.opened:
+            state = "streaming"
+        else:
+            state = f"streaming, but the source failed; retrying in {self.retry_wait():.0f} s"
+        return True, f"{state}; {self.seq} frames published, {self.dropped} dropped", {}
+
+    def do_restart_camera(self, _settings: Settings) -> Reply:
+        self.close_source()
+        if not self.streaming:
+            return True, "not streaming: the source opens on start_stream", {}
+        self.backoff.reset()
+        error = self.open_source()
+        if error:
+            return False, f"cannot reopen the source: {error}; retrying", {}
+        return True, "restarted", {}
+
+    def retry_wait(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,6 +377,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=positive_float, default=15.0)
     p.add_argument("--format", choices=wire.FORMATS, default="jpeg")
     p.add_argument("--quality", type=quality, default=80, help="1..100 (default 80)")
+    p.add_argument("--control", metavar="ENDPOINT",
+                   help="the broker's control endpoint (ROUTER), e.g. tcp://host:5556; "
+                        "without it the worker only streams")  # fmt: skip
+    p.add_argument("--heartbeat", type=heartbeat, default=1.0, metavar="SECONDS",
+                   help="control heartbeat interval (default 1.0)")  # fmt: skip
+    p.add_argument("--paused", action="store_true",
+                   help="start with streaming off (source closed) until start_stream")  # fmt: skip
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return p
 
@@ -187,6 +410,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def heartbeat(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be a number from 0.05 to 60, got {text}")
+    return value
+
+
 def quality(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100:
         raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text}")
@@ -197,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if (args.width is None) != (args.height is None):
         parser().error("--width and --height go together")
+    if args.paused and not args.control:
+        parser().error("--paused needs --control (nothing else could start the stream)")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # fmt: skip
@@ -213,25 +448,34 @@ def main(argv: list[str] | None = None) -> int:
     source = make_source(args.source, args.device, size, args.fps, args.format)
     context = zmq.Context()
     socket = context.socket(zmq.PUB)
-    socket.setsockopt(zmq.SNDHWM, 4)  # drop stale frames here rather than queue them
-    socket.setsockopt(zmq.LINGER, 0)
+    control = None
     try:
-        socket.connect(args.broker)
-    except zmq.ZMQError as exc:
-        log.error("camera %s: bad --broker %s: %s", args.camera_id, args.broker, exc)
-        stop.close()
-        return 2
-    log.info("camera %s: %s at %g fps as %s, publishing to %s", args.camera_id,
-             source.description, args.fps, args.format, args.broker)  # fmt: skip
-    try:
-        Worker(args, socket, source).run(stop)
+        socket.setsockopt(zmq.SNDHWM, 4)  # drop stale frames here rather than queue them
+        socket.setsockopt(zmq.LINGER, 0)
+        try:
+            socket.connect(args.broker)
+        except zmq.ZMQError as exc:
+            log.error("camera %s: bad --broker %s: %s", args.camera_id, args.broker, exc)
+            return 2
+        if args.control:
+            try:
+                control = open_dealer(context, args.control, args.camera_id, args.heartbeat)
+            except zmq.ZMQError as exc:
+                log.error("camera %s: bad --control %s: %s", args.camera_id, args.control, exc)
+                return 2
+        controlled = f", control at {args.control}" if args.control else ""
+        log.info("camera %s: %s at %g fps as %s, publishing to %s%s%s", args.camera_id,
+                 source.description, args.fps, args.format, args.broker, controlled,
+                 " (paused)" if args.paused else "")  # fmt: skip
+        Worker(args, socket, source, control).run(stop)
         log.info("camera %s: %s received, stopped", args.camera_id, stop.signal)
     finally:
+        if control is not None:
+            control.close(linger=0)
         socket.close(linger=0)
         context.term()
         stop.close()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

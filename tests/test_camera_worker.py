@@ -20,7 +20,14 @@ import zmq
 
 from cameras import stamp, wire
 from cameras.encoding import encode
-from cameras.sources import STREAM_TIMEOUT_MS, use_passthrough
+from cameras.sources import (
+    QUERYCTRL,
+    STREAM_TIMEOUT_MS,
+    ControlRange,
+    device_value,
+    query_control,
+    use_passthrough,
+)
 from cameras.testpattern import TestPattern
 from cameras.worker import Backoff, Stop, late_slots
 
@@ -91,6 +98,16 @@ def test_passthrough_only_when_the_camera_gives_exactly_what_was_asked() -> None
     assert not use_passthrough("jpeg", (1280, 720), (640, 480), "MJPG")
     assert not use_passthrough("png", None, (640, 480), "MJPG")
     assert not use_passthrough("jpeg", None, (640, 480), "YUYV")
+
+
+def test_settings_map_onto_a_v4l2_control_range_around_its_default() -> None:
+    limits = ControlRange(lo=-64, hi=64, default=0)
+    assert [device_value(v, limits) for v in (0, 25, 50, 75, 100)] == [-64, -32, 0, 32, 64]
+    lopsided = ControlRange(lo=0, hi=255, default=128)
+    assert device_value(0, lopsided) == 0 and device_value(100, lopsided) == 255
+    assert device_value(50, lopsided) == 128
+    assert QUERYCTRL.size == 68  # struct v4l2_queryctrl
+    assert query_control("/dev/video99", 0x00980900) is None  # no such device: software
 
 
 def test_pacing_drops_late_slots_and_backoff_doubles_to_a_cap() -> None:
@@ -221,7 +238,10 @@ def test_signals_stop_the_worker_cleanly(signum: int) -> None:
 
 def test_bad_arguments_are_refused() -> None:
     for args in (["--source", "test-pattern", "--quality", "101"], ["--fps", "0", "--source", "x"],
-                 ["--source", "a", "--device", "b"], ["--source", "test-pattern", "--width", "10"]):  # fmt: skip
+                 ["--source", "a", "--device", "b"], ["--source", "test-pattern", "--width", "10"],
+                 ["--source", "test-pattern", "--paused"],  # nothing could ever start it
+                 ["--source", "test-pattern", "--control", "tcp://127.0.0.1:1", "--heartbeat", "0"],
+                 ["--source", "test-pattern", "--control", "nonsense://x"]):  # fmt: skip
         result = subprocess.run(
             [sys.executable, "-m", "cameras.worker", "--broker", "tcp://127.0.0.1:1", "--camera-id", "c", *args],
             capture_output=True, timeout=20,
