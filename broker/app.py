@@ -2,7 +2,10 @@
 
 Cancelling ``Broker.run`` is the orderly shutdown: the listener stops, every WebSocket
 client is told 1001 (going away), workers get SIGTERM then SIGKILL after the grace
-period, and the ingest socket is closed. Each step is bounded.
+period, and the ingest and control sockets are closed. Each step is bounded.
+
+Supervised workers reach the broker over two private ipc:// endpoints in a temporary
+folder: ingest (frames) and control (settings, commands, heartbeats).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import zmq
 
 from broker import ingest, nodata
 from broker.config import Config
+from broker.control import Control
 from broker.frames import Frame
 from broker.hub import CameraInfo, Hub, Retention
 from broker.metrics import Metrics
@@ -43,9 +47,12 @@ class Broker:
         self.ingest_stats = ingest.IngestStats()
         self.supervisor: Supervisor | None = None
         self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts)
-        self.server = Server(config, self.hub, self.health, self.metrics.exposition)
+        self.control = Control(config, self.hub)
+        self.server = Server(config, self.hub, self.health, self.metrics.exposition,
+                             control=self.control)  # fmt: skip
         self.port = 0
         self.ingest_endpoints: list[str] = []
+        self.control_endpoints: list[str] = []
         self.started_at = time.monotonic()
 
     async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
@@ -59,9 +66,16 @@ class Broker:
             )
             for endpoint in self.ingest_endpoints:
                 log.info("ingest bound on %s", endpoint)
+            control_local = f"ipc://{workdir}/control.ipc"
+            self.control_endpoints = self.control.bind(
+                context, [*self.config.control.endpoints, control_local]
+            )
+            for endpoint in self.control_endpoints:
+                log.info("control bound on %s", endpoint)
             listeners = await self.server.listen()
             self.port = self.server.port
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
                     ingest.run_ingest, socket, self.hub, self.ingest_stats,
@@ -70,7 +84,11 @@ class Broker:
                 nursery.start_soon(self._show_offline, name="offline-monitor")
                 supervised = [camera for camera in self.config.cameras if camera.supervised]
                 if supervised:
-                    self.supervisor = Supervisor(self.config.workers, local, self.log_level)
+                    self.supervisor = Supervisor(
+                        self.config.workers, local, self.log_level,
+                        control=control_local, on_exit=self.control.worker_exited,
+                        heartbeat=self.config.control.heartbeat_interval,
+                    )  # fmt: skip
                     nursery.start_soon(self.supervisor.run, supervised, name="supervisor")
                 task_status.started(self)
         finally:
@@ -125,4 +143,5 @@ class Broker:
             "http_errors": {str(code): n for code, n in self.server.http_errors.items()},
             "slow_client_disconnects": self.server.slow_disconnects,
             "worker_restarts": self.worker_restarts(),
+            "control": self.control.health(),
         }

@@ -3,6 +3,10 @@
 ``Hub.publish`` is synchronous and never awaits: it records the frame on its camera
 and offers the same `Frame` object to each subscriber's drop-oldest queue. A slow
 subscriber only drops its own frames.
+
+`HubHooks` let the control plane react without the hub knowing it: a camera gaining or
+losing a watcher (an on-demand camera starts or stops capturing), coming online or going
+offline (events). They are called synchronously and must not block; never per frame.
 """
 
 from __future__ import annotations
@@ -212,6 +216,22 @@ class Camera:
         }
 
 
+def _ignore(camera: Camera) -> None:
+    pass
+
+
+class HubHooks:
+    """Callbacks on camera transitions; each takes the `Camera`. Replace the attributes."""
+
+    __slots__ = ("offline", "online", "unwatched", "watched")
+
+    def __init__(self) -> None:
+        self.watched: Callable[[Camera], None] = _ignore  # after a subscriber was added
+        self.unwatched: Callable[[Camera], None] = _ignore  # after a subscriber was removed
+        self.online: Callable[[Camera], None] = _ignore  # a frame after silence (or the first)
+        self.offline: Callable[[Camera], None] = _ignore  # silent for offline_after
+
+
 class Hub:
     def __init__(
         self,
@@ -229,6 +249,7 @@ class Hub:
         self.accept_unknown = accept_unknown
         self.clock = clock
         self.rejected_unknown = 0
+        self.hooks = HubHooks()
 
     def camera(self, camera_id: str) -> Camera:
         try:
@@ -263,6 +284,7 @@ class Hub:
             log.info(
                 "camera %s: online (%dx%d %s)", camera.id, frame.width, frame.height, frame.format
             )
+            self.hooks.online(camera)
         for subscriber in camera.subscribers:
             subscriber.offer(frame)
         self._retain(camera, frame)
@@ -330,6 +352,7 @@ class Hub:
                     camera.id,
                     now - (camera.last_frame_at or now),
                 )
+                self.hooks.offline(camera)
             if not camera.online:
                 offline.append(camera)
         return offline
@@ -348,6 +371,7 @@ class Hub:
             subscriber.offer(camera.latest)
         elif camera.placeholder is not None:
             subscriber.offer(camera.placeholder)
+        self.hooks.watched(camera)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -357,6 +381,7 @@ class Hub:
             camera.departed[0] += subscriber.sent
             camera.departed[1] += subscriber.dropped
             camera.departed[2] += subscriber.bytes_sent
+            self.hooks.unwatched(camera)
         subscriber.queue.clear()  # free the frames it held
 
     @property

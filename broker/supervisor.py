@@ -1,5 +1,10 @@
 """The camera-worker processes the broker starts: one per camera that names a source
-or device, restarted with backoff when it exits, stopped with SIGTERM then SIGKILL."""
+or device, restarted with backoff when it exits, stopped with SIGTERM then SIGKILL.
+
+Each worker also connects to the broker's control endpoint (when one is given); an
+on-demand camera's worker starts paused and streams only when the broker says so. The
+supervisor reports each exit (``on_exit``) so that commands waiting for that worker fail
+at once instead of at their timeout."""
 
 from __future__ import annotations
 
@@ -21,8 +26,20 @@ log = logging.getLogger("broker.supervisor")
 HEALTHY_RUN = 10.0
 
 
-def worker_command(camera: CameraConfig, endpoint: str, log_level: str) -> list[str]:
+def worker_command(
+    camera: CameraConfig,
+    endpoint: str,
+    log_level: str,
+    control: str | None = None,
+    heartbeat: float = 1.0,
+) -> list[str]:
     source = ["--device", camera.device] if camera.device else ["--source", camera.source]
+    # Both sides heartbeat at the broker's interval, so control.lost_after means the same
+    # for each. Without a control channel nobody could start a paused worker: it streams.
+    controlled = [
+        "--control", control, "--heartbeat", f"{heartbeat:g}",
+        *(["--paused"] if camera.on_demand else []),
+    ]  # fmt: skip
     return [
         sys.executable, "-m", "cameras.worker",
         "--broker", endpoint,
@@ -34,6 +51,7 @@ def worker_command(camera: CameraConfig, endpoint: str, log_level: str) -> list[
         "--format", camera.format,
         "--quality", str(camera.quality),
         "--log-level", log_level,
+        *(controlled if control else []),
     ]  # fmt: skip
 
 
@@ -50,9 +68,21 @@ def terminate_then_kill(grace: float) -> Callable[[trio.Process], Awaitable[None
 
 
 class Supervisor:
-    def __init__(self, settings: WorkersConfig, endpoint: str, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        settings: WorkersConfig,
+        endpoint: str,
+        log_level: str = "info",
+        *,
+        control: str | None = None,
+        heartbeat: float = 1.0,
+        on_exit: Callable[[str, int, str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.endpoint = endpoint
+        self.control = control  # the broker's control endpoint for its workers
+        self.heartbeat = heartbeat  # seconds between control heartbeats
+        self.on_exit = on_exit  # (camera id, pid, how it exited), called at each exit
         self.log_level = log_level
         self.restarts: Counter[str] = Counter()
         self.pids: dict[str, int] = {}
@@ -65,11 +95,15 @@ class Supervisor:
 
     async def keep_running(self, camera: CameraConfig) -> None:
         delay = self.settings.restart_delay
-        command = worker_command(camera, self.endpoint, self.log_level)
+        command = worker_command(
+            camera, self.endpoint, self.log_level, self.control, self.heartbeat
+        )
         while True:
             started = trio.current_time()
-            code = await self._run_once(camera, command)
+            pid, code = await self._run_once(camera, command)
             ran = trio.current_time() - started
+            if self.on_exit is not None:
+                self.on_exit(camera.id, pid, describe_exit(code))
             if ran >= HEALTHY_RUN:
                 delay = self.settings.restart_delay
             self.restarts[camera.id] += 1
@@ -83,7 +117,8 @@ class Supervisor:
             await trio.sleep(delay)
             delay = min(delay * 2, self.settings.restart_delay_max)
 
-    async def _run_once(self, camera: CameraConfig, command: list[str]) -> int:
+    async def _run_once(self, camera: CameraConfig, command: list[str]) -> tuple[int, int]:
+        """Run the worker until it exits; its pid and exit code (negative: the signal)."""
         run = functools.partial(
             trio.run_process, command, check=False, stdin=subprocess.DEVNULL,
             deliver_cancel=terminate_then_kill(self.settings.stop_grace),
@@ -96,7 +131,7 @@ class Supervisor:
             self.pids[camera.id] = process.pid
             log.info("camera %s: worker started (pid %d)", camera.id, process.pid)
         self.pids.pop(camera.id, None)
-        return process.returncode if process.returncode is not None else -1
+        return process.pid, process.returncode if process.returncode is not None else -1
 
 
 def describe_exit(code: int) -> str:

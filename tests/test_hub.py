@@ -425,3 +425,44 @@ def test_delivered_counts() -> None:
     subscriber.delivered(frame(data=b"x" * 10))
     subscriber.delivered(frame(data=b"x" * 5))
     assert (subscriber.sent, subscriber.bytes_sent) == (2, 15)
+
+
+# -- hooks (used by the control plane: on-demand cameras, events) -------------------
+
+
+def test_hooks_fire_on_transitions_only() -> None:
+    clock = Clock()
+    h = hub("a", "b", clock=clock)
+    calls: list[tuple[str, str, int]] = []
+    for name in ("watched", "unwatched", "online", "offline"):
+        setattr(h.hooks, name, lambda camera, name=name: calls.append(
+            (name, camera.id, len(camera.subscribers))))  # fmt: skip
+    first = h.subscribe("a", "one", 4)
+    second = h.subscribe("a", "two", 4)
+    assert calls == [("watched", "a", 1), ("watched", "a", 2)]
+    calls.clear()
+    for seq in range(3):  # online once, not per frame
+        h.publish(frame("a", seq=seq, received_at=100.0 + seq))
+    assert calls == [("online", "a", 2)]
+    calls.clear()
+    h.unsubscribe(first)
+    h.unsubscribe(first)  # a second time changes nothing and says nothing
+    h.unsubscribe(second)
+    assert calls == [("unwatched", "a", 1), ("unwatched", "a", 0)]
+    calls.clear()
+    h.mark_offline(102.0 + OFFLINE_AFTER / 2)
+    assert calls == []
+    h.mark_offline(102.0 + OFFLINE_AFTER)
+    h.mark_offline(103.0 + OFFLINE_AFTER)  # still offline: no second call; b never came online
+    assert calls == [("offline", "a", 0)]
+    calls.clear()
+    h.publish(frame("a", seq=5, received_at=200.0))
+    assert calls == [("online", "a", 0)]
+
+
+def test_default_hooks_do_nothing() -> None:
+    h = hub("a")
+    subscriber = h.subscribe("a", "client", 4)
+    h.publish(frame())
+    h.unsubscribe(subscriber)
+    assert h.mark_offline(1000.0)[0].id == "a"

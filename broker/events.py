@@ -1,0 +1,102 @@
+"""Broker events (camera_online, settings_changed, worker_lost, ...) fanned out to listeners.
+
+Like frames, events go to each listener through its own bounded drop-oldest queue: a
+listener that stops reading loses its oldest events, and never holds up the publisher
+or grows memory. ``publish`` is synchronous and never awaits, so the hub and the control
+channel may call it from anywhere.
+
+An event, as every listener receives it (and /ws sends it as JSON)::
+
+    {"type": "event", "event": "settings_changed", "camera": "lobby",
+     "timestamp": 1763700000.5, "data": {"settings": {...}, "changed": ["brightness"]}}
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from broker.queue import DropOldestQueue
+
+EVENTS = (
+    "camera_online", "camera_offline", "settings_changed", "worker_connected",
+    "worker_restarted", "worker_lost", "stream_started", "stream_stopped",
+)  # fmt: skip
+LISTENER_DEPTH = 64
+
+Event = dict[str, Any]
+
+
+class ListenerClosed(Exception):
+    """`EventBus.unlisten` was called: this listener gets nothing more."""
+
+
+class Listener:
+    """One consumer's view of the bus: its own queue and a trio.Event to wait on."""
+
+    __slots__ = ("_ready", "closed", "queue")
+
+    def __init__(self, depth: int = LISTENER_DEPTH) -> None:
+        self.queue: DropOldestQueue[Event] = DropOldestQueue(depth)
+        self.closed = False
+        self._ready = trio.Event()
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
+
+    def offer(self, event: Event) -> None:
+        self.queue.put(event)
+        self._ready.set()
+
+    def get_nowait(self) -> Event | None:
+        """The oldest queued event, or None."""
+        return self.queue.get()
+
+    async def next(self) -> Event:
+        """The oldest queued event, waiting for one; `ListenerClosed` once unlistened."""
+        while True:
+            if self.closed:
+                raise ListenerClosed
+            event = self.queue.get()
+            if event is not None:
+                await trio.lowlevel.checkpoint()
+                return event
+            self._ready = trio.Event()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self.queue.clear()
+        self._ready.set()
+
+
+class EventBus:
+    def __init__(self, depth: int = LISTENER_DEPTH, clock: Callable[[], float] = time.time) -> None:
+        self.depth = depth
+        self.clock = clock
+        self.listeners: set[Listener] = set()
+        self.published = 0
+
+    def listen(self) -> Listener:
+        listener = Listener(self.depth)
+        self.listeners.add(listener)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+        listener.close()
+
+    def publish(self, event: str, camera: str, **data: Any) -> Event:
+        """Offer the event to every listener; returns it. Never blocks."""
+        message: Event = {
+            "type": "event", "event": event, "camera": camera, "timestamp": self.clock(),
+            "data": data,
+        }  # fmt: skip
+        self.published += 1
+        for listener in self.listeners:
+            listener.offer(message)
+        return message
