@@ -1,12 +1,13 @@
 """A received frame, shared by every client of its camera.
 
 The payload arrives once from ZeroMQ and is never copied per client: each output
-builds its message once per frame (``websocket_message``) and every client of the
-camera writes those same bytes.
+builds its message once per frame (``websocket_message``, ``mux_message``,
+``mjpeg_part``) and every client of the camera writes those same bytes.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class Frame:
     placeholder: bool = False  # a generated "No Data" image, not from the camera
     _websocket_message: bytes | None = field(default=None, repr=False)
     _mjpeg_part: bytes | None = field(default=None, repr=False)
+    _mux_message: bytes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -49,6 +51,24 @@ class Frame:
         if self._websocket_message is None:
             self._websocket_message = websocket_binary_header(len(self.data)) + self.data
         return self._websocket_message
+
+    def mux_message(self) -> bytes:
+        """This frame as one binary message of the multiplexed ``/ws`` endpoint, built on
+        first use: a big-endian uint16 N, N bytes of JSON header, then the image."""
+        if self._mux_message is None:
+            fields: dict[str, object] = {
+                "camera": self.camera, "seq": self.seq, "captured_at": self.captured_at,
+                "format": self.format, "width": self.width, "height": self.height,
+            }  # fmt: skip
+            if self.placeholder:
+                fields["placeholder"] = True
+            header = json.dumps(fields, separators=(",", ":")).encode()
+            length = 2 + len(header) + len(self.data)
+            self._mux_message = (
+                websocket_binary_header(length) + struct.pack(">H", len(header)) + header
+                + self.data
+            )  # fmt: skip
+        return self._mux_message
 
     def mjpeg_part(self) -> bytes:
         """This frame as one part of a ``multipart/x-mixed-replace`` stream, built on first use."""
@@ -65,3 +85,4 @@ class Frame:
         retention window should not hold its payload two or three times."""
         self._websocket_message = None
         self._mjpeg_part = None
+        self._mux_message = None

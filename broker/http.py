@@ -18,6 +18,19 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
+def parse_json(data: str | bytes) -> object:
+    """Strict JSON: ValueError for anything else, ``NaN``/``Infinity`` and nesting too deep
+    for the parser included (so nothing but JSON can be echoed back)."""
+    try:
+        return json.loads(data, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _not_json(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
 def json_response(data: object, status: int = 200) -> Response:
     return Response(status, json.dumps(data).encode(), "application/json")
 

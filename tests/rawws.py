@@ -1,5 +1,7 @@
 """A minimal WebSocket client over a raw trio stream, for tests that must control
-exactly how fast a viewer reads (trio-websocket always reads as fast as it can)."""
+exactly how fast a viewer reads (trio-websocket always reads as fast as it can), send
+what a well-behaved client would not, and always close their socket (trio-websocket's
+client leaves it open when the server closes first)."""
 
 from __future__ import annotations
 
@@ -60,6 +62,25 @@ class RawWebSocket:
                 return None
             if pace:
                 await trio.sleep(chunk / pace)
+
+    async def send(self, payload: str | bytes, opcode: int | None = None) -> None:
+        """Send one masked frame: text for a str, binary for bytes, unless ``opcode``."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        if opcode is None:
+            opcode = 1 if isinstance(payload, str) else 2
+        length = len(data)
+        if length < 126:
+            head = struct.pack(">BB", 0x80 | opcode, 0x80 | length)
+        elif length < 1 << 16:
+            head = struct.pack(">BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            head = struct.pack(">BBQ", 0x80 | opcode, 0x80 | 127, length)
+        mask = os.urandom(4)
+        key = (mask * (length // 4 + 1))[:length]
+        masked = (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+            length, "little"
+        )
+        await self.stream.send_all(head + mask + masked)
 
     def _parse(self) -> tuple[int, bytes] | None:
         buf = self.buffer

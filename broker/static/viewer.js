@@ -5,6 +5,9 @@
 //
 // Each tile carries data-camera, data-state (live | connecting | offline), data-frames
 // (images received) and data-nodata (the last image was the broker's "No Data" picture).
+//
+// A broker with [[tokens]] is opened as /?token=T: the token is passed on to every API
+// call and WebSocket (a browser cannot set headers on a WebSocket).
 "use strict";
 const RECONNECT_MS = 2000;
 const FPS_WINDOW_MS = 2000;
@@ -15,6 +18,8 @@ const latin1 = new TextDecoder("latin1");
 const tiles = new Map();
 let unloading = false;
 let reachable = null; // null until /api/cameras first answers or fails
+const token = new URLSearchParams(location.search).get("token");
+const withToken = (path) => (token ? `${path}?token=${encodeURIComponent(token)}` : path);
 
 // Capture time (Unix s) from the worker's JPEG COM stamp "CB1 seq=… t=…", if present.
 function stampTime(bytes) {
@@ -57,7 +62,7 @@ class Tile {
     this.timer = 0;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = (this.ws = new WebSocket(
-      `${scheme}//${location.host}/cameras/${encodeURIComponent(this.id)}`));
+      `${scheme}//${location.host}${withToken(`/cameras/${encodeURIComponent(this.id)}`)}`));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => { this.open = true; };
     ws.onmessage = (event) => {
@@ -158,7 +163,7 @@ function update() {
 async function refresh() {
   try {
     const signal = AbortSignal.timeout(5000);
-    const response = await fetch("/api/cameras", { cache: "no-store", signal });
+    const response = await fetch(withToken("/api/cameras"), { cache: "no-store", signal });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const cameras = await response.json();
     const ids = new Set(cameras.map((c) => c.id));

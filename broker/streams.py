@@ -1,0 +1,161 @@
+"""Feeding viewers: one camera per WebSocket or MJPEG response, and the send loop that
+every frame output shares (the multiplexed ``/ws`` endpoint in `broker.wsapi` too).
+
+Each client reads from its own drop-oldest queue (`broker.hub.Subscriber`) in its own
+task; a client that takes no frame within ``server.send_timeout`` is cut off, since a
+frame may then be half on the wire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from broker.config import ServerConfig
+from broker.frames import MJPEG_BOUNDARY, Frame
+from broker.hub import Hub, Subscriber, SubscriptionEnded
+from broker.wsframes import close_going_away, send_prebuilt
+
+log = logging.getLogger("broker.server")
+
+MJPEG_HEAD = (
+    "HTTP/1.1 200 OK\r\n"
+    f"Content-Type: multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}\r\n"
+    "Cache-Control: no-store\r\n"
+    "Connection: close\r\n\r\n"  # the body ends when the connection does
+).encode()
+
+
+class Streams:
+    def __init__(self, hub: Hub, config: ServerConfig) -> None:
+        self.hub = hub
+        self.config = config
+        self.slow_disconnects = 0
+
+    async def send_frames(
+        self,
+        write: Callable[[bytes], Awaitable[None]],
+        stream: trio.abc.Stream,
+        subscriber: Subscriber,
+        max_fps: float | None,
+        message: Callable[[Frame], bytes],
+    ) -> None:
+        """Feed one client from its queue; on a send timeout abort ``stream`` and return.
+
+        With ``max_fps`` the newest frame is taken at most that often. Raises
+        `SubscriptionEnded` when the camera goes away, and trio's Broken/Closed errors
+        when the client does.
+        """
+        send_timeout = self.config.send_timeout
+        interval = 1 / max_fps if max_fps else 0.0
+        next_due = 0.0
+        while True:
+            if interval:
+                await trio.sleep_until(next_due)
+            frame = await subscriber.next_frame(newest=bool(interval))
+            next_due = max(next_due + interval, trio.current_time())
+            with trio.move_on_after(send_timeout) as timer:
+                await write(message(frame))
+            if timer.cancelled_caught:
+                # Part of a frame may be on the wire: the connection cannot be reused.
+                self.slow_disconnects += 1
+                log.warning(
+                    "client %s: camera %s: took no frame within %.1f s; disconnected "
+                    "(sent %d, dropped %d)",
+                    subscriber.client,
+                    subscriber.camera.id,
+                    send_timeout,
+                    subscriber.sent,
+                    subscriber.dropped,
+                )
+                await trio.aclose_forcefully(stream)
+                return
+            subscriber.delivered(frame)
+
+    # -- MJPEG ---------------------------------------------------------------
+
+    async def mjpeg(self, stream: trio.SocketStream, camera_id: str, max_fps: float | None,
+                    client: str, head_only: bool) -> None:  # fmt: skip
+        """``multipart/x-mixed-replace`` until the client leaves: one shared, pre-built part
+        per frame, through the same drop-oldest queue and send timeout as WebSocket."""
+        with trio.move_on_after(self.config.send_timeout):
+            await stream.send_all(MJPEG_HEAD)
+        if head_only:
+            return
+        subscriber = self.hub.subscribe(camera_id, client, self.config.queue_depth, "mjpeg")
+        log.info("client %s: watching camera %s over MJPEG", client, camera_id)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_until_eof, stream, nursery.cancel_scope)
+                await self.send_frames(stream.send_all, stream, subscriber, max_fps,
+                                       Frame.mjpeg_part)  # fmt: skip
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
+            pass
+        finally:
+            self.hub.unsubscribe(subscriber)
+            log.info("client %s: left camera %s (sent %d frames, dropped %d)", client,
+                     camera_id, subscriber.sent, subscriber.dropped)  # fmt: skip
+
+    # -- one camera per WebSocket ------------------------------------------------
+
+    async def camera_websocket(
+        self, ws: WebSocketConnection, camera_id: str, max_fps: float | None, client: str
+    ) -> None:
+        """Stream one camera's images to an accepted WebSocket until either side ends."""
+        subscriber = self.hub.subscribe(camera_id, client, self.config.queue_depth)
+        cap = f" (at most {max_fps:g} fps)" if max_fps else ""
+        log.info("client %s: watching camera %s over WebSocket%s", client, camera_id, cap)
+        try:
+            await self._stream_frames(ws, subscriber, max_fps)
+        finally:
+            self.hub.unsubscribe(subscriber)
+            log.info(
+                "client %s: left camera %s (sent %d frames, dropped %d)",
+                client,
+                camera_id,
+                subscriber.sent,
+                subscriber.dropped,
+            )
+
+    async def _stream_frames(
+        self, ws: WebSocketConnection, subscriber: Subscriber, max_fps: float | None
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
+            try:
+                await self.send_frames(
+                    functools.partial(send_prebuilt, ws), ws._stream, subscriber, max_fps,
+                    Frame.websocket_message,
+                )  # fmt: skip
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            except SubscriptionEnded:
+                await close_going_away(ws)
+            except trio.Cancelled:
+                if ws.closed is None:  # we are shutting down, not the client leaving
+                    await close_going_away(ws)
+                raise
+            nursery.cancel_scope.cancel()
+
+
+async def _until_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+    """Read (and ignore) what a viewer sends until it closes, then stop its stream."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed:
+        scope.cancel()
+
+
+async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    """Ignore what an MJPEG client sends; when it closes, stop its stream."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while await stream.receive_some(4096):
+            pass
+    scope.cancel()

@@ -1,0 +1,376 @@
+"""The multiplexed WebSocket endpoint ``/ws``: many cameras, commands and events on one
+connection (docs/protocol.md, "Multiplexed WebSocket").
+
+Requests and answers are JSON text messages; frames are binary messages, a small JSON
+header then the image, built once per frame (`Frame.mux_message`) and shared by every
+client. Per connection, one task reads requests and answers them in order; each
+subscription has its own hub subscriber (drop-oldest queue) and sender task, paced and
+cut off exactly like the per-camera endpoint (`Streams.send_frames`); each command runs
+in a task of its own, so a slow camera never holds up frames, pings or other requests;
+one task forwards control events. Every request gets an answer: a reply, or ``error``
+with a code, and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from broker.auth import Grant, RateLimiter
+from broker.config import Config
+from broker.frames import Frame
+from broker.http import parse_json
+from broker.hub import Hub, Subscriber, SubscriptionEnded
+from broker.ratelimit import RateLimitedLog
+from broker.routes import Routes
+from broker.streams import Streams
+from broker.wsframes import close_going_away, send_prebuilt
+from cameras.control import COMMANDS
+
+if TYPE_CHECKING:
+    from broker.control import Control
+
+log = logging.getLogger("broker.wsapi")
+
+MAX_MESSAGE = 1024 * 1024  # trio-websocket closes the connection (1009) beyond this
+MAX_REQUEST = 64 * 1024  # larger text messages are answered with error too_large
+MAX_FPS = 1000.0
+APPLY_PRESET = "apply_preset"  # a /ws command besides the worker's COMMANDS
+SUBSCRIBER_KIND = "ws-mux"
+
+
+class RequestError(Exception):
+    """A request we cannot serve: answered with an ``error`` message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(eq=False)
+class Subscription:
+    subscriber: Subscriber
+    max_fps: float | None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class WsApi:
+    """What every ``/ws`` connection shares, and the counters /healthz reports."""
+
+    def __init__(
+        self, config: Config, hub: Hub, streams: Streams, routes: Routes, control: Control | None
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        self.streams = streams
+        self.routes = routes
+        self.control = control
+        self.errors: Counter[str] = Counter()  # error messages sent, by code
+        self.connections = 0
+        self.complaints = RateLimitedLog(log)
+
+    async def serve(self, ws: WebSocketConnection, grant: Grant, client: str) -> None:
+        """Serve one accepted connection until the client leaves or we shut down."""
+        self.connections += 1
+        try:
+            await Session(self, ws, grant, client).run()
+        finally:
+            self.connections -= 1
+
+
+Handler = Callable[["Session", dict[str, Any], Any], Awaitable[None]]
+
+
+class Session:
+    """One ``/ws`` connection."""
+
+    def __init__(self, api: WsApi, ws: WebSocketConnection, grant: Grant, client: str) -> None:
+        self.api = api
+        self.ws = ws
+        self.grant = grant
+        self.client = client
+        self.subscriptions: dict[str, Subscription] = {}
+        self.commands = RateLimiter(api.config.control.command_rate)
+        self._nursery: trio.Nursery | None = None
+        self._ending = False  # we ended it (client gone or too slow): no 1001 to send
+
+    async def run(self) -> None:
+        log.info("client %s: connected to /ws (%s)", self.client, self.grant.name)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.api.control is not None:
+                    nursery.start_soon(self._forward_events, self.api.control)
+                try:
+                    await self._receive()
+                except trio.Cancelled:
+                    if not self._ending and self.ws.closed is None:  # we are shutting down
+                        await close_going_away(self.ws)
+                    raise
+                nursery.cancel_scope.cancel()
+        finally:
+            for subscription in self.subscriptions.values():
+                self.api.hub.unsubscribe(subscription.subscriber)
+            log.info("client %s: left /ws", self.client)
+
+    def _end(self) -> None:
+        """Stop every task of this connection (the client left, or was cut off)."""
+        self._ending = True
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    # -- sending -----------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send one JSON message; a client that does not take it within the send
+        timeout is cut off, one that has gone ends the connection."""
+        data = json.dumps(message, default=str)  # whatever an event carries, it goes out
+        timeout = self.api.config.server.send_timeout
+        try:
+            with trio.move_on_after(timeout) as timer:
+                await self.ws.send_message(data)
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end()
+            return
+        if timer.cancelled_caught:
+            self.api.streams.slow_disconnects += 1
+            log.warning("client %s: took no message within %.1f s on /ws; disconnected",
+                        self.client, timeout)  # fmt: skip
+            await trio.aclose_forcefully(self.ws._stream)
+            self._end()
+
+    async def reply(self, kind: str, request_id: Any, **fields: Any) -> None:
+        await self.send({"type": kind, **fields, "request_id": request_id})
+
+    async def error(self, code: str, message: str, request_id: Any) -> None:
+        self.api.errors[code] += 1
+        self.api.complaints.warning(code, "client %s: /ws error %s: %s", self.client, code,
+                                    message)  # fmt: skip
+        await self.reply("error", request_id, code=code, message=message)
+
+    # -- receiving ---------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed:
+                self._ending = True
+                return
+            await self._handle(message)
+
+    async def _handle(self, message: str | bytes) -> None:
+        request_id = None
+        try:
+            request = parse_request(message)
+            request_id = request_id_of(request)
+            kind = string_field(request, "type")
+            handler = HANDLERS.get(kind)
+            if handler is None:
+                raise RequestError("unknown_type", f"unknown type {kind!r} (known: "
+                                   f"{', '.join(HANDLERS)})")  # fmt: skip
+            await handler(self, request, request_id)
+        except RequestError as bad:
+            await self.error(bad.code, bad.message, request_id)
+        except Exception:  # a bug must cost one answer, not the server
+            log.exception("client %s: /ws request failed", self.client)
+            await self.error("internal_error", "the broker failed on this request", request_id)
+
+    # -- requests ----------------------------------------------------------------
+
+    async def subscribe(self, request: dict[str, Any], request_id: Any) -> None:
+        camera = self._watchable(request)
+        max_fps = request.get("max_fps")
+        # The range check also excludes infinities (and a huge int without overflow).
+        if max_fps is not None and not (_is_number(max_fps) and 0 < max_fps <= MAX_FPS):
+            raise RequestError("invalid_field", "field 'max_fps' must be a number above 0 and "
+                               f"at most {MAX_FPS:g}, or null")  # fmt: skip
+        max_fps = None if max_fps is None else float(max_fps)
+        self._drop(camera)  # subscribing again changes max_fps
+        depth = self.api.config.server.queue_depth
+        subscriber = self.api.hub.subscribe(camera, self.client, depth, SUBSCRIBER_KIND)
+        subscription = self.subscriptions[camera] = Subscription(subscriber, max_fps)
+        cap = f" (at most {max_fps:g} fps)" if max_fps else ""
+        log.info("client %s: watching camera %s over /ws%s", self.client, camera, cap)
+        await self.reply("subscribed", request_id, camera=camera, max_fps=max_fps)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._send_frames, camera, subscription)
+
+    async def unsubscribe(self, request: dict[str, Any], request_id: Any) -> None:
+        camera = string_field(request, "camera")
+        if not self._drop(camera):
+            self._watchable(request)  # forbidden or unknown, else:
+            raise RequestError("not_subscribed", f"not subscribed to camera {camera!r}")
+        await self.reply("unsubscribed", request_id, camera=camera)
+
+    async def ping(self, request: dict[str, Any], request_id: Any) -> None:
+        await self.reply("pong", request_id, data=request.get("data"), time=time.time())
+
+    async def list_cameras(self, request: dict[str, Any], request_id: Any) -> None:
+        await self.reply("cameras", request_id, cameras=self.api.routes.cameras(self.grant))
+
+    async def get_stats(self, request: dict[str, Any], request_id: Any) -> None:
+        await self.reply("stats", request_id, **self.api.routes.stats(self.grant))
+
+    async def command(self, request: dict[str, Any], request_id: Any) -> None:
+        camera = string_field(request, "camera")
+        command = string_field(request, "command")
+        known = (*COMMANDS, APPLY_PRESET)
+        if command not in known:
+            raise RequestError("unknown_command", f"unknown command {command!r} (known: "
+                               f"{', '.join(known)})")  # fmt: skip
+        settings = request.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise RequestError("invalid_field", "field 'settings' must be an object")
+        preset = string_field(request, "preset") if command == APPLY_PRESET else None
+        # Limited before anything else is decided, so refusals cost a client too.
+        if not self.commands.allow():
+            rate = self.api.config.control.command_rate
+            raise RequestError("rate_limited", f"more than {rate:g} commands a second; "
+                               "this one was dropped")  # fmt: skip
+        if not self.grant.can_control(camera):
+            needs = "an operator token" if not self.grant.operator else "access to the camera"
+            raise RequestError("forbidden", f"commands on camera {camera!r} need {needs}")
+        control = self.api.control
+        if control is None:
+            raise RequestError("no_control", "the broker has no control channel")
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_command, control, camera, command, settings, preset,
+                                 request_id)  # fmt: skip
+
+    # -- tasks ---------------------------------------------------------------------
+
+    async def _send_frames(self, camera: str, subscription: Subscription) -> None:
+        ws = self.ws
+        with subscription.scope:  # cancelled by unsubscribe
+            try:
+                await self.api.streams.send_frames(
+                    functools.partial(send_prebuilt, ws), ws._stream, subscription.subscriber,
+                    subscription.max_fps, Frame.mux_message,
+                )  # fmt: skip
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._end()  # the client went away
+                return
+            except SubscriptionEnded:
+                pass  # the camera is gone (an expired session): tell the client, below
+            else:
+                self._end()  # too slow: send_frames has already dropped the connection
+                return
+        if self.subscriptions.get(camera) is subscription:
+            self._drop(camera)
+            await self.reply("unsubscribed", None, camera=camera, reason="camera_removed")
+
+    async def _run_command(
+        self, control: Control, camera: str, command: str, settings: dict[str, Any] | None,
+        preset: str | None, request_id: Any,
+    ) -> None:  # fmt: skip
+        rid = None if request_id is None else str(request_id)
+        try:
+            if command == APPLY_PRESET:
+                assert preset is not None
+                status = await control.apply_preset(camera, preset, rid)
+            else:
+                status = await control.command(camera, command, settings, rid)
+        except Exception:  # Control answers problems itself; this is a bug
+            log.exception("client %s: command %s on camera %s failed", self.client, command,
+                          camera)  # fmt: skip
+            await self.error("internal_error", f"the broker failed to run {command}", request_id)
+            return
+        result = status.to_json()
+        if request_id is not None:
+            result["request_id"] = request_id  # as the client sent it, a number stays one
+        await self.send({"type": "command_result", **result})
+
+    async def _forward_events(self, control: Control) -> None:
+        listener = control.events.listen()
+        try:
+            while True:
+                event = await listener.next()
+                if self.grant.can_watch(event.get("camera") or ""):
+                    await self.send(event)
+        finally:
+            control.events.unlisten(listener)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _watchable(self, request: dict[str, Any]) -> str:
+        """The request's camera, if this token may watch it and it exists."""
+        camera = string_field(request, "camera")
+        if not self.grant.can_watch(camera):  # before "unknown": say nothing of others
+            raise RequestError("forbidden", f"this token may not access camera {camera!r}")
+        if camera not in self.api.hub.cameras:
+            raise RequestError("unknown_camera", f"no camera {camera!r}")
+        return camera
+
+    def _drop(self, camera: str) -> bool:
+        """End the subscription to ``camera``; False when there was none."""
+        subscription = self.subscriptions.pop(camera, None)
+        if subscription is None:
+            return False
+        subscription.scope.cancel()
+        self.api.hub.unsubscribe(subscription.subscriber)
+        log.info("client %s: left camera %s on /ws (sent %d frames, dropped %d)", self.client,
+                 camera, subscription.subscriber.sent, subscription.subscriber.dropped)  # fmt: skip
+        return True
+
+
+HANDLERS: dict[str, Handler] = {
+    "subscribe": Session.subscribe,
+    "unsubscribe": Session.unsubscribe,
+    "ping": Session.ping,
+    "list_cameras": Session.list_cameras,
+    "get_stats": Session.get_stats,
+    "command": Session.command,
+}
+
+
+# -- parsing (pure) ------------------------------------------------------------------
+
+
+def parse_request(message: str | bytes) -> dict[str, Any]:
+    """The JSON object of one client message, or RequestError."""
+    if not isinstance(message, str):
+        raise RequestError("binary_message", "requests are JSON text messages; the broker "
+                           "accepts no binary messages")  # fmt: skip
+    if len(message) > MAX_REQUEST or len(message.encode()) > MAX_REQUEST:
+        raise RequestError("too_large", f"a request may be at most {MAX_REQUEST} bytes")
+    try:
+        request = parse_json(message)
+    except ValueError as exc:
+        raise RequestError("invalid_json", f"not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise RequestError("invalid_message", "a request must be a JSON object with a 'type'")
+    return request
+
+
+def request_id_of(request: dict[str, Any]) -> Any:
+    """The request's ``request_id`` (a string or a number), None when absent, else
+    RequestError."""
+    request_id = request.get("request_id")
+    if request_id is None or isinstance(request_id, str):
+        return request_id
+    if _is_number(request_id):
+        return request_id
+    raise RequestError("invalid_field", "field 'request_id' must be a string or a number")
+
+
+def string_field(request: dict[str, Any], name: str) -> str:
+    value = request.get(name)
+    if not isinstance(value, str) or not value:
+        problem = "is missing" if value is None else "must be a non-empty string"
+        raise RequestError("invalid_field", f"field {name!r} {problem}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
