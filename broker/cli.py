@@ -1,5 +1,5 @@
-"""The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG`` and
-``broker grafana CONFIG``."""
+"""The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG``,
+``broker grafana CONFIG`` and ``broker ctl ...`` (a client of a running broker)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import trio
 import zmq
 
 from broker import config as configuration
-from broker import grafana
+from broker import ctl, grafana
 from broker.app import Broker
 
 log = logging.getLogger("broker")
@@ -22,7 +22,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    args = root.parse_args(argv)
+    if args.command == "ctl":
+        return ctl.run(args, root)
     try:
         config = configuration.load(args.config)
     except configuration.ConfigError as exc:
@@ -104,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
         "--public-url", required=True, help="the broker as browsers reach it: http://HOST:8765"
     )
     dashboards.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    ctl.add_parser(commands)
     return root
 
 
