@@ -38,7 +38,7 @@ class ReplayStream(trio.abc.Stream):
         self.stream = stream
         self._prefix = prefix
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             await trio.lowlevel.checkpoint()
             size = max_bytes or len(self._prefix)
