@@ -487,13 +487,7 @@ def _has_kind(kind: type, value: Any) -> bool:
 
 
 def _want(spec: _Spec) -> str:
-    if spec.choices:
-        return "one of " + ", ".join(spec.choices)
-    if spec.kind is int:
-        return f"an integer from {_num(spec.lo)} to {_num(spec.hi)}"
-    if spec.kind is float:
-        return f"a number from {_num(spec.lo)} to {_num(spec.hi)}"
-    return {bool: "true or false", str: "a string"}[spec.kind]
+    return camera_settings.want(spec.kind, spec.lo, spec.hi, spec.choices)
 
 
 def _plural(spec: _Spec) -> str:
@@ -709,8 +703,3 @@ def _kind(value: Any) -> str:
     ]
     return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
 
-
-def _num(x: float | None) -> str:
-    """A range bound: 300, not 300.0; 0.1 as is."""
-    assert x is not None
-    return str(int(x)) if float(x).is_integer() else repr(x)

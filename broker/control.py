@@ -40,6 +40,7 @@ from broker.config import CameraConfig, Config
 from broker.events import EventBus
 from broker.hub import Camera, Hub
 from broker.ratelimit import RateLimitedLog
+from broker.zmqtrio import bound_socket
 from cameras import control as protocol
 from cameras import settings as camera_settings
 from cameras.wire import CAMERA_ID
@@ -181,20 +182,11 @@ class RouterChannel:
 
 def bind(context: zmq.Context, endpoints: Sequence[str]) -> tuple[zmq.Socket, list[str]]:
     """A ROUTER bound on ``endpoints``, with the endpoints actually bound."""
-    socket = context.socket(zmq.ROUTER)
-    try:
-        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone worker fails at once
-        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its id
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        bound = []
-        for endpoint in endpoints:
-            socket.bind(endpoint)
-            bound.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
-    except BaseException:
-        socket.close(linger=0)
-        raise
-    return socket, bound
+    return bound_socket(context, zmq.ROUTER, endpoints, {
+        zmq.ROUTER_MANDATORY: 1,  # a send to a gone worker fails at once
+        zmq.ROUTER_HANDOVER: 1,  # a restarted worker takes over its id
+        zmq.MAXMSGSIZE: MAX_FRAME_BYTES,
+    })  # fmt: skip
 
 
 class Control:

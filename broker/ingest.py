@@ -17,7 +17,7 @@ import zmq
 from broker.frames import Frame
 from broker.hub import Hub
 from broker.ratelimit import RateLimitedLog
-from broker.zmqtrio import TrioReceiver
+from broker.zmqtrio import TrioReceiver, bound_socket
 from cameras import wire
 
 log = logging.getLogger("broker.ingest")
@@ -36,18 +36,7 @@ class IngestStats:
 def bind(context: zmq.Context, endpoints: Sequence[str]) -> tuple[zmq.Socket, list[str]]:
     """A SUB socket bound on ``endpoints``; returns it with the endpoints actually bound
     (``tcp://host:*`` picks a free port)."""
-    socket = context.socket(zmq.SUB)
-    try:
-        socket.setsockopt(zmq.SUBSCRIBE, b"")
-        socket.setsockopt(zmq.LINGER, 0)
-        bound = []
-        for endpoint in endpoints:
-            socket.bind(endpoint)
-            bound.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
-    except BaseException:
-        socket.close(linger=0)
-        raise
-    return socket, bound
+    return bound_socket(context, zmq.SUB, endpoints, {zmq.SUBSCRIBE: b""})
 
 
 async def run_ingest(

@@ -12,8 +12,30 @@ rules, each of which was seen to bite:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 import zmq
+
+
+def bound_socket(
+    context: zmq.Context, kind: int, endpoints: Sequence[str], options: dict[int, int | bytes]
+) -> tuple[zmq.Socket, list[str]]:
+    """A socket of ``kind`` with ``options``, bound on ``endpoints``; returns it with the
+    endpoints actually bound (``tcp://host:*`` picks a free port). Closed if any bind fails."""
+    socket = context.socket(kind)
+    try:
+        socket.setsockopt(zmq.LINGER, 0)
+        for option, value in options.items():
+            socket.setsockopt(option, value)
+        bound = []
+        for endpoint in endpoints:
+            socket.bind(endpoint)
+            bound.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket, bound
 
 
 class TrioReceiver:

@@ -11,7 +11,7 @@ Pure and synchronous.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,17 +128,24 @@ def _problem(setting: Setting, value: Any, limits: Mapping[str, Any]) -> str | N
 
 def _want(setting: Setting, limits: Mapping[str, Any]) -> str:
     choices = limits.get("choices", setting.choices)
+    lo, hi = limits.get("min", setting.lo), limits.get("max", setting.hi)
+    return want(setting.kind, lo, hi, choices)
+
+
+def want(kind: type, lo: float | None, hi: float | None, choices: Sequence[str] = ()) -> str:
+    """What a value must be, as error messages say it (also used by broker.config)."""
     if choices:
         return "one of " + ", ".join(choices)
-    lo, hi = limits.get("min", setting.lo), limits.get("max", setting.hi)
-    if setting.kind is int:
+    if kind is int:
         return f"an integer from {_num(lo)} to {_num(hi)}"
-    if setting.kind is float:
+    if kind is float:
         return f"a number from {_num(lo)} to {_num(hi)}"
-    return {bool: "true or false", str: "a string"}[setting.kind]
+    return {bool: "true or false", str: "a string"}[kind]
 
 
-def _num(x: float) -> str:
+def _num(x: float | None) -> str:
+    """A range bound: 300, not 300.0; 0.1 as is."""
+    assert x is not None
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
