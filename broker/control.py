@@ -504,6 +504,7 @@ class Control:
         link.device = message["device"]
         link.supported = {k: v for k, v in message["supported"].items() if isinstance(v, dict)}
         link.settings = dict(message["settings"])
+        self._show_name(link)
         link.last_seen = now
         link.connected = True
         if not was_connected or previous != pid:
@@ -549,6 +550,7 @@ class Control:
         changed = sorted(k for k in before.keys() | link.settings.keys()
                          if before.get(k) != link.settings.get(k))  # fmt: skip
         if changed:
+            self._show_name(link)
             self.events.publish("settings_changed", link.camera, settings=dict(link.settings),
                                 changed=changed)  # fmt: skip
         pending = link.pending.get(message["request_id"])
@@ -562,6 +564,17 @@ class Control:
         if pending.command == "update_settings" and message["success"] and pending.persist:
             self._remember(link.camera, pending.changes)
         pending.answer(message)
+
+    def _show_name(self, link: WorkerLink) -> None:
+        """The ``name`` setting is the camera's display name; "" shows the configured one."""
+        camera = self.hub.cameras.get(link.camera)
+        if camera is None:
+            return
+        configured = self.config.camera(link.camera)
+        fallback = configured.display_name if configured is not None else link.camera
+        name = link.settings.get("name") or fallback
+        if isinstance(name, str) and name != camera.info.name:
+            camera.info = dataclasses.replace(camera.info, name=name)
 
     def _set_streaming(self, link: WorkerLink, streaming: bool) -> None:
         if link.streaming == streaming:

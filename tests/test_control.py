@@ -293,6 +293,18 @@ async def test_command_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
+async def test_the_name_setting_is_the_display_name(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    async with running_control(cfg) as control, serving(control):
+        camera = control.hub.cameras["cam"]
+        configured = camera.info.name
+        assert (await control.command("cam", "update_settings", {"name": "Front door"})).success
+        assert camera.info.name == "Front door"
+        assert (await control.command("cam", "update_settings", {"name": ""})).success
+        assert camera.info.name == configured
+
+
+@pytest.mark.timeout(30)
 async def test_invalid_settings_are_rejected_without_reaching_the_worker(tmp_path: Path) -> None:
     async with running_control(make_config(tmp_path)) as control, fake_worker(control) as worker:
         # This camera advertises a narrower width than the protocol allows, and no sharpness.
