@@ -46,8 +46,9 @@ class Broker:
         )
         self.ingest_stats = ingest.IngestStats()
         self.supervisor: Supervisor | None = None
-        self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts)
         self.control = Control(config, self.hub)
+        self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts,
+                               self.control)  # fmt: skip
         self.server = Server(config, self.hub, self.health, self.metrics.exposition,
                              control=self.control)  # fmt: skip
         self.port = 0

@@ -8,6 +8,7 @@ one metric observed per frame is the capture-to-ingest latency histogram.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -15,16 +16,21 @@ from prometheus_client.registry import Collector
 
 from broker.hub import Hub
 
+if TYPE_CHECKING:
+    from broker.control import Control
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class BrokerCollector(Collector):
     def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
-                 worker_restarts: Callable[[], Mapping[str, int]]) -> None:  # fmt: skip
+                 worker_restarts: Callable[[], Mapping[str, int]],
+                 control: Control | None = None) -> None:  # fmt: skip
         self.hub = hub
         self.ingest_errors = ingest_errors
         self.worker_restarts = worker_restarts
+        self.control = control
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         received = counter("frames_received", "Frames received from the camera", "camera")
@@ -48,6 +54,22 @@ class BrokerCollector(Collector):
         for camera_id, count in sorted(self.worker_restarts().items()):
             restarts.add_metric([camera_id], count)
         yield from (received, delivered, dropped, sent_bytes, clients, online, errors, restarts)
+        if self.control is not None:
+            yield from self._control(self.control)
+
+    def _control(self, control: Control) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        connected = gauge("worker_connected", "1 while the worker's control channel is up",
+                          "camera")  # fmt: skip
+        for camera_id, link in sorted(control.links.items()):
+            connected.add_metric([camera_id], int(link.connected))
+        commands = counter("commands", "Camera commands by outcome (ok or the error code)",
+                           "outcome")  # fmt: skip
+        for outcome, count in sorted(control.results.items()):
+            commands.add_metric([outcome], count)
+        errors = counter("control_errors", "Malformed or refused control messages", "reason")
+        for reason, count in sorted(control.errors.items()):
+            errors.add_metric([reason], count)
+        yield from (connected, commands, errors)
 
 
 PREFIX = "camera_broker_"
@@ -63,9 +85,10 @@ def gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
 
 class Metrics:
     def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
-                 worker_restarts: Callable[[], Mapping[str, int]]) -> None:  # fmt: skip
+                 worker_restarts: Callable[[], Mapping[str, int]],
+                 control: Control | None = None) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
-        self.registry.register(BrokerCollector(hub, ingest_errors, worker_restarts))
+        self.registry.register(BrokerCollector(hub, ingest_errors, worker_restarts, control))
         self.latency = Histogram(
             "camera_broker_latency_seconds",
             "Capture to ingest latency (needs the worker's clock in sync with the broker's)",

@@ -293,6 +293,26 @@ async def test_command_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
+async def test_control_metrics(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from broker.metrics import Metrics
+
+    async with running_control(make_config(tmp_path)) as control, serving(control):
+        metrics = Metrics(control.hub, {}, dict, control)
+        assert (await control.command("cam", "get_status")).success
+        assert not (await control.command("cam", "update_settings", {"fps": 0})).success
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for sample in family.samples
+        }
+    assert samples[("camera_broker_worker_connected", (("camera", "cam"),))] == 1
+    assert samples[("camera_broker_commands_total", (("outcome", "ok"),))] == 1
+    assert samples[("camera_broker_commands_total", (("outcome", "invalid_settings"),))] == 1
+
+
+@pytest.mark.timeout(30)
 async def test_the_name_setting_is_the_display_name(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     async with running_control(cfg) as control, serving(control):
