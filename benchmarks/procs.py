@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,8 @@ def _env() -> dict[str, str]:
 def wait_for_health(
     process: subprocess.Popen, url: str, logs: Callable[[], str], timeout: float = 20
 ) -> None:
-    """Poll ``url``/healthz until the broker answers; fail fast if it exits."""
+    """Poll ``url``/healthz until the broker answers; fail fast if it exits. A 401 (a
+    broker with [[tokens]], asked without one) is an answer too: the broker is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -50,6 +52,11 @@ def wait_for_health(
         try:
             get_json(url + "/healthz", timeout=1)
             return
+        except urllib.error.HTTPError as answer:
+            answer.close()
+            if answer.code == 401:
+                return
+            time.sleep(0.1)
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"broker did not answer within {timeout} s:\n{logs()}")

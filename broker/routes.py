@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker.server")
 
-STATIC_FILES = {"/": "index.html", "/viewer.js": "viewer.js", "/viewer.css": "viewer.css"}
-JSON_ROUTES = ("/healthz", "/api/cameras", "/api/stats")
+STATIC_FILES = {
+    "/": "index.html", "/viewer.js": "viewer.js", "/settings.js": "settings.js",
+    "/viewer.css": "viewer.css",
+}  # fmt: skip
+JSON_ROUTES = ("/healthz", "/api/cameras", "/api/stats", "/api/presets")
 CAMERA_OUTPUTS = {
     "snapshot.jpg": "snapshot", "mjpeg": "mjpeg", "next.jpg": "next", "frames": "frames",
 }  # fmt: skip
@@ -164,6 +167,8 @@ class Routes:
             return json_response(self.cameras(grant))
         if path == "/api/stats":
             return json_response(self.stats(grant))
+        if path == "/api/presets":
+            return json_response(self.config.presets)
         if path == "/" and not self.access.open and target.param("token"):
             return index_with_token(target.param("token") or "")
         if path in STATIC_FILES:
@@ -218,6 +223,8 @@ class Routes:
             status = await self.control.apply_preset(path.camera, path.preset, request_id)
         elif method == "GET":
             status = await self.control.command(path.camera, "get_status", None, request_id)
+            # What the camera accepts, so a client can build a form for its settings.
+            return status_response(status, supported=self.control.supported(path.camera))
         else:
             try:
                 settings = parse_json(body)
@@ -325,9 +332,10 @@ def forbidden_camera(camera_id: str) -> Response:
     return error(403, "forbidden", f"this token may not access camera {camera_id!r}")
 
 
-def status_response(status: StatusResponse) -> Response:
+def status_response(status: StatusResponse, **extra: object) -> Response:
+    """The StatusResponse as JSON (plus ``extra`` fields) with its HTTP status."""
     code = 200 if status.success else COMMAND_STATUS.get(status.error or "", 502)
-    return json_response(status.to_json(), code)
+    return json_response({**status.to_json(), **extra}, code)
 
 
 def camera_path(path: str) -> tuple[str, str | None]:
@@ -387,6 +395,6 @@ def index_with_token(token: str) -> Response:
     too, so their URLs carry the token (viewer.js passes it on to its own requests)."""
     page = static("index.html")
     suffix = ("?token=" + quote(token, safe="")).encode()
-    for asset in (b'"/viewer.js"', b'"/viewer.css"'):
+    for asset in (b'"/viewer.js"', b'"/settings.js"', b'"/viewer.css"'):
         page.body = page.body.replace(asset, asset[:-1] + suffix + b'"')
     return page

@@ -8,15 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from benchmarks.procs import free_port, get_json, stop_process, wait_for_health
 
 
 class BrokerProcess:
-    def __init__(self, config: Path, port: int | None = None, log: Path | None = None) -> None:
+    """``token``: for a config with [[tokens]], what `cameras` and `wait_online` ask with."""
+
+    def __init__(
+        self, config: Path, port: int | None = None, log: Path | None = None,
+        token: str | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.port = port or free_port()
         self.log = log or config.with_suffix(".log")
+        self.token = token
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -35,7 +42,10 @@ class BrokerProcess:
         return self
 
     def cameras(self) -> dict[str, dict]:
-        return {c["id"]: c for c in get_json(self.url + "/api/cameras")}
+        query = f"?token={quote(self.token, safe='')}" if self.token else ""
+        cameras = get_json(self.url + "/api/cameras" + query)
+        assert isinstance(cameras, list)
+        return {c["id"]: c for c in cameras}
 
     def wait_online(self, *camera_ids: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

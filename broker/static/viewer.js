@@ -8,6 +8,9 @@
 //
 // A broker with [[tokens]] is opened as /?token=T: the token is passed on to every API
 // call and WebSocket (a browser cannot set headers on a WebSocket).
+//
+// Each tile's gear button opens the settings drawer (settings.js) for its camera. Escape
+// closes the drawer if it is open, else un-enlarges the big tile.
 "use strict";
 const RECONNECT_MS = 2000;
 const FPS_WINDOW_MS = 2000;
@@ -20,6 +23,10 @@ let unloading = false;
 let reachable = null; // null until /api/cameras first answers or fails
 const token = new URLSearchParams(location.search).get("token");
 const withToken = (path) => (token ? `${path}?token=${encodeURIComponent(token)}` : path);
+const drawer = new SettingsDrawer(document.getElementById("settings"), withToken);
+const GEAR = '<svg viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="8" ' +
+  'fill="none" stroke="currentColor" stroke-width="4" stroke-dasharray="3.14 3.14"/>' +
+  '<circle cx="12" cy="12" r="5" fill="none" stroke="currentColor" stroke-width="3"/></svg>';
 
 // Capture time (Unix s) from the worker's JPEG COM stamp "CB1 seq=… t=…", if present.
 function stampTime(bytes) {
@@ -31,6 +38,7 @@ function stampTime(bytes) {
 class Tile {
   constructor(camera) {
     this.id = camera.id;
+    this.camera = camera; // its latest /api/cameras entry
     this.online = camera.online; // from /api/cameras
     this.stamps = false; // this camera's frames carry latency stamps
     this.ws = null;
@@ -47,15 +55,29 @@ class Tile {
     el.tabIndex = 0;
     el.dataset.camera = camera.id;
     el.innerHTML = '<img alt=""><div class="bar"><span class="dot"></span>' +
-      '<span class="name"></span><span class="fps"></span><span class="lat">—</span></div>';
+      '<span class="name"></span><span class="fps"></span><span class="lat">—</span>' +
+      `<button type="button" class="gear">${GEAR}</button></div>`;
     this.img = el.querySelector("img");
     this.dot = el.querySelector(".dot");
     this.fps = el.querySelector(".fps");
     this.lat = el.querySelector(".lat");
-    this.img.alt = el.querySelector(".name").textContent = camera.name;
-    el.title = `${camera.name} (${camera.id})`;
+    this.gear = el.querySelector(".gear");
+    this.gear.addEventListener("click", (event) => {
+      event.stopPropagation(); // not a click on the tile: it neither enlarges nor shrinks
+      drawer.open(this.camera, this.gear);
+    });
+    this.rename(camera.name);
     this.connect();
     this.render(performance.now());
+  }
+
+  // The name shows the camera's `name` setting once set, so it may change.
+  rename(name) {
+    this.name = name;
+    this.img.alt = this.el.querySelector(".name").textContent = name;
+    this.el.title = `${name} (${this.id})`;
+    this.gear.title = `Settings of ${name}`;
+    this.gear.setAttribute("aria-label", this.gear.title);
   }
 
   connect() {
@@ -145,9 +167,13 @@ grid.addEventListener("click", (event) => {
   event.stopPropagation();
   zoom(event.target.closest(".tile"));
 });
-document.addEventListener("click", () => zoom(null)); // the backdrop around a big tile
+document.addEventListener("click", (event) => {
+  if (!event.target.closest("#settings")) zoom(null); // the backdrop around a big tile
+});
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape") zoom(null);
+  if (event.key === "Escape") {
+    if (!drawer.close()) zoom(null);
+  }
   else if (event.key === "Enter" && event.target.matches(".tile")) zoom(event.target);
 });
 
@@ -169,6 +195,7 @@ async function refresh() {
     const ids = new Set(cameras.map((c) => c.id));
     for (const [id, t] of tiles) {
       if (!ids.has(id)) {
+        if (drawer.camera === id) drawer.close();
         t.close();
         tiles.delete(id);
       }
@@ -180,6 +207,9 @@ async function refresh() {
         grid.appendChild(t.el);
       }
       t.online = camera.online;
+      t.camera = camera;
+      if (t.name !== camera.name) t.rename(camera.name);
+      if (drawer.camera === camera.id) drawer.update(camera);
     }
     reachable = true;
   } catch {
