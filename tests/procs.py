@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -69,6 +70,15 @@ class BrokerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_until(predicate: Callable[[], object], within: float, what: str) -> None:
+    """Poll ``predicate`` every 0.2 s until it is true; TimeoutError(what) after ``within``."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
 
 
 def write_config(tmp_path: Path, cameras: str, extra: str = "", control: str = "") -> Path:

@@ -5,19 +5,12 @@ reconnect after a delay unless the close code is 1000."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from procs import BrokerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
-
 PANEL = """
 <img id="img">
 <script>
@@ -46,23 +39,6 @@ connect();
 """
 
 
-@pytest.fixture
-def browser_page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-        )  # playwright gives it a fresh, temporary profile
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(20_000)
-            yield page
-        finally:
-            browser.close()
-
-
 def open_panel(page, ws_url: str, reconnect_ms: int = 500) -> None:
     page.set_content(
         PANEL.replace("WS_URL", repr(ws_url)).replace("RECONNECT_MS", str(reconnect_ms))
@@ -87,33 +63,33 @@ def demo_config(tmp_path: Path) -> Path:
 
 @pytest.mark.timeout(120)
 def test_panel_shows_live_frames_and_recovers_after_broker_restart(
-    tmp_path: Path, browser_page
+    tmp_path: Path, page
 ) -> None:
     broker = BrokerProcess(demo_config(tmp_path))
     with broker:
         broker.wait_online("lobby", "yard", "garage", "desk")
-        open_panel(browser_page, f"ws://127.0.0.1:{broker.port}/cameras/lobby")
-        loaded = wait_for_more_images(browser_page, 5)
-        assert browser_page.evaluate("window.width") == 1280
-        wait_for_more_images(browser_page, loaded + 5)  # the count rises: live
+        open_panel(page, f"ws://127.0.0.1:{broker.port}/cameras/lobby")
+        loaded = wait_for_more_images(page, 5)
+        assert page.evaluate("window.width") == 1280
+        wait_for_more_images(page, loaded + 5)  # the count rises: live
         assert broker.stop() == 0
-        browser_page.wait_for_function("window.closes.length >= 1")
-        assert browser_page.evaluate("window.closes[0]") == 1001
-        before = browser_page.evaluate("window.loaded")
+        page.wait_for_function("window.closes.length >= 1")
+        assert page.evaluate("window.closes[0]") == 1001
+        before = page.evaluate("window.loaded")
         broker.start()  # same port
         broker.wait_online("lobby")
-        wait_for_more_images(browser_page, before + 5)  # reconnected by itself
+        wait_for_more_images(page, before + 5)  # reconnected by itself
 
 
 @pytest.mark.timeout(120)
-def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, browser_page) -> None:
+def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, page) -> None:
     with BrokerProcess(demo_config(tmp_path)) as broker:
         broker.wait_online("lobby", "yard", "garage", "desk")
-        browser_page.goto(broker.url + "/")
+        page.goto(broker.url + "/")
         # Each tile shows its camera's own frames. A tile's image is briefly empty while
         # the next frame decodes, so wait for a moment when all four show a frame.
         expected = {"lobby": 1280, "yard": 640, "garage": 1920, "desk": 320}
-        browser_page.wait_for_function(
+        page.wait_for_function(
             "(expected) => document.querySelectorAll('.dot.live').length === 4 && "
             "[...document.querySelectorAll('.tile')].every("
             "(t) => t.querySelector('img').naturalWidth === expected[t.dataset.camera])",
@@ -123,7 +99,7 @@ def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, browser_page) 
 
 @pytest.mark.timeout(120)
 def test_panel_imitation_shows_every_camera_of_the_generated_dashboard(
-    tmp_path: Path, browser_page
+    tmp_path: Path, page
 ) -> None:
     """The Live Image Panel, imitated, against every wsUrl `broker grafana` generates."""
     from broker import config as configuration
@@ -136,6 +112,6 @@ def test_panel_imitation_shows_every_camera_of_the_generated_dashboard(
         urls = [panel["options"]["wsUrl"] for panel in dashboard["panels"]]
         assert len(urls) == 4
         for url in urls:
-            open_panel(browser_page, url)
-            wait_for_more_images(browser_page, 3)
-            assert browser_page.evaluate("window.width") > 0
+            open_panel(page, url)
+            wait_for_more_images(page, 3)
+            assert page.evaluate("window.width") > 0

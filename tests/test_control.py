@@ -24,7 +24,7 @@ import pytest
 import trio
 import zmq
 from helpers import running_broker
-from procs import BrokerProcess, get_json, write_config
+from procs import BrokerProcess, get_json, wait_until, write_config
 from rawws import RawWebSocket
 
 from broker import config as configuration
@@ -716,14 +716,6 @@ def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any
     except urllib.error.HTTPError as error:
         with error:
             return error.code, json.load(error)
-
-
-def wait_until(predicate: Callable[[], object], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 @pytest.mark.timeout(120)

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from helpers import config, running_broker
-from procs import BrokerProcess, synthetic_camera, write_config
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from procs import BrokerProcess, synthetic_camera, wait_until, write_config
 from test_server import get, http
 
 NIGHT = "[presets.night]\nbrightness = 80\n"
@@ -33,30 +31,8 @@ TOKENS = (
 DRAWER = "#settings"
 
 
-@pytest.fixture
-def page() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(30_000)  # a loaded 2-core machine
-            yield page
-        finally:
-            browser.close()
-
-
 def camera_config(tmp_path: Path, extra: str = "") -> Path:
     return write_config(tmp_path, NIGHT + synthetic_camera("cam", 320, 240, 10) + extra)
-
-
-def wait_until(predicate: Callable[[], object], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 def wait_connected(broker: BrokerProcess, camera_id: str = "cam") -> None:

@@ -13,27 +13,13 @@ from pathlib import Path
 
 import pytest
 from procs import BrokerProcess
-from test_browser import CHROMIUM, CHROMIUM_ARGS, demo_config
+from test_browser import demo_config
 
 DEMO = ["lobby", "yard", "garage", "desk"]
 ALL_LIVE = (
     "(n) => { const tiles = [...document.querySelectorAll('.tile')];"
     " return tiles.length === n && tiles.every((t) => t.dataset.state === 'live'); }"
 )
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(20_000)
-            yield page
-        finally:
-            browser.close()
 
 
 def open_viewer(page, broker: BrokerProcess, count: int = 4) -> None:

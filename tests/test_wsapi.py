@@ -25,7 +25,6 @@ import trio
 from helpers import config, publisher, running_broker, sample_jpeg
 from procs import BrokerProcess, synthetic_camera, write_config
 from rawws import RawWebSocket
-from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_server import get, http
 
 from broker.app import Broker
@@ -731,20 +730,6 @@ class TokenBrokerProcess(BrokerProcess):
     def cameras(self) -> dict[str, dict]:
         with urllib.request.urlopen(f"{self.url}/api/cameras?token={self.token}") as answer:
             return {c["id"]: c for c in json.load(answer)}
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(20_000)
-            yield page
-        finally:
-            browser.close()
 
 
 @pytest.mark.timeout(120)
