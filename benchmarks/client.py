@@ -15,8 +15,15 @@ lag over time; ``stalled`` handshakes and then never reads again. ``--rcvbuf`` s
 connections' SO_RCVBUF before connecting (so the kernel does not hide the slowness behind
 megabytes of buffer).
 
+``--protocol mjpeg`` reads ``GET /cameras/{id}/mjpeg`` instead: the parts of the
+``multipart/x-mixed-replace`` body, each sized by its ``Content-Length`` header, the stamp
+read the same way. ``--query`` is added to every URL (``fps=1``: the broker's per-client
+rate cap). ``lap`` on stdin prints the summary of the window so far and starts a new one
+(the process goes on); ``start`` begins a fresh window.
+
     python -m benchmarks.client --port 8765 --camera cam0:4 --camera cam1:4
     python -m benchmarks.client --port 8765 --camera cam0:2 --mode throttled --read-rate 1e6
+    python -m benchmarks.client --port 8765 --camera cam0:4 --protocol mjpeg
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import selectors
 import socket
 import sys
@@ -39,6 +47,9 @@ PREFIX_BYTES = 256
 RECV_BYTES = 1 << 20
 THROTTLED_READ_BYTES = 16 * 1024  # the token bucket's size and the largest throttled read
 MODES = ("fast", "throttled", "stalled")
+PROTOCOLS = ("websocket", "mjpeg")
+DRAIN_INTERVAL = 0.1  # s: while opening connections, read the open ones this often
+MAX_PART_HEAD = 1024  # an MJPEG part head is about 90 bytes
 
 
 class Connection:
@@ -48,7 +59,8 @@ class Connection:
         self.closed = False
         self.frames = self.bytes = self.drops = self.unstamped = 0
         self.first_seq: int | None = None
-        self.last_seq: int | None = None
+        self.last_seq: int | None = None  # of the last frame seen, counted or not
+        self.last_counted: int | None = None  # of the last frame counted in the window
         self.latencies = array("d")
         self.times = array("d")  # receipt time of each counted frame, s after `start`
         self.started_wall = 0.0
@@ -56,6 +68,15 @@ class Connection:
         self.refilled = 0.0
         self.reading = False  # registered with the selector
         self._reset()
+
+    def reset_window(self, wall: float) -> None:
+        """Start a new measured window at ``wall`` (Unix time)."""
+        self.counting = True
+        self.started_wall = wall
+        self.frames = self.bytes = self.drops = self.unstamped = 0
+        self.first_seq = self.last_counted = None
+        self.latencies = array("d")
+        self.times = array("d")
 
     def _reset(self) -> None:
         self.head = bytearray()
@@ -118,6 +139,7 @@ class Connection:
             elif self.last_seq is not None and seq > self.last_seq + 1:
                 self.drops += seq - self.last_seq - 1
             self.frames += 1
+            self.last_counted = seq
             self.bytes += self.length
             self.latencies.append(now - captured_at)
             self.times.append(now - self.started_wall)
@@ -125,8 +147,8 @@ class Connection:
 
     def summary(self, seconds: float, series: bool = False) -> dict[str, object]:
         span = None
-        if self.first_seq is not None and self.last_seq is not None:
-            span = self.last_seq - self.first_seq + 1
+        if self.first_seq is not None and self.last_counted is not None:
+            span = self.last_counted - self.first_seq + 1
         return {
             "name": self.name,
             "camera": self.camera,
@@ -144,19 +166,83 @@ class Connection:
              if series else {})  # fmt: skip
 
 
-def open_connection(port: int, camera: str, name: str, rcvbuf: int = 0) -> tuple[Connection, bytes]:
+class MjpegConnection(Connection):
+    """One ``multipart/x-mixed-replace`` stream: each part's head is read up to its blank
+    line for ``Content-Length``; the first `PREFIX_BYTES` of the image are kept (the
+    stamp), the rest is skipped. The CRLF that ends a part is read as the start of the
+    next part's head."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.body_at = 0  # where the image starts in self.head, once the head is read
+
+    def feed(self, data: memoryview, now: float) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.skip:
+                take = min(self.skip, end - pos)
+                self.skip -= take
+                pos += take
+                if not self.skip:
+                    self._finish(now)
+                continue
+            if self.length < 0:  # in a part head
+                before = len(self.head)
+                take = min(end - pos, MAX_PART_HEAD - before)
+                self.head += data[pos : pos + take]
+                at = self.head.find(b"\r\n\r\n")
+                if at < 0:
+                    if len(self.head) >= MAX_PART_HEAD:
+                        raise ValueError(f"{self.name}: no MJPEG part head in {MAX_PART_HEAD} B")
+                    pos += take
+                    continue
+                pos += at + 4 - before
+                self.length = part_length(bytes(self.head[:at]))
+                del self.head[at + 4 :]
+                self.body_at = at + 4
+                self.want = self.body_at + min(self.length, PREFIX_BYTES)
+            else:
+                take = min(self.want - len(self.head), end - pos)
+                self.head += data[pos : pos + take]
+                pos += take
+            if len(self.head) == self.want:
+                self.skip = self.length - (self.want - self.body_at)
+                if not self.skip:
+                    self._finish(now)
+
+    def _finish(self, now: float) -> None:
+        self._record(stamp.read(self.head[self.body_at :]), now)
+        self._reset()
+
+
+def part_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise ValueError(f"MJPEG part without Content-Length: {head[:200]!r}")
+
+
+def open_connection(
+    port: int, camera: str, name: str, rcvbuf: int = 0, protocol: str = "websocket",
+    query: str = "",
+) -> tuple[Connection, bytes]:  # fmt: skip
     """Connect and handshake (blocking); returns the connection and bytes already read."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
+    sock.settimeout(30)
     sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /cameras/{camera} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
+    suffix = f"?{query}" if query else ""
+    if protocol == "mjpeg":
+        request, expect = f"GET /cameras/{camera}/mjpeg{suffix} HTTP/1.1\r\n", b"HTTP/1.1 200"
+        request += f"Host: 127.0.0.1:{port}\r\n\r\n"
+    else:
+        key = base64.b64encode(os.urandom(16)).decode()
+        request, expect = f"GET /cameras/{camera}{suffix} HTTP/1.1\r\n", b"HTTP/1.1 101"
+        request += (f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    sock.sendall(request.encode())
     buffer = b""
     while b"\r\n\r\n" not in buffer:
         data = sock.recv(4096)
@@ -164,17 +250,20 @@ def open_connection(port: int, camera: str, name: str, rcvbuf: int = 0) -> tuple
             raise ConnectionError(f"{name}: closed during the handshake")
         buffer += data
     head, _, rest = buffer.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
+    if not head.startswith(expect):
         raise ConnectionError(f"{name}: handshake refused: {head.splitlines()[0]!r}")
     sock.setblocking(False)
-    return Connection(sock, camera, name), rest
+    kind = MjpegConnection if protocol == "mjpeg" else Connection
+    return kind(sock, camera, name), rest
 
 
 class Client:
     def __init__(
-        self, connections: list[Connection], mode: str = "fast", read_rate: float = 0.0
-    ) -> None:
+        self, connections: list[Connection], mode: str = "fast", read_rate: float = 0.0,
+        brief: bool = False,
+    ) -> None:  # fmt: skip
         self.connections = connections
+        self.brief = brief
         self.mode = mode
         self.read_rate = read_rate if mode == "throttled" else 0.0
         self.selector = selectors.DefaultSelector()
@@ -185,11 +274,20 @@ class Client:
         self.seconds = 0.0
         self.done = False
 
-    def run(self) -> None:
+    def add(self, conn: Connection) -> None:
+        """A connection just opened; a fast one is read from now on."""
+        self.connections.append(conn)
         if self.mode == "fast":
-            for conn in self.connections:
-                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
-                conn.reading = True
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            conn.reading = True
+
+    def drain(self) -> None:
+        """Read what the open connections hold, without waiting (while more are being
+        opened: a connection left unread for seconds would be cut off as a slow client)."""
+        for key, _ in self.selector.select(timeout=0):
+            self._receive(key.data)
+
+    def run(self) -> None:
         self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, None)
         next_report = time.monotonic() + 1
         while not self.done:
@@ -259,8 +357,12 @@ class Client:
         if command == "start":
             self.started, wall = time.monotonic(), time.time()
             for conn in self.connections:
-                conn.counting = True
-                conn.started_wall = wall
+                conn.reset_window(wall)
+        elif command == "lap":
+            now = time.monotonic()
+            self.seconds = now - self.started if self.started else 0.0
+            print(json.dumps(self.summary()), flush=True)
+            self._command("start")
         elif command == "stop":
             self.seconds = time.monotonic() - self.started if self.started else 0.0
             for conn in self.connections:
@@ -268,13 +370,12 @@ class Client:
             self.done = True
 
     def summary(self) -> dict[str, object]:
-        return {
-            "seconds": round(self.seconds, 3),
-            "mode": self.mode,
-            "connections": [
-                c.summary(self.seconds, series=self.mode == "throttled") for c in self.connections
-            ],
-        }
+        connections = [c.summary(self.seconds, series=self.mode == "throttled")
+                       for c in self.connections]  # fmt: skip
+        if self.brief:
+            for conn in connections:
+                del conn["latencies_ms"]
+        return {"seconds": round(self.seconds, 3), "mode": self.mode, "connections": connections}
 
 
 def parse_camera(text: str) -> tuple[str, int]:
@@ -294,23 +395,41 @@ def parser() -> argparse.ArgumentParser:
                    help="throttled mode: bytes/s per connection (default 1e6)")  # fmt: skip
     p.add_argument("--rcvbuf", type=int, default=0, metavar="BYTES",
                    help="SO_RCVBUF of each connection (default: the kernel's)")  # fmt: skip
+    p.add_argument("--protocol", choices=PROTOCOLS, default="websocket",
+                   help="websocket (/cameras/ID) or mjpeg (/cameras/ID/mjpeg)")  # fmt: skip
+    p.add_argument("--query", default="", help="query string for every URL, e.g. fps=1")
+    p.add_argument("--brief", action="store_true",
+                   help="leave each connection's latency samples out of the summary")  # fmt: skip
     return p
+
+
+def raise_open_files(wanted: int) -> None:
+    """Thousands of connections need more descriptors than a default soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    connections = []
+    raise_open_files(sum(count for _, count in args.camera) + 64)
+    client = Client([], args.mode, args.read_rate, args.brief)
+    drained = time.monotonic()
     for camera, count in args.camera:
         for i in range(count):
             name = f"{args.name}{camera}/{i}"
-            conn, rest = open_connection(args.port, camera, name, args.rcvbuf)
+            conn, rest = open_connection(args.port, camera, name, args.rcvbuf, args.protocol,
+                                         args.query)  # fmt: skip
             conn.feed(memoryview(rest), time.time())
-            connections.append(conn)
-    print(json.dumps({"ready": True, "connections": len(connections)}), flush=True)
-    client = Client(connections, args.mode, args.read_rate)
+            client.add(conn)
+            if time.monotonic() - drained > DRAIN_INTERVAL:
+                client.drain()
+                drained = time.monotonic()
+    print(json.dumps({"ready": True, "connections": len(client.connections)}), flush=True)
     client.run()
     print(json.dumps(client.summary()), flush=True)
-    for conn in connections:
+    for conn in client.connections:
         conn.sock.close()
     return 0
 

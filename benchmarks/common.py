@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+QUICK_WARMUP = 0.5  # seconds; --quick only checks that a scenario works
+WARMUP = 2.0
 PACKAGES = ("trio", "pyzmq", "trio-websocket", "camera-broker", "msgpack", "opencv-python-headless")
 
 
@@ -32,6 +34,7 @@ def machine_info() -> dict[str, object]:
         "memory_bytes": _meminfo_kib("MemTotal") * 1024,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),
+        "load_average": load_average(),
     }
 
 
@@ -71,6 +74,35 @@ def _meminfo_kib(name: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def sysctl(name: str) -> str | None:
+    """A kernel setting from /proc/sys, e.g. ``net/ipv4/tcp_rmem``."""
+    try:
+        return " ".join(Path("/proc/sys", name).read_text().split())
+    except OSError:
+        return None
+
+
+def sockstat() -> dict[str, int]:
+    """System-wide TCP sockets in use and the kernel memory they hold (pages), from
+    /proc/net/sockstat: socket buffers are kernel memory, not in any process's RSS."""
+    try:
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                values = line.split()[1:]
+                return {k: int(v) for k, v in zip(values[::2], values[1::2], strict=True)}
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (other work on the machine during a run)."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
 
 
 def _git_revision() -> str | None:
@@ -194,6 +226,11 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def ratio_text(value: float | None) -> str:
+    """A ratio with three decimals (0.899 must not print as a passing 0.90), or "-"."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 def met(ok: bool) -> str:

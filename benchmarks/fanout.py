@@ -3,20 +3,26 @@
 The real broker (external-publisher cameras on an ipc:// endpoint), C replay publishers
 and a few client processes sharing the C x S connections, all on this machine. After a
 warm-up, a measured window: per client delivered fps, latency and drops; broker CPU and
-RSS; the load generators' own CPU.
+RSS; the load generators' own CPU. (``mjpeg`` is the same over HTTP MJPEG: `run_fanout`.)
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.procs import Broker, Child, Workspace, get_json
+from benchmarks.harness import (
+    Run,
+    collect,
+    measure,
+    start_broker,
+    start_clients,
+    start_replays,
+    wait,
+    write_config,
+)
 
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 10.0
@@ -25,125 +31,14 @@ TARGET_BROKER_CORES = 0.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cameras", type=int, default=8, help="cameras (default 8)")
-    p.add_argument("--clients", type=int, default=8, help="WebSocket clients per camera (8)")
+    p.add_argument("--cameras", type=int, help="cameras (default 8; --quick 2)")
+    p.add_argument("--clients", type=int, help="clients per camera (default 8; --quick 2)")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--quality", type=int, default=80)
     p.add_argument("--client-procs", type=int, default=2,
                    help="client processes sharing the connections (default 2)")  # fmt: skip
-
-
-@dataclass
-class Run:
-    args: argparse.Namespace
-    work: Workspace
-    broker: Broker | None = None
-    replays: list[Child] = field(default_factory=list)
-    clients: list[Child] = field(default_factory=list)
-    samples: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def camera_ids(self) -> list[str]:
-        return [f"cam{i}" for i in range(self.args.cameras)]
-
-    @property
-    def endpoint(self) -> str:
-        return f"ipc://{self.work.path / 'bench.ipc'}"
-
-
-def write_config(run: Run) -> Path:
-    a = run.args
-    return write_broker_config(
-        run.work.path, run.endpoint, run.camera_ids, a.width, a.height, a.fps
-    )
-
-
-def write_broker_config(
-    directory: Path, endpoint: str, camera_ids: list[str],
-    width: int = 1280, height: int = 720, fps: float = 15,
-) -> Path:  # fmt: skip
-    """A broker config for external publishers on ``endpoint``; returns its path."""
-    cameras = "".join(
-        f'[[cameras]]\nid = "{cid}"\nwidth = {width}\nheight = {height}\nfps = {fps}\n'
-        for cid in camera_ids
-    )
-    path = directory / "broker.toml"
-    path.write_text(f'[ingest]\nendpoints = ["{endpoint}"]\n[control]\nendpoints = []\n\n{cameras}')
-    return path
-
-
-def start_replays(run: Run) -> None:
-    a = run.args
-    for cid in run.camera_ids:
-        argv = ["-m", "benchmarks.replay", "--broker", run.endpoint, "--camera", cid,
-                "--fps", str(a.fps), "--width", str(a.width), "--height", str(a.height),
-                "--quality", str(a.quality)]  # fmt: skip
-        run.replays.append(Child(f"replay {cid}", argv, run.work.path / f"replay-{cid}.log"))
-    for child in run.replays:
-        child.expect(timeout=60)  # pre-encoding done
-
-
-def start_clients(run: Run) -> None:
-    assert run.broker is not None
-    procs = max(1, min(run.args.client_procs, run.args.cameras * run.args.clients))
-    for p in range(procs):
-        argv = ["-m", "benchmarks.client", "--port", str(run.broker.port), "--name", f"p{p}:"]
-        for cid in run.camera_ids:
-            count = len(range(p, run.args.clients, procs))
-            if count:
-                argv += ["--camera", f"{cid}:{count}"]
-        run.clients.append(Child(f"client {p}", argv, run.work.path / f"client-{p}.log"))
-    for child in run.clients:
-        child.expect(timeout=30)  # every connection handshaken
-
-
-def wait(seconds: float, label: str, on_tick: Callable[[], str] | None = None) -> None:
-    end = time.monotonic() + seconds
-    tick = time.monotonic()
-    while (left := end - time.monotonic()) > 0:
-        tick += 1
-        time.sleep(max(0.0, min(left, tick - time.monotonic())))
-        elapsed = seconds - max(0.0, end - time.monotonic())
-        extra = on_tick() if on_tick else ""
-        common.progress(f"{label} {elapsed:4.0f}/{seconds:g} s {extra}")
-
-
-def measure(run: Run) -> dict[str, object]:
-    assert run.broker is not None
-    broker_cpu = common.CpuMeter([run.broker.pid])
-    loadgen_cpu = common.CpuMeter([c.pid for c in run.replays + run.clients])
-    for child in run.replays + run.clients:
-        child.send("start")
-    broker_cpu.start()
-    loadgen_cpu.start()
-    started = time.monotonic()
-    peak_rss = 0
-
-    def tick() -> str:
-        nonlocal peak_rss
-        cores, gen = broker_cpu.interval(), loadgen_cpu.interval()
-        rss = common.rss_bytes(run.broker.pid) or 0
-        peak_rss = max(peak_rss, rss)
-        frames = sum(c.latest.get("frames", 0) for c in run.clients)
-        run.samples.append({"t": round(time.monotonic() - started, 2), "broker_cores": cores,
-                            "loadgen_cores": gen, "broker_rss_bytes": rss})  # fmt: skip
-        return (f"broker {cores:.2f} cores {rss / 2**20:.0f} MiB | load generators "
-                f"{gen:.2f} cores | frames received {frames}")  # fmt: skip
-
-    wait(run.args.duration, "measure", tick)
-    for child in run.clients + run.replays:
-        child.send("stop")
-    return {
-        "broker_cores": broker_cpu.total(),
-        "loadgen_cores": loadgen_cpu.total(),
-        "broker_rss_bytes": common.rss_bytes(run.broker.pid),
-        "broker_peak_rss_bytes": peak_rss,
-        "replays": {cid: r.expect(10) for cid, r in zip(run.camera_ids, run.replays, strict=True)},
-        "clients": [c.expect(10) for c in run.clients],
-        "health": get_json(run.broker.url + "/healthz"),
-    }
 
 
 def analyse(run: Run, raw: dict) -> dict[str, object]:
@@ -205,7 +100,7 @@ def chart(result: dict, path: Path) -> None:
     clients = result["clients"]
     names = [c["name"] for c in clients]
     x = list(range(len(clients)))
-    fig, (fps_ax, lat_ax, cpu_ax) = common.new_figure(3, f"fanout {result['title']}")
+    fig, (fps_ax, lat_ax, cpu_ax) = common.new_figure(3, f"{result['scenario']} {result['title']}")
     fps_ax.bar(x, [c["fps"] or 0 for c in clients], color="tab:blue")
     fps_ax.axhline(result["parameters"]["fps"], color="tab:red", ls="--", label="source fps")
     fps_ax.set_ylabel("delivered fps")
@@ -233,37 +128,64 @@ def chart(result: dict, path: Path) -> None:
     common.save_figure(fig, path)
 
 
-def collect(
-    args: argparse.Namespace, execute: Callable[[Run, float], Any]
-) -> tuple[Run, Any, float, str]:
-    """Run a scenario's ``execute`` in a fresh workspace, keeping the logs if it fails and
-    stopping every process either way; returns the run, its raw result, warm-up and start."""
-    warmup = 1.0 if args.quick else 2.0
-    bench = Run(args, Workspace())
-    started = time.strftime("%Y%m%d-%H%M%S")
-    try:
-        raw = execute(bench, warmup)
-    except BaseException:
-        common.progress(f"failed; logs kept in {bench.work.keep_logs(args.out)}")
-        raise
-    finally:
-        shutdown(bench)
-        bench.work.remove()
-    return bench, raw, warmup, started
+def headline(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets as rows of the suite's summary (``python -m benchmarks all``)."""
+    t, b = result["targets"], result["broker"]
+    lat = result["latency_all"]
+    return [
+        {"target": f"every client p50 <= {TARGET_P50_MS:g} ms",
+         "measured": f"worst {common._cell(t['p50_ms']['worst'])} ms (all {lat['p50_ms']} ms)",
+         "met": t["p50_ms"]["met"]},
+        {"target": f"every client p99 <= {TARGET_P99_MS:g} ms",
+         "measured": f"worst {common._cell(t['p99_ms']['worst'])} ms (all {lat['p99_ms']} ms)",
+         "met": t["p99_ms"]["met"]},
+        {"target": f"every client >= {TARGET_DELIVERED:.0%} of the source rate",
+         "measured": f"worst {t['delivered']['worst']:.2%}", "met": t["delivered"]["met"]},
+        {"target": f"broker < {TARGET_BROKER_CORES:g} core",
+         "measured": f"{b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.0f} MiB; load "
+                     f"generators {result['loadgen']['cores']:.2f} cores",
+         "met": t["broker_cores"]["met"]},
+    ]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_fanout(args, "fanout", "websocket")
+
+
+def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
+    """The fanout measurement with clients of ``protocol`` (websocket or mjpeg)."""
+
+    if args.cameras is None:
+        args.cameras = 2 if args.quick else 8
+    if args.clients is None:
+        args.clients = 2 if args.quick else 8
+
+    def execute(run: Run, warmup: float) -> dict:
+        a = run.args
+        common.progress(f"{scenario}: {a.cameras} cameras x {a.clients} {protocol} clients, "
+                        f"{a.width}x{a.height} q{a.quality} at {a.fps:g} fps; warm-up "
+                        f"{warmup:g} s, measure {a.duration:g} s")  # fmt: skip
+        start_broker(run, write_config(run))
+        start_replays(run)
+        run.broker.wait_online(run.camera_ids)
+        common.progress(f"{len(run.replays)} replay publishers online")
+        start_clients(run, options=["--protocol", protocol])
+        common.progress(f"{a.cameras * a.clients} connections in {len(run.clients)} processes")
+        wait(warmup, "warm-up")
+        return measure(run)
+
     bench, raw, warmup, started = collect(args, execute)
     analysed = analyse(bench, raw)
     a = args
     result = {
-        "scenario": "fanout",
+        "scenario": scenario,
         "started": started,
-        "title": f"{a.cameras} cameras x {a.clients} clients, {a.width}x{a.height} "
+        "title": f"{a.cameras} cameras x {a.clients} {protocol} clients, {a.width}x{a.height} "
         f"q{a.quality} {a.fps:g} fps, {a.duration:g} s",
         "parameters": {k: getattr(a, k) for k in
                        ("cameras", "clients", "width", "height", "fps", "quality",
-                        "client_procs", "duration", "quick")} | {"warmup": warmup},
+                        "client_procs", "duration", "quick")}
+        | {"warmup": warmup, "protocol": protocol},
         "machine": common.machine_info(),
         "versions": common.versions(),
         "broker": {"cores": raw["broker_cores"], "rss_bytes": raw["broker_rss_bytes"],
@@ -275,28 +197,4 @@ def run(args: argparse.Namespace) -> int:
         "targets": analysed["targets"],
         "samples": bench.samples,
     }  # fmt: skip
-    return common.report(result, args.out, "fanout", started, print_report, chart)
-
-
-def execute(run: Run, warmup: float) -> dict:
-    a = run.args
-    common.progress(f"fanout: {a.cameras} cameras x {a.clients} clients, {a.width}x{a.height} "
-                    f"q{a.quality} at {a.fps:g} fps; warm-up {warmup:g} s, "
-                    f"measure {a.duration:g} s")  # fmt: skip
-    run.broker = Broker(write_config(run), run.work.path / "broker.log")
-    run.broker.wait_ready()
-    common.progress(f"broker up on port {run.broker.port} (pid {run.broker.pid})")
-    start_replays(run)
-    run.broker.wait_online(run.camera_ids)
-    common.progress(f"{len(run.replays)} replay publishers online")
-    start_clients(run)
-    common.progress(f"{a.cameras * a.clients} connections in {len(run.clients)} processes")
-    wait(warmup, "warm-up")
-    return measure(run)
-
-
-def shutdown(run: Run) -> None:
-    for child in run.clients + run.replays:
-        child.stop()
-    if run.broker is not None:
-        run.broker.stop()
+    return common.report(result, args.out, scenario, started, print_report, chart)

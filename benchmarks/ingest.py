@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.fanout import wait, write_broker_config
+from benchmarks.harness import wait, write_broker_config
 from benchmarks.procs import Broker, Child, Workspace, get_json
 
 TARGET_RATIO = 0.9
@@ -264,7 +264,7 @@ def print_report(result: dict) -> None:
           f"{broker['health']['ingest']['errors'] or 'none'}")  # fmt: skip
     t = result["targets"]["ratio"]
     print("\ntargets:")
-    value = common._cell(t["value"])
+    value = common.ratio_text(t["value"])
     print(f"  broker/bare   {value:>8}  >= {t['limit']:<5g}  {common.met(t['met'])}")
 
 
@@ -290,8 +290,18 @@ def chart(result: dict, path: Path) -> None:
     common.save_figure(fig, path)
 
 
+def headline(result: dict) -> list[dict]:
+    """The target as a row of the suite's summary (``python -m benchmarks all``)."""
+    bare, broker = result["bare"], result["broker"]
+    t = result["targets"]["ratio"]
+    return [{"target": f"broker ingest >= {TARGET_RATIO:g} x a bare pyzmq receive loop",
+             "measured": f"{common.ratio_text(t['value'])} ({broker['fps']:.0f} vs "
+                         f"{bare['fps']:.0f} frames/s of {result['frame_bytes'] / 1000:.0f} KB)",
+             "met": t["met"]}]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
-    warmup = 1.0 if args.quick else 2.0
+    warmup = common.QUICK_WARMUP if args.quick else common.WARMUP
     bench = Run(args, Workspace())
     started = time.strftime("%Y%m%d-%H%M%S")
     common.progress(f"ingest: {args.publishers} publishers, ~{args.frame_kb} KB frames; "

@@ -16,9 +16,17 @@ import time
 from pathlib import Path
 
 from benchmarks import common
-from benchmarks.fanout import Run, collect, measure, start_clients, start_replays, wait
-from benchmarks.fanout import write_config as write_camera_config
-from benchmarks.procs import Broker, Child, get_json
+from benchmarks.harness import (
+    Run,
+    collect,
+    measure,
+    start_broker,
+    start_clients,
+    start_replays,
+    wait,
+)
+from benchmarks.harness import write_config as write_camera_config
+from benchmarks.procs import Child, get_json
 
 SCENARIO = "slow-clients"
 TARGET_FPS_RATIO = 0.99  # fast clients' fps / source fps, with the slow clients
@@ -26,7 +34,6 @@ TARGET_P99_RATIO = 1.2  # fast clients' p99 with the slow clients / without
 TARGET_LAG_MS = 500.0  # throttled reader's p99 lag
 TARGET_LAG_GROWTH_MS = 50.0  # mean lag of the last third minus that of the first third
 RSS_ALLOWANCE = 5 * 2**20  # broker RSS beyond (queue depth + 1) x frame size per slow client
-RCVBUF = 64 * 1024  # SO_RCVBUF of the slow clients: little kernel buffering to hide behind
 PHASES = ("alone", "with_slow")
 
 
@@ -40,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--send-timeout", type=float, metavar="SECONDS",
                    help="broker server.send_timeout (default 5; --quick 1)")  # fmt: skip
     p.add_argument("--queue-depth", type=int, default=2, help="broker server.queue_depth (2)")
+    p.add_argument("--rcvbuf", type=int, default=0, metavar="BYTES",
+                   help="SO_RCVBUF of the slow clients' sockets (default 0: the kernel's own, "
+                        "autotuned, as a browser has; 65536 leaves little kernel buffer to "
+                        "hide behind)")  # fmt: skip
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=float, default=15.0)
@@ -56,10 +67,8 @@ def _defaults(a: argparse.Namespace) -> None:
 
 
 def write_config(run: Run) -> Path:
-    path = write_camera_config(run)
     server = f"send_timeout = {run.args.send_timeout}\nqueue_depth = {run.args.queue_depth}\n"
-    path.write_text(path.read_text() + f"\n[server]\n{server}")
-    return path
+    return write_camera_config(run, f"[server]\n{server}")
 
 
 class HealthPoller:
@@ -93,7 +102,7 @@ def start_slow_clients(run: Run) -> None:
             continue
         argv = ["-m", "benchmarks.client", "--port", str(run.broker.port), "--mode", mode,
                 "--name", f"{mode}:", "--read-rate", str(a.read_rate),
-                "--rcvbuf", str(RCVBUF)]  # fmt: skip
+                "--rcvbuf", str(a.rcvbuf)]  # fmt: skip
         for cid in run.camera_ids:
             argv += ["--camera", f"{cid}:{count}"]
         child = Child(f"{mode} clients", argv, run.work.path / f"client-{mode}.log")
@@ -127,9 +136,10 @@ def execute(run: Run, warmup: float) -> dict[str, dict]:
     common.progress(f"{SCENARIO}: {a.cameras} cameras, per camera {a.clients} fast + "
                     f"{a.throttled} throttled ({a.read_rate:g} B/s) + {a.stalled} stalled "
                     f"clients, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, send_timeout "
-                    f"{a.send_timeout:g} s; 2 phases of {warmup:g} + {a.duration:g} s")  # fmt: skip
-    run.broker = Broker(write_config(run), run.work.path / "broker.log")
-    run.broker.wait_ready()
+                    f"{a.send_timeout:g} s, slow clients' SO_RCVBUF "
+                    f"{a.rcvbuf or 'kernel default'}; 2 phases of {warmup:g} + "
+                    f"{a.duration:g} s")  # fmt: skip
+    start_broker(run, write_config(run))
     start_replays(run)
     run.broker.wait_online(run.camera_ids)
     common.progress(f"broker up on port {run.broker.port}, {len(run.replays)} replays online")
@@ -320,6 +330,39 @@ def chart(result: dict, path: Path) -> None:
     common.save_figure(fig, path)
 
 
+def headline(result: dict) -> list[dict]:
+    """The targets as rows of the suite's summary (``python -m benchmarks all``)."""
+    t = result["targets"]
+    rcvbuf = result["parameters"]["slow_rcvbuf"]
+    texts = {
+        "fast_fps_ratio": f"fast clients >= {TARGET_FPS_RATIO:.0%} of the source fps with slow "
+                          "clients",
+        "fast_p99_ms": f"fast p99 with slow clients <= {TARGET_P99_RATIO:g} x alone",
+        "throttled_lag_p99_ms": f"1 MB/s reader's p99 lag <= {TARGET_LAG_MS:g} ms "
+                                f"(SO_RCVBUF {rcvbuf})",
+        "throttled_lag_growth_ms": f"its lag does not grow (<= {TARGET_LAG_GROWTH_MS:g} ms)",
+        "stalled_disconnected": "stalled clients disconnected after send_timeout",
+        "broker_peak_rss_bytes": "broker RSS <= alone + (depth + 1) x frame x slow + 5 MiB",
+    }  # fmt: skip
+    alone = result["phases"]["alone"]["fast_latency"]["p99_ms"]
+    rows = []
+    for name, text in texts.items():
+        worst, limit = t[name]["worst"], t[name]["limit"]
+        if name.endswith("bytes"):
+            measured = f"{_mib(worst)} MiB (limit {_mib(limit)})"
+        elif name == "fast_p99_ms":
+            ratio = f"{worst / alone:.2f}x" if worst and alone else "-"
+            measured = f"{common._cell(worst)} ms vs {common._cell(alone)} ms alone ({ratio})"
+        else:
+            measured = f"{common._cell(worst)} (limit {common._cell(limit)})"
+        rows.append({"target": text, "measured": measured, "met": t[name]["met"]})
+    return rows
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
 def run(args: argparse.Namespace) -> int:
     _defaults(args)
     bench, raw, warmup, started = collect(args, execute)
@@ -332,12 +375,13 @@ def run(args: argparse.Namespace) -> int:
         "started": started,
         "title": f"{a.cameras} cameras x ({a.clients} fast + {a.throttled} throttled + "
         f"{a.stalled} stalled), {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
-        f"2 x {a.duration:g} s",
+        f"2 x {a.duration:g} s, slow clients' SO_RCVBUF {a.rcvbuf or 'kernel default'}",
         "parameters": {k: getattr(a, k) for k in
                        ("cameras", "clients", "throttled", "stalled", "read_rate",
                         "send_timeout", "queue_depth", "width", "height", "fps", "quality",
                         "client_procs", "duration", "quick")}
-        | {"warmup": warmup, "slow_rcvbuf": RCVBUF},
+        | {"warmup": warmup, "slow_rcvbuf": a.rcvbuf or "kernel default",
+           "tcp_rmem": common.sysctl("net/ipv4/tcp_rmem")},
         "machine": common.machine_info(),
         "versions": common.versions(),
         "frame_bytes": round(frame_bytes),

@@ -1,5 +1,10 @@
-"""The benchmark suite runs end to end (`python -m benchmarks fanout --quick`) and writes
-its results. Only that it completes: never a timing, CI machines vary too much."""
+"""The benchmark suite runs end to end and writes its results.
+
+One ``python -m benchmarks all --quick --duration 1`` runs every scenario with tiny sizes
+(fanout and mjpeg 2 x 2 clients, saturation 2 steps, connections up to 200, ...); each
+test below checks one scenario's JSON and PNG from that run. Only that they complete and
+have the fields the README documents: never a timing, CI machines vary too much.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,150 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("fanout", "mjpeg", "saturation", "slow-clients", "connections", "ingest", "worker")
+TIMEOUT = 300  # the first test waits for the whole suite (about a minute)
 
 
-@pytest.mark.timeout(150)
-def test_fanout_quick_writes_json_and_png(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "fanout", "--quick", "--cameras", "2", "--clients", "2", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "benchmarks", "all", "--quick", "--duration", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT - 30,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    [json_path] = tmp_path.glob("fanout-*.json")
-    assert json_path.with_suffix(".png").stat().st_size > 0
-    data = json.loads(json_path.read_text())
+    return result, out
+
+
+def results(suite: tuple[subprocess.CompletedProcess, Path], name: str) -> dict:
+    completed, out = suite
+    found = list(out.glob(f"{name}-*.json"))
+    assert len(found) == 1, (
+        f"{name}: no results\n{completed.stdout[-3000:]}{completed.stderr[-6000:]}"
+    )
+    assert found[0].with_suffix(".png").stat().st_size > 0
+    data = json.loads(found[0].read_text())
+    assert data["scenario"] == name
     assert data["machine"]["cores"] >= 1
-    assert {"python", "trio", "pyzmq", "trio-websocket", "camera-broker"} <= set(data["versions"])
-    assert len(data["clients"]) == 4
+    assert {"python", "trio", "pyzmq", "libzmq", "trio-websocket", "camera-broker"} <= set(
+        data["versions"]
+    )
+    assert data["parameters"]["quick"] is True
+    return data
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_all_runs_every_scenario_and_writes_a_summary(suite) -> None:
+    completed, out = suite
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["scenario"] for r in summary["runs"]] == list(SCENARIOS)
+    assert all(r["exit_code"] == 0 and r["rows"] for r in summary["runs"])
+    text = (out / "summary.md").read_text()
+    assert "| scenario | target | measured | met |" in text
+    for name in SCENARIOS:
+        assert f"| {name} |" in text
+    assert "saturation-" in text and ".png)" in text  # the chart for the README
+    assert completed.stdout.count("targets:") == len(SCENARIOS)  # each printed its table
+
+
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("name", ["fanout", "mjpeg"])
+def test_fanout_and_mjpeg(suite, name: str) -> None:
+    data = results(suite, name)
+    assert data["parameters"]["protocol"] == ("mjpeg" if name == "mjpeg" else "websocket")
+    assert (
+        len(data["clients"]) == data["parameters"]["cameras"] * data["parameters"]["clients"] == 4
+    )
     for client in data["clients"]:
-        assert {"fps", "frames", "drops", "p50_ms", "p99_ms", "max_ms"} <= set(client)
+        assert {"fps", "frames", "drops", "delivered", "p50_ms", "p99_ms", "max_ms"} <= set(client)
         assert client["frames"] > 0
     assert set(data["targets"]) == {"p50_ms", "p99_ms", "delivered", "broker_cores"}
-    assert "targets:" in result.stdout
+    assert {"cores", "rss_bytes", "health"} <= set(data["broker"]) and "cores" in data["loadgen"]
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_saturation(suite) -> None:
+    data = results(suite, "saturation")
+    assert data["parameters"]["steps"] == [1, 2]
+    assert 1 <= len(data["steps"]) <= 2
+    for step in data["steps"]:
+        assert {
+            "egress_mb_s",
+            "frames_per_s",
+            "latency",
+            "min_delivered",
+            "sustained",
+            "reasons",
+            "broker_cores",
+            "loadgen_cores",
+        } <= set(step["broker"])
+        assert {"egress_mb_s", "frames_per_s", "sender_cores", "client_cores"} <= set(
+            step["ceiling"]
+        )
+        assert step["broker"]["frames"] > 0 and step["ceiling"]["frames"] > 0
+    assert "ratio" in data and set(data["targets"]) == {"ratio"}
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_slow_clients(suite) -> None:
+    data = results(suite, "slow-clients")
+    p = data["parameters"]
+    assert p["slow_rcvbuf"] == "kernel default"  # SO_RCVBUF only with --rcvbuf
+    assert set(data["phases"]) == {"alone", "with_slow"}
+    for phase in data["phases"].values():
+        assert len(phase["fast"]) == p["cameras"] * p["clients"]
+        for client in phase["fast"]:
+            assert {"fps", "frames", "drops", "p50_ms", "p99_ms", "max_ms"} <= set(client)
+    slow = data["phases"]["with_slow"]
+    assert len(slow["throttled"]) == p["cameras"] * p["throttled"]
+    for client in slow["throttled"]:
+        assert {"lag_series", "lag_first_third_ms", "lag_last_third_ms"} <= set(client)
+    assert len(slow["stalled"]) == p["cameras"] * p["stalled"]
+    assert slow["slow_client_disconnects"] is not None
+    assert set(data["targets"]) == {
+        "fast_fps_ratio", "fast_p99_ms", "throttled_lag_p99_ms", "throttled_lag_growth_ms",
+        "stalled_disconnected", "broker_peak_rss_bytes",
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_connections(suite) -> None:
+    data = results(suite, "connections")
+    assert [s["connections"] for s in data["steps"]] == [50, 200]
+    for step in data["steps"]:
+        assert step["reported"] == step["connections"]
+        assert {
+            "rss_bytes",
+            "rss_per_connection_bytes",
+            "broker_cores",
+            "fps_median",
+            "latency",
+            "closed",
+        } <= set(step)
+    assert data["broker_open_files"] >= 200
+    assert set(data["targets"]) == {"connections", "rss_per_connection_bytes"}
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_ingest(suite) -> None:
+    data = results(suite, "ingest")
+    assert data["frame_bytes"] > 100_000
+    for phase in ("bare", "broker"):
+        assert {"frames", "seconds", "fps", "receiver_cores", "publisher_cores"} <= set(data[phase])
+        assert data[phase]["frames"] > 0
+    assert data["broker"]["health"]["ingest"]["frames"] > 0
+    assert set(data["targets"]) == {"ratio"}
+    assert {"limit", "value", "met"} <= set(data["targets"]["ratio"])
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_worker(suite) -> None:
+    data = results(suite, "worker")
+    assert [r["resolution"] for r in data["results"]] == ["1280x720", "1920x1080"]
+    for r in data["results"]:
+        assert {"frames", "fps", "cores", "cpu_ms_per_frame"} <= set(r["worker"])
+        assert r["worker"]["frames"] > 0
+        assert {"draw_ms", "encode_ms", "stamp_ms", "pipeline_ms"} <= set(r["bare"])
+        assert {"ratio", "ratio_pipeline", "met"} <= set(r)
+    assert set(data["targets"]) == {"ratio"}
+    assert {"limit", "worst", "met"} <= set(data["targets"]["ratio"])
