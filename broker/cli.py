@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--listen: {exc}", file=sys.stderr)
             return 2
     configure_logging(args.log_level)
+    raise_open_files_limit()
     try:
         trio.run(serve, config, args.log_level)
     except BaseExceptionGroup as group:
@@ -81,6 +83,20 @@ async def serve(config: configuration.Config, log_level: str = "info") -> None:
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")
+
+
+def raise_open_files_limit() -> None:
+    """Every viewer is a socket: take the hard limit on open files (often 1,024 soft
+    against 500,000 hard), so thousands of viewers do not meet EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+        return
+    log.debug("open-files limit raised from %d to %d", soft, hard)
 
 
 def configure_logging(level: str) -> None:

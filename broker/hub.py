@@ -43,7 +43,12 @@ class RateMeter:
         self._times: deque[float] = deque(maxlen=keep)
 
     def tick(self, now: float) -> None:
-        self._times.append(now)
+        times = self._times
+        times.append(now)
+        # Keep only the window (fps x window entries): a slow client's meter would
+        # otherwise grow to `keep` entries, 17 KB that every connection would pay.
+        while now - times[0] > self.window:
+            times.popleft()
 
     def rate(self, now: float) -> float:
         times = self._times
@@ -58,8 +63,8 @@ class Subscriber:
     """One client's interest in one camera, with its own drop-oldest queue."""
 
     __slots__ = (
-        "_ready", "bytes_sent", "camera", "client", "closed", "connected_at", "kind", "lag",
-        "queue", "rate", "sent",
+        "_ready", "bytes_sent", "camera", "client", "closed", "connected_at", "interval", "kind",
+        "lag", "next_due", "queue", "rate", "sent",
     )  # fmt: skip
 
     def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
@@ -73,6 +78,8 @@ class Subscriber:
         self.connected_at = time.monotonic()
         self.closed = False
         self.rate = RateMeter()
+        self.interval = 0.0  # > 0: at most one frame per interval (a ?fps= cap)
+        self.next_due = 0.0  # time.monotonic() before which a capped client takes no frame
         self._ready = trio.Event()
 
     @property
@@ -81,18 +88,27 @@ class Subscriber:
 
     def offer(self, frame: Frame) -> None:
         self.queue.put(frame)
-        self._ready.set()
+        # A capped client is woken by the first frame at or after its due time: no timer
+        # per client, and no wake-up for the frames it skips.
+        if not self.interval or frame.received_at >= self.next_due or frame.placeholder:
+            self._ready.set()
 
     async def next_frame(self, newest: bool = False) -> Frame:
-        """Wait for a frame: the oldest queued, or with ``newest`` the newest."""
+        """Wait for a frame: the oldest queued, or with ``newest`` the newest; a capped
+        client (``interval``) waits for its due time too."""
         while True:
             if self.closed:
                 raise SubscriptionEnded(self.camera.id)
-            frame = self.queue.get_newest() if newest else self.queue.get()
-            if frame is not None:
-                return frame
+            if not self.interval or time.monotonic() >= self.next_due:
+                frame = self.queue.get_newest() if newest else self.queue.get()
+                if frame is not None:
+                    return frame
             self._ready = trio.Event()
             await self._ready.wait()
+
+    def cap(self, max_fps: float | None) -> None:
+        """Take at most ``max_fps`` frames a second (None: every frame)."""
+        self.interval = 1 / max_fps if max_fps else 0.0
 
     def close(self) -> None:
         self.closed = True

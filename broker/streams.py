@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -52,30 +54,34 @@ class Streams:
         when the client does.
         """
         send_timeout = self.config.send_timeout
-        interval = 1 / max_fps if max_fps else 0.0
-        next_due = 0.0
-        while True:
-            if interval:
-                await trio.sleep_until(next_due)
-            frame = await subscriber.next_frame(newest=bool(interval))
-            next_due = max(next_due + interval, trio.current_time())
-            with trio.move_on_after(send_timeout) as timer:
+        subscriber.cap(max_fps)
+        interval = subscriber.interval
+        # One cancel scope for the whole stream, armed only while a frame is being
+        # written: cheaper than a scope per frame on the hot path.
+        with trio.CancelScope() as timer:
+            while True:
+                timer.deadline = math.inf
+                frame = await subscriber.next_frame(newest=bool(interval))
+                if interval:  # the next frame is due one interval later, never in the past
+                    subscriber.next_due = max(subscriber.next_due + interval, time.monotonic())
+                timer.deadline = trio.current_time() + send_timeout
                 await write(message(frame))
-            if timer.cancelled_caught:
-                # Part of a frame may be on the wire: the connection cannot be reused.
-                self.slow_disconnects += 1
-                log.warning(
-                    "client %s: camera %s: took no frame within %.1f s; disconnected "
-                    "(sent %d, dropped %d)",
-                    subscriber.client,
-                    subscriber.camera.id,
-                    send_timeout,
-                    subscriber.sent,
-                    subscriber.dropped,
-                )
-                await trio.aclose_forcefully(stream)
-                return
-            subscriber.delivered(frame)
+                subscriber.delivered(frame)
+        if not timer.cancelled_caught:
+            return
+        # The deadline passed mid-write: part of a frame may be on the wire, so the
+        # connection cannot be reused.
+        self.slow_disconnects += 1
+        log.warning(
+            "client %s: camera %s: took no frame within %.1f s; disconnected "
+            "(sent %d, dropped %d)",
+            subscriber.client,
+            subscriber.camera.id,
+            send_timeout,
+            subscriber.sent,
+            subscriber.dropped,
+        )
+        await trio.aclose_forcefully(stream)
 
     # -- MJPEG ---------------------------------------------------------------
 

@@ -40,7 +40,7 @@ def stamp(jpeg: bytes, seq: int, t: float) -> bytes:
     """A copy of ``jpeg`` with a stamp segment inserted."""
     at = _insert_at(jpeg)
     segment = b"\xff\xfe" + struct.pack(">H", STAMP_LEN + 2) + _text(seq, t)
-    return jpeg[:at] + segment + jpeg[at:]
+    return b"".join((jpeg[:at], segment, memoryview(jpeg)[at:]))  # one copy of the image
 
 
 def find(jpeg: bytes | bytearray | memoryview) -> int:

@@ -353,6 +353,28 @@ def test_rate_meter_keeps_a_bounded_history() -> None:
     assert meter.rate(0.99) == pytest.approx(3 / (0.99 - 0.96))
 
 
+def test_rate_meter_keeps_only_its_window() -> None:
+    meter = RateMeter(window=2.0)
+    for i in range(100):  # 100 s at 1 tick a second: a slow client's whole life
+        meter.tick(float(i))
+    assert len(meter._times) == 3  # 97, 98, 99: what the window needs, not all 100
+    assert meter.rate(99.0) == pytest.approx(1.0)
+
+
+def test_capped_subscriber_is_woken_only_by_a_frame_at_its_due_time() -> None:
+    h = hub("a")
+    subscriber = h.subscribe("a", "client", 2)
+    subscriber.cap(1.0)
+    subscriber.next_due = 200.0
+    h.publish(frame(seq=1, received_at=199.5))  # before the due time: queued, no wake-up
+    assert not subscriber._ready.is_set()
+    assert len(subscriber.queue) == 1
+    h.publish(frame(seq=2, received_at=200.0))
+    assert subscriber._ready.is_set()
+    subscriber.cap(None)
+    assert subscriber.interval == 0.0
+
+
 # -- Subscriber.next_frame ------------------------------------------------------------
 
 
