@@ -15,6 +15,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h11
@@ -43,6 +44,17 @@ MAX_INCOMING_WS_MESSAGE = 64 * 1024  # what a viewer of one camera may send (it 
 # seconds behind on frames the kernel already accepted, whatever our queue drops.
 NOTSENT_LOWAT = 64 * 1024
 CORS_METHODS = "GET, HEAD, POST, PATCH, OPTIONS"
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """A checked WebSocket upgrade: what serving it needs, and nothing of HTTP."""
+
+    raw: bytes  # the request as received, replayed to trio-websocket
+    grant: Grant
+    multiplexed: bool  # /ws, else one camera
+    camera: str
+    max_fps: float | None
 
 
 class Server:
@@ -107,28 +119,37 @@ class Server:
             await trio.aclose_forcefully(stream)
             return
         client = f"{host}:{port}"
+        try:
+            # The HTTP state (h11's connection, the request) lives only in _serve_http's
+            # frame, so a long-lived WebSocket does not keep it: a few KB per viewer.
+            upgrade = await self._serve_http(stream, client)
+            if upgrade is not None:
+                await self._websocket(stream, upgrade, client)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_http(self, stream: trio.SocketStream, client: str) -> Upgrade | None:
+        """Answer requests until the connection ends, or return an accepted upgrade."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         try:
             while True:
                 request = await self._receive_request(stream, conn, client)
                 if request is None:
-                    return
+                    return None
                 if is_websocket_upgrade(request):
-                    await self._websocket(stream, conn, request, client)
-                    return
+                    return await self._check_upgrade(stream, conn, request, client)
                 await self._answer(stream, conn, request, client)
                 if conn.our_state is h11.MUST_CLOSE:
-                    return
+                    return None
                 conn.start_next_cycle()
         except h11.RemoteProtocolError as exc:
             self._count(400)
             self._complaints.warning("400", "client %s: malformed request: %s", client, exc)
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 await self._send(stream, conn, error(400, "bad_request", str(exc)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
+            return None
 
     async def _receive_request(
         self, stream: trio.SocketStream, conn: h11.Connection, client: str
@@ -265,11 +286,11 @@ class Server:
 
     # -- WebSocket upgrades --------------------------------------------------------
 
-    async def _websocket(
+    async def _check_upgrade(
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
-    ) -> None:
-        """Check the upgrade (401/403/404/400 at the handshake, before accepting), then
-        serve ``/ws`` or one camera's stream."""
+    ) -> Upgrade | None:
+        """The upgrade to serve, or None after refusing it (401/403/404/400 at the
+        handshake, before accepting)."""
         target = parse_target(request.target)
         grant, _ = self._authorize("GET", target, request, client)
         camera_id, max_fps = "", None
@@ -281,20 +302,25 @@ class Server:
         except BadRequest as bad:
             self._count(bad.response.status)
             await self._send(stream, conn, bad.response)
-            return
+            return None
         assert isinstance(grant, Grant)
-        limit = MAX_MUX_MESSAGE if target.path == "/ws" else MAX_INCOMING_WS_MESSAGE
         raw = request_bytes(request, conn.trailing_data[0])
+        return Upgrade(raw, grant, target.path == "/ws", camera_id, max_fps)
+
+    async def _websocket(self, stream: trio.SocketStream, upgrade: Upgrade, client: str) -> None:
+        """Serve ``/ws`` or one camera's stream over an accepted upgrade."""
+        limit = MAX_MUX_MESSAGE if upgrade.multiplexed else MAX_INCOMING_WS_MESSAGE
         async with trio.open_nursery() as nursery:
-            ws = await self._accept(nursery, stream, raw, limit)
+            ws = await self._accept(nursery, stream, upgrade.raw, limit)
             if ws is None:  # handshake timed out
                 nursery.cancel_scope.cancel()
                 return
             try:
-                if target.path == "/ws":
-                    await self.wsapi.serve(ws, grant, client)
+                if upgrade.multiplexed:
+                    await self.wsapi.serve(ws, upgrade.grant, client)
                 else:
-                    await self.streams.camera_websocket(ws, camera_id, max_fps, client)
+                    await self.streams.camera_websocket(ws, upgrade.camera, upgrade.max_fps,
+                                                        client)  # fmt: skip
             finally:
                 nursery.cancel_scope.cancel()
 
