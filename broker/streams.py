@@ -62,8 +62,11 @@ class Streams:
             while True:
                 timer.deadline = math.inf
                 frame = await subscriber.next_frame(newest=bool(interval))
-                if interval:  # the next frame is due one interval later, never in the past
-                    subscriber.next_due = max(subscriber.next_due + interval, time.monotonic())
+                if interval:
+                    # Keep the cadence while on time; after the first frame or a stall,
+                    # start it afresh from now, so two frames never go out back to back.
+                    now, due = time.monotonic(), subscriber.next_due
+                    subscriber.next_due = due + interval if now - due < interval else now + interval
                 timer.deadline = trio.current_time() + send_timeout
                 await write(message(frame))
                 subscriber.delivered(frame)
