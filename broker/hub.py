@@ -63,8 +63,8 @@ class Subscriber:
     """One client's interest in one camera, with its own drop-oldest queue."""
 
     __slots__ = (
-        "_ready", "bytes_sent", "camera", "client", "closed", "connected_at", "interval", "kind",
-        "lag", "next_due", "queue", "rate", "sent",
+        "_ready", "bytes_sent", "camera", "client", "closed", "connected_at", "direct",
+        "inflight", "interval", "kind", "lag", "next_due", "queue", "rate", "sent",
     )  # fmt: skip
 
     def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
@@ -80,6 +80,10 @@ class Subscriber:
         self.rate = RateMeter()
         self.interval = 0.0  # > 0: at most one frame per interval (a ?fps= cap)
         self.next_due = 0.0  # time.monotonic() before which a capped client takes no frame
+        # While the client's sender waits with nothing queued, `offer` may hand a frame
+        # to ``direct``, which writes it at once if the socket takes it (True: handled).
+        self.direct: Callable[[Frame], bool] | None = None
+        self.inflight: tuple[Frame, memoryview] | None = None  # partly written by direct
         self._ready = trio.Event()
 
     @property
@@ -87,15 +91,22 @@ class Subscriber:
         return self.queue.dropped
 
     def offer(self, frame: Frame) -> None:
+        direct = self.direct
+        if direct is not None and not self.queue and direct(frame):  # never past a queued one
+            return
         self.queue.put(frame)
         # A capped client is woken by the first frame at or after its due time: no timer
         # per client, and no wake-up for the frames it skips.
         if not self.interval or frame.received_at >= self.next_due or frame.placeholder:
             self._ready.set()
 
-    async def next_frame(self, newest: bool = False) -> Frame:
+    async def next_frame(
+        self, newest: bool = False, direct: Callable[[Frame], bool] | None = None
+    ) -> Frame:
         """Wait for a frame: the oldest queued, or with ``newest`` the newest; a capped
-        client (``interval``) waits for its due time too."""
+        client (``interval``) waits for its due time too. While it waits with nothing
+        queued, frames go to ``direct`` first; one it wrote only in part is returned
+        with the rest in `inflight`, which the caller must write before anything else."""
         while True:
             if self.closed:
                 raise SubscriptionEnded(self.camera.id)
@@ -104,7 +115,19 @@ class Subscriber:
                 if frame is not None:
                     return frame
             self._ready = trio.Event()
-            await self._ready.wait()
+            self.direct = None if self.interval else direct
+            try:
+                await self._ready.wait()
+            finally:
+                self.direct = None
+            if self.inflight is not None:
+                return self.inflight[0]
+
+    def written_in_part(self, frame: Frame, rest: memoryview) -> None:
+        """``direct`` wrote part of ``frame``: the sender must write ``rest`` next."""
+        self.direct = None
+        self.inflight = (frame, rest)
+        self._ready.set()
 
     def cap(self, max_fps: float | None) -> None:
         """Take at most ``max_fps`` frames a second (None: every frame)."""

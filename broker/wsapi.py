@@ -32,7 +32,7 @@ from broker.http import parse_json
 from broker.hub import Hub, Subscriber, SubscriptionEnded
 from broker.ratelimit import RateLimitedLog
 from broker.routes import Routes
-from broker.streams import Streams
+from broker.streams import Streams, direct_writer
 from broker.wsframes import close_going_away, send_prebuilt
 from cameras.control import COMMANDS
 
@@ -254,9 +254,11 @@ class Session:
         ws = self.ws
         with subscription.scope:  # cancelled by unsubscribe
             try:
+                subscriber = subscription.subscriber
                 await self.api.streams.send_frames(
-                    functools.partial(send_prebuilt, ws), ws._stream, subscription.subscriber,
+                    functools.partial(send_prebuilt, ws), ws._stream, subscriber,
                     subscription.max_fps, Frame.mux_message,
+                    direct_writer(ws, subscriber, Frame.mux_message),
                 )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._end()  # the client went away

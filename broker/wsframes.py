@@ -16,6 +16,7 @@ checks the assumption.
 from __future__ import annotations
 
 import contextlib
+import socket
 import struct
 
 import h11
@@ -65,6 +66,28 @@ def request_bytes(request: h11.Request, trailing: bytes) -> bytes:
 
 def is_websocket_upgrade(request: h11.Request) -> bool:
     return header(request, b"upgrade").lower() == "websocket"
+
+
+def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socket] | None:
+    """The connection's send lock and its OS socket, for writing without a task
+    (`broker.streams.DirectWriter`); None when that is not possible here.
+
+    trio-websocket's lock belongs to the task that takes it, so a write begun by one task
+    could not be finished by another: it is replaced, once and while free, by a
+    ``Semaphore(1)``, which trio-websocket uses the same way (``async with``). The OS
+    socket is trio's internal ``_sock``: writing through it (never a bare fd number,
+    which a new connection may reuse) fails cleanly once trio has closed the socket.
+    """
+    lock = ws._stream_lock
+    if not isinstance(lock, trio.Semaphore):
+        if lock.locked():
+            return None
+        lock = ws._stream_lock = trio.Semaphore(1)
+    stream = ws._stream
+    if isinstance(stream, ReplayStream):
+        stream = stream.stream
+    sock = getattr(getattr(stream, "socket", None), "_sock", None)
+    return (lock, sock) if isinstance(sock, socket.socket) else None
 
 
 async def send_prebuilt(ws: WebSocketConnection, message: bytes) -> None:

@@ -12,7 +12,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from wsproto import ConnectionType, WSConnection
 
 from broker import wsframes
-from broker.frames import websocket_binary_header
+from broker.frames import Frame, websocket_binary_header
 from broker.wsframes import ReplayStream, close_frame, request_bytes, send_prebuilt
 
 UPGRADE = (
@@ -159,6 +159,53 @@ async def test_send_prebuilt_over_tcp() -> None:
                 assert await client.get_message() == b"end"
             nursery.cancel_scope.cancel()
     assert server_checks == ["internals"]
+
+
+async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
+    """`direct_access` swaps trio-websocket's owner-bound lock for a Semaphore and finds
+    trio's OS socket (internals: fails loudly if they change); frames written straight
+    to the socket, in full or in part with the rest finished by another task, arrive
+    whole and in order with trio-websocket's own messages."""
+    import socket
+
+    from broker.hub import Camera, CameraInfo, Subscriber
+    from broker.streams import DirectWriter
+
+    big = bytes(range(256)) * 4096  # 1 MiB: more than a socket takes at once
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        access = wsframes.direct_access(ws)
+        assert access is not None, "trio's SocketType._sock or trio-websocket's lock changed"
+        lock, sock = access
+        assert isinstance(lock, trio.Semaphore) and ws._stream_lock is lock
+        assert isinstance(sock, socket.socket)
+        assert wsframes.direct_access(ws) == (lock, sock)  # replaced once
+        subscriber = Subscriber(Camera(CameraInfo("c", "c", 1, 1)), "client", 2)
+        writer = DirectWriter(lock, sock, subscriber, lambda frame: frame.data)
+        for payload in (b"small", big):
+            frame = Frame("c", 0, 0.0, 1, 1, "jpeg", websocket_binary_header(len(payload))
+                          + payload, 0.0)  # fmt: skip
+            assert writer(frame)
+            if subscriber.inflight is not None:  # written in part: finish it, as a task does
+                await writer.finish(ws._stream, subscriber.inflight[1])
+                subscriber.inflight = None
+            assert lock.value == 1
+        await ws.send_message("text from trio-websocket")
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()  # until the client closes
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
+            )
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with trio_websocket.open_websocket_url(url, max_message_size=2 << 20) as client:
+                assert await client.get_message() == b"small"
+                assert await client.get_message() == big
+                assert await client.get_message() == "text from trio-websocket"
+            nursery.cancel_scope.cancel()
 
 
 async def test_concurrent_send_prebuilt_never_interleaves() -> None:
