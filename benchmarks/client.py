@@ -85,15 +85,19 @@ class Connection:
         self.length = -1
         self.skip = 0
 
+    def _skip(self, pos: int, end: int, now: float) -> int:
+        """Pass over image bytes that are not kept; the position after them."""
+        take = min(self.skip, end - pos)
+        self.skip -= take
+        if not self.skip:
+            self._finish(now)
+        return pos + take
+
     def feed(self, data: memoryview, now: float) -> None:
         pos, end = 0, len(data)
         while pos < end:
             if self.skip:
-                take = min(self.skip, end - pos)
-                self.skip -= take
-                pos += take
-                if not self.skip:
-                    self._finish(now)
+                pos = self._skip(pos, end, now)
                 continue
             take = min(self.want - len(self.head), end - pos)
             self.head += data[pos : pos + take]
@@ -180,11 +184,7 @@ class MjpegConnection(Connection):
         pos, end = 0, len(data)
         while pos < end:
             if self.skip:
-                take = min(self.skip, end - pos)
-                self.skip -= take
-                pos += take
-                if not self.skip:
-                    self._finish(now)
+                pos = self._skip(pos, end, now)
                 continue
             if self.length < 0:  # in a part head
                 before = len(self.head)

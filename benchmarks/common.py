@@ -3,6 +3,7 @@ RSS sampling from /proc, percentiles, progress lines, the results table, JSON an
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -36,6 +37,15 @@ def machine_info() -> dict[str, object]:
         "hostname": socket.gethostname(),
         "load_average": load_average(),
     }
+
+
+def result_head(scenario: str, started: str, title: str, args: argparse.Namespace,
+                keys: tuple[str, ...], **parameters: object) -> dict[str, object]:  # fmt: skip
+    """The fields every scenario's JSON starts with: what ran, when, with which options
+    (``keys`` of ``args``, plus ``parameters``), and on what machine."""
+    return {"scenario": scenario, "started": started, "title": title,
+            "parameters": {k: getattr(args, k) for k in keys} | parameters,
+            "machine": machine_info(), "versions": versions()}  # fmt: skip
 
 
 def versions() -> dict[str, str | None]:

@@ -26,8 +26,7 @@ from benchmarks.harness import (
     collect,
     open_files_limit,
     raise_open_files,
-    start_broker,
-    start_replays,
+    start_cameras,
     wait,
     write_config,
 )
@@ -153,11 +152,8 @@ def execute(run: Run, warmup: float) -> dict:
                     f"{a.cameras} cameras ({a.width}x{a.height} q{a.quality} {a.fps:g} fps); "
                     f"open-files limit {limits[0]}; per step {a.settle:g} + "
                     f"{a.duration:g} s")  # fmt: skip
-    start_broker(run, write_config(run))
-    assert run.broker is not None
-    start_replays(run)
-    run.broker.wait_online(run.camera_ids)
-    broker_limit = open_files_limit(run.broker.pid)
+    broker = start_cameras(run, write_config(run))
+    broker_limit = open_files_limit(broker.pid)
     wait(warmup if a.quick else max(warmup, 3.0), "baseline warm-up")
     baseline = window(run, "baseline (no viewers)")
     common.progress(f"baseline: broker {baseline['broker_cores']:.3f} cores, RSS "
@@ -331,16 +327,16 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(bench, raw)
     a = args
     result = {
-        "scenario": SCENARIO,
-        "started": started,
-        "title": f"up to {max(a.steps)} viewers at {a.client_fps:g} fps, {a.cameras} cameras "
-        f"{a.width}x{a.height} q{a.quality} {a.fps:g} fps, {a.duration:g} s per step",
-        "parameters": {k: getattr(a, k) for k in
-                       ("cameras", "steps", "client_fps", "per_proc", "settle", "width",
-                        "height", "fps", "quality", "duration", "quick")}
-        | {"warmup": warmup},
-        "machine": common.machine_info(),
-        "versions": common.versions(),
+        **common.result_head(
+            SCENARIO,
+            started,
+            f"up to {max(a.steps)} viewers at {a.client_fps:g} fps, {a.cameras} cameras "
+            f"{a.width}x{a.height} q{a.quality} {a.fps:g} fps, {a.duration:g} s per step",
+            a,
+            ("cameras", "steps", "client_fps", "per_proc", "settle", "width", "height", "fps",
+             "quality", "duration", "quick"),
+            warmup=warmup,
+        ),
         "own_open_files": raw["own_open_files"],
         "broker_open_files": raw["broker_open_files"],
         "baseline": summary["baseline"],

@@ -17,9 +17,8 @@ from benchmarks.harness import (
     Run,
     collect,
     measure,
-    start_broker,
+    start_cameras,
     start_clients,
-    start_replays,
     wait,
     write_config,
 )
@@ -165,9 +164,7 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
         common.progress(f"{scenario}: {a.cameras} cameras x {a.clients} {protocol} clients, "
                         f"{a.width}x{a.height} q{a.quality} at {a.fps:g} fps; warm-up "
                         f"{warmup:g} s, measure {a.duration:g} s")  # fmt: skip
-        start_broker(run, write_config(run))
-        start_replays(run)
-        run.broker.wait_online(run.camera_ids)
+        start_cameras(run, write_config(run))
         common.progress(f"{len(run.replays)} replay publishers online")
         start_clients(run, options=["--protocol", protocol])
         common.progress(f"{a.cameras * a.clients} connections in {len(run.clients)} processes")
@@ -178,16 +175,17 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
     analysed = analyse(bench, raw)
     a = args
     result = {
-        "scenario": scenario,
-        "started": started,
-        "title": f"{a.cameras} cameras x {a.clients} {protocol} clients, {a.width}x{a.height} "
-        f"q{a.quality} {a.fps:g} fps, {a.duration:g} s",
-        "parameters": {k: getattr(a, k) for k in
-                       ("cameras", "clients", "width", "height", "fps", "quality",
-                        "client_procs", "duration", "quick")}
-        | {"warmup": warmup, "protocol": protocol},
-        "machine": common.machine_info(),
-        "versions": common.versions(),
+        **common.result_head(
+            scenario,
+            started,
+            f"{a.cameras} cameras x {a.clients} {protocol} clients, {a.width}x{a.height} "
+            f"q{a.quality} {a.fps:g} fps, {a.duration:g} s",
+            a,
+            ("cameras", "clients", "width", "height", "fps", "quality", "client_procs", "duration",
+             "quick"),
+            warmup=warmup,
+            protocol=protocol,
+        ),
         "broker": {"cores": raw["broker_cores"], "rss_bytes": raw["broker_rss_bytes"],
                    "peak_rss_bytes": raw["broker_peak_rss_bytes"], "health": raw["health"]},
         "loadgen": {"cores": raw["loadgen_cores"]},

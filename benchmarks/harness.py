@@ -73,6 +73,15 @@ def start_broker(run: Run, config: Path) -> Broker:
     return run.broker
 
 
+def start_cameras(run: Run, config: Path) -> Broker:
+    """The broker with ``config``, then one replay publisher per camera, until the
+    broker sees every camera online."""
+    broker = start_broker(run, config)
+    start_replays(run)
+    broker.wait_online(run.camera_ids)
+    return broker
+
+
 def start_replays(run: Run) -> None:
     a = run.args
     for cid in run.camera_ids:

@@ -321,15 +321,15 @@ def run(args: argparse.Namespace) -> int:
     ratio = round(broker["fps"] / bare["fps"], 3) if bare["fps"] else None
     a = args
     result = {
-        "scenario": "ingest",
-        "started": started,
-        "title": f"{a.publishers} publishers, {frame_bytes / 1000:.0f} KB frames, ipc, "
-        f"{a.duration:g} s per phase",
-        "parameters": {k: getattr(a, k) for k in
-                       ("publishers", "frame_kb", "hwm", "duration", "quick")}
-        | {"warmup": warmup},
-        "machine": common.machine_info(),
-        "versions": common.versions(),
+        **common.result_head(
+            "ingest",
+            started,
+            f"{a.publishers} publishers, {frame_bytes / 1000:.0f} KB frames, ipc, "
+            f"{a.duration:g} s per phase",
+            a,
+            ("publishers", "frame_kb", "hwm", "duration", "quick"),
+            warmup=warmup,
+        ),
         "frame_bytes": frame_bytes,
         "bare": bare,
         "broker": broker,

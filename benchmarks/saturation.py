@@ -26,9 +26,8 @@ from benchmarks.harness import (
     Run,
     collect,
     measure,
-    start_broker,
+    start_cameras,
     start_clients,
-    start_replays,
     stop_clients,
     wait,
     write_config,
@@ -114,9 +113,7 @@ def execute(run: Run, warmup: float) -> dict:
     common.progress(f"{SCENARIO}: {a.cameras} cameras, {a.width}x{a.height} q{a.quality} "
                     f"{a.fps:g} fps; clients per camera {a.steps}; each step {warmup:g} + "
                     f"{a.duration:g} s broker, then the same for the send_all ceiling")  # fmt: skip
-    start_broker(run, write_config(run))
-    start_replays(run)
-    run.broker.wait_online(run.camera_ids)
+    start_cameras(run, write_config(run))
     argv = ["-m", "benchmarks.sendall", "--width", str(a.width), "--height", str(a.height),
             "--quality", str(a.quality)]  # fmt: skip
     sender = Child("send_all ceiling", argv, run.work.path / "sendall.log")
@@ -361,16 +358,16 @@ def run(args: argparse.Namespace) -> int:
         ratio = round(best["broker"]["egress_mb_s"] / best["ceiling"]["egress_mb_s"], 3)
     a = args
     result = {
-        "scenario": SCENARIO,
-        "started": started,
-        "title": f"{a.cameras} cameras, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
-        f"{a.duration:g} s per step",
-        "parameters": {k: getattr(a, k) for k in
-                       ("cameras", "steps", "width", "height", "fps", "quality",
-                        "client_procs", "patience", "duration", "quick")}
-        | {"warmup": warmup},
-        "machine": common.machine_info(),
-        "versions": common.versions(),
+        **common.result_head(
+            SCENARIO,
+            started,
+            f"{a.cameras} cameras, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
+            f"{a.duration:g} s per step",
+            a,
+            ("cameras", "steps", "width", "height", "fps", "quality", "client_procs", "patience",
+             "duration", "quick"),
+            warmup=warmup,
+        ),
         "frame_bytes": raw["frame_bytes"],
         "steps": raw["steps"],
         "best": best,

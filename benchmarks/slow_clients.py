@@ -20,9 +20,8 @@ from benchmarks.harness import (
     Run,
     collect,
     measure,
-    start_broker,
+    start_cameras,
     start_clients,
-    start_replays,
     wait,
 )
 from benchmarks.harness import write_config as write_camera_config
@@ -139,9 +138,7 @@ def execute(run: Run, warmup: float) -> dict[str, dict]:
                     f"{a.send_timeout:g} s, slow clients' SO_RCVBUF "
                     f"{a.rcvbuf or 'kernel default'}; 2 phases of {warmup:g} + "
                     f"{a.duration:g} s")  # fmt: skip
-    start_broker(run, write_config(run))
-    start_replays(run)
-    run.broker.wait_online(run.camera_ids)
+    start_cameras(run, write_config(run))
     common.progress(f"broker up on port {run.broker.port}, {len(run.replays)} replays online")
     return {"alone": phase(run, "alone", warmup, False),
             "with_slow": phase(run, "with slow", warmup, True)}  # fmt: skip
@@ -371,19 +368,20 @@ def run(args: argparse.Namespace) -> int:
     frame_bytes = sum(c["bytes"] for c in fast) / max(1, sum(c["frames"] for c in fast))
     a = args
     result = {
-        "scenario": SCENARIO,
-        "started": started,
-        "title": f"{a.cameras} cameras x ({a.clients} fast + {a.throttled} throttled + "
-        f"{a.stalled} stalled), {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
-        f"2 x {a.duration:g} s, slow clients' SO_RCVBUF {a.rcvbuf or 'kernel default'}",
-        "parameters": {k: getattr(a, k) for k in
-                       ("cameras", "clients", "throttled", "stalled", "read_rate",
-                        "send_timeout", "queue_depth", "width", "height", "fps", "quality",
-                        "client_procs", "duration", "quick")}
-        | {"warmup": warmup, "slow_rcvbuf": a.rcvbuf or "kernel default",
-           "tcp_rmem": common.sysctl("net/ipv4/tcp_rmem")},
-        "machine": common.machine_info(),
-        "versions": common.versions(),
+        **common.result_head(
+            SCENARIO,
+            started,
+            f"{a.cameras} cameras x ({a.clients} fast + {a.throttled} throttled + "
+            f"{a.stalled} stalled), {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
+            f"2 x {a.duration:g} s, slow clients' SO_RCVBUF {a.rcvbuf or 'kernel default'}",
+            a,
+            ("cameras", "clients", "throttled", "stalled", "read_rate", "send_timeout",
+             "queue_depth", "width", "height", "fps", "quality", "client_procs", "duration",
+             "quick"),
+            warmup=warmup,
+            slow_rcvbuf=a.rcvbuf or "kernel default",
+            tcp_rmem=common.sysctl("net/ipv4/tcp_rmem"),
+        ),
         "frame_bytes": round(frame_bytes),
         "phases": phases,
     }  # fmt: skip

@@ -266,14 +266,15 @@ def run(args: argparse.Namespace) -> int:
     worst = None if None in ratios else max(ratios)
     a = args
     result = {
-        "scenario": "worker",
-        "started": started,
-        "title": f"{sizes} q{a.quality} {a.fps:g} fps, {a.duration:g} s each",
-        "parameters": {"resolutions": [f"{w}x{h}" for w, h in a.resolutions], "fps": a.fps,
-                       "quality": a.quality, "duration": a.duration, "quick": a.quick,
-                       "warmup": warmup},
-        "machine": common.machine_info(),
-        "versions": common.versions(),
+        **common.result_head(
+            "worker",
+            started,
+            f"{sizes} q{a.quality} {a.fps:g} fps, {a.duration:g} s each",
+            a,
+            ("fps", "quality", "duration", "quick"),
+            resolutions=[f"{w}x{h}" for w, h in a.resolutions],
+            warmup=warmup,
+        ),
         "results": results,
         "targets": {"ratio": {"limit": TARGET_RATIO, "worst": worst,
                               "met": all(r["met"] for r in results)}},

@@ -3,6 +3,10 @@ test that pins the trio-websocket internals `send_prebuilt` relies on."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
 import h11
 import pytest
 import trio
@@ -31,6 +35,19 @@ EARLY_FRAME = b"\x81\x82\x01\x02\x03\x04" + bytes(
 )
 
 PAYLOADS = [b"", b"x", b"\x00" * 125, bytes(range(256)) * 2, b"\xff\xd8\xff" + b"j" * 70_000]
+
+
+@asynccontextmanager
+async def served(
+    handler: Callable[[WebSocketRequest], Awaitable[None]], **client_options: Any
+) -> AsyncIterator[WebSocketConnection]:
+    """A trio-websocket server running ``handler`` on a free port, and a client of it."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with trio_websocket.open_websocket_url(url, **client_options) as client:
+            yield client
+        nursery.cancel_scope.cancel()
 
 
 def parse_request(raw: bytes) -> tuple[h11.Request, bytes]:
@@ -147,17 +164,11 @@ async def test_send_prebuilt_over_tcp() -> None:
             await ws.get_message()  # until the client closes
 
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
-            )
-            url = f"ws://127.0.0.1:{server.port}/ws/cam1"
-            async with trio_websocket.open_websocket_url(url) as client:
-                for payload in PAYLOADS:
-                    assert await client.get_message() == payload
-                assert await client.get_message() == "text from trio-websocket"
-                assert await client.get_message() == b"end"
-            nursery.cancel_scope.cancel()
+        async with served(handler) as client:
+            for payload in PAYLOADS:
+                assert await client.get_message() == payload
+            assert await client.get_message() == "text from trio-websocket"
+            assert await client.get_message() == b"end"
     assert server_checks == ["internals"]
 
 
@@ -196,16 +207,10 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
             await ws.get_message()  # until the client closes
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
-            )
-            url = f"ws://127.0.0.1:{server.port}/"
-            async with trio_websocket.open_websocket_url(url, max_message_size=2 << 20) as client:
-                assert await client.get_message() == b"small"
-                assert await client.get_message() == big
-                assert await client.get_message() == "text from trio-websocket"
-            nursery.cancel_scope.cancel()
+        async with served(handler, max_message_size=2 << 20) as client:
+            assert await client.get_message() == b"small"
+            assert await client.get_message() == big
+            assert await client.get_message() == "text from trio-websocket"
 
 
 async def test_concurrent_send_prebuilt_never_interleaves() -> None:
@@ -224,14 +229,8 @@ async def test_concurrent_send_prebuilt_never_interleaves() -> None:
             await ws.get_message()  # until the client closes
 
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
-            )
-            url = f"ws://127.0.0.1:{server.port}/"
-            async with trio_websocket.open_websocket_url(url) as client:
-                got = [await client.get_message() for _ in payloads]
-            nursery.cancel_scope.cancel()
+        async with served(handler) as client:
+            got = [await client.get_message() for _ in payloads]
     assert sorted(got) == sorted(payloads)
 
 
