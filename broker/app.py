@@ -21,6 +21,7 @@ import trio
 import zmq
 
 from broker import ingest, nodata
+from broker.boundary import Faults
 from broker.config import Config
 from broker.control import Control
 from broker.frames import Frame
@@ -45,12 +46,13 @@ class Broker:
             retention=Retention(**dataclasses.asdict(config.retention)),
         )
         self.ingest_stats = ingest.IngestStats()
+        self.faults = Faults()  # exceptions contained at a boundary, by where
         self.supervisor: Supervisor | None = None
-        self.control = Control(config, self.hub)
+        self.control = Control(config, self.hub, faults=self.faults)
         self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts,
-                               self.control)  # fmt: skip
+                               self.control, self.faults)  # fmt: skip
         self.server = Server(config, self.hub, self.health, self.metrics.exposition,
-                             control=self.control)  # fmt: skip
+                             control=self.control, faults=self.faults)  # fmt: skip
         self.port = 0
         self.ingest_endpoints: list[str] = []
         self.control_endpoints: list[str] = []
@@ -80,9 +82,11 @@ class Broker:
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
                     ingest.run_ingest, socket, self.hub, self.ingest_stats,
-                    self.config.ingest.max_frame_bytes, self.observe_latency, name="ingest",
+                    self.config.ingest.max_frame_bytes, self.observe_latency, self.faults,
+                    name="ingest",
                 )  # fmt: skip
-                nursery.start_soon(self._show_offline, name="offline-monitor")
+                nursery.start_soon(self.faults.keep_running, "offline", self._show_offline,
+                                   name="offline-monitor")  # fmt: skip
                 supervised = [camera for camera in self.config.cameras if camera.supervised]
                 if supervised:
                     self.supervisor = Supervisor(
@@ -145,4 +149,5 @@ class Broker:
             "slow_client_disconnects": self.server.slow_disconnects,
             "worker_restarts": self.worker_restarts(),
             "control": self.control.health(),
+            "faults": self.faults.as_dict(),
         }

@@ -54,6 +54,9 @@ class ServerConfig:
     header_timeout: float = 10.0  # seconds a client has to send its HTTP request head
     default_camera: str = ""  # camera served at "/"; "" = the first configured camera
     cors_origins: tuple[str, ...] = ()  # origins allowed to read our HTTP API; "*" = any
+    ws_request_rate: float = 50.0  # requests per second per /ws connection (burst: as many)
+    auth_failure_burst: int = 10  # failed tokens an address may present at once
+    auth_failure_rate: float = 0.2  # further failed tokens per second and address; then 429
 
     @property
     def host(self) -> str:
@@ -70,6 +73,8 @@ class IngestConfig:
 
     endpoints: tuple[str, ...] = ("tcp://0.0.0.0:5555",)  # bound for external workers
     max_frame_bytes: int = 16 * 1024 * 1024  # larger frames are dropped
+    max_width: int = 8192  # wider frames and uploads are refused before decoding
+    max_height: int = 8192  # taller frames and uploads are refused before decoding
     offline_after: float = 3.0  # seconds without a frame before a camera is offline
     accept_unknown_cameras: bool = False  # accept frames for ids absent from the config
     http_sessions: bool = False  # allow POST /api/sessions to create ad-hoc cameras
@@ -92,6 +97,8 @@ class WorkersConfig:
     restart_delay: float = 1.0  # first delay before restarting a worker; doubles each time
     restart_delay_max: float = 30.0  # cap of that delay
     stop_grace: float = 3.0  # seconds between SIGTERM and SIGKILL at shutdown
+    restart_lost_after: float = 3.0  # x control.lost_after silent: kill and restart; 0 = never
+    orphan_timeout: float = 15.0  # seconds a worker runs without hearing its broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +330,12 @@ def _token_problem(token: str) -> str | None:
     return "must be at least 8 characters without spaces (e.g. from `openssl rand -hex 16`)"
 
 
+def _lost_factor_problem(factor: float) -> str | None:
+    if factor == 0 or factor >= 1:
+        return None
+    return f"must be 0 (never) or at least 1 (a multiple of control.lost_after), got {factor!r}"
+
+
 def _device_problem(device: str) -> str | None:
     if not device or (device.startswith("/dev/") and len(device) > len("/dev/")):
         return None
@@ -350,10 +363,15 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "header_timeout": _Spec(float, 0.1, 300),
         "default_camera": _Spec(str),
         "cors_origins": _Spec(tuple, item=_Spec(str, rule=_origin_problem)),
+        "ws_request_rate": _Spec(float, 1, 10000),
+        "auth_failure_burst": _Spec(int, 1, 10000),
+        "auth_failure_rate": _Spec(float, 0.001, 1000),
     },
     IngestConfig: {
         "endpoints": _Spec(tuple, item=_Spec(str, rule=_endpoint_problem)),
         "max_frame_bytes": _Spec(int, 1024, 256 * 1024 * 1024),
+        "max_width": _Spec(int, 16, 16384),
+        "max_height": _Spec(int, 16, 16384),
         "offline_after": _Spec(float, 0.1, 3600),
         "accept_unknown_cameras": _Spec(bool),
         "http_sessions": _Spec(bool),
@@ -382,6 +400,8 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "restart_delay": _Spec(float, 0.1, 60),
         "restart_delay_max": _Spec(float, 1, 3600),
         "stop_grace": _Spec(float, 0.1, 60),
+        "restart_lost_after": _Spec(float, 0, 100, rule=_lost_factor_problem),
+        "orphan_timeout": _Spec(float, 1, 3600),
     },
     CameraConfig: {
         "id": _Spec(str, rule=_camera_id_problem),

@@ -36,6 +36,7 @@ import trio
 import zmq
 
 from broker import schedule, state
+from broker.boundary import Faults
 from broker.config import CameraConfig, Config
 from broker.events import EventBus
 from broker.hub import Camera, Hub
@@ -192,8 +193,12 @@ def bind(context: zmq.Context, endpoints: Sequence[str]) -> tuple[zmq.Socket, li
 class Control:
     """The broker side of the control channel. `bind`, then run `run` in a nursery."""
 
-    def __init__(self, config: Config, hub: Hub, events: EventBus | None = None) -> None:
+    def __init__(
+        self, config: Config, hub: Hub, events: EventBus | None = None,
+        faults: Faults | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
+        self.faults = faults if faults is not None else Faults()
         self.hub = hub
         self.events = events if events is not None else EventBus()
         self.links: dict[str, WorkerLink] = {}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
+from broker.boundary import Faults
 from broker.frames import Frame
 from broker.hub import Hub
 from broker.ratelimit import RateLimitedLog
@@ -45,6 +46,7 @@ async def run_ingest(
     stats: IngestStats,
     max_frame_bytes: int,
     observe_latency: Callable[[str, float], None] | None = None,
+    faults: Faults | None = None,
 ) -> None:
     """Receive frames until cancelled; closes ``socket`` on the way out."""
     receiver = TrioReceiver(socket)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from broker.boundary import Faults
 from broker.hub import Hub
 
 if TYPE_CHECKING:
@@ -26,8 +27,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class BrokerCollector(Collector):
     def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
                  worker_restarts: Callable[[], Mapping[str, int]],
-                 control: Control | None = None) -> None:  # fmt: skip
+                 control: Control | None = None, faults: Faults | None = None) -> None:  # fmt: skip
         self.hub = hub
+        self.faults = faults
         self.ingest_errors = ingest_errors
         self.worker_restarts = worker_restarts
         self.control = control
@@ -54,6 +56,12 @@ class BrokerCollector(Collector):
         for camera_id, count in sorted(self.worker_restarts().items()):
             restarts.add_metric([camera_id], count)
         yield from (received, delivered, dropped, sent_bytes, clients, online, errors, restarts)
+        if self.faults is not None:
+            faults = counter("faults", "Unexpected exceptions contained at a boundary, by "
+                             "where they happened", "where")  # fmt: skip
+            for where, count in sorted(self.faults.counts.items()):
+                faults.add_metric([where], count)
+            yield faults
         if self.control is not None:
             yield from self._control(self.control)
 
@@ -86,9 +94,10 @@ def gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
 class Metrics:
     def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
                  worker_restarts: Callable[[], Mapping[str, int]],
-                 control: Control | None = None) -> None:  # fmt: skip
+                 control: Control | None = None, faults: Faults | None = None) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
-        self.registry.register(BrokerCollector(hub, ingest_errors, worker_restarts, control))
+        self.registry.register(BrokerCollector(hub, ingest_errors, worker_restarts, control,
+                                               faults))  # fmt: skip
         self.latency = Histogram(
             "camera_broker_latency_seconds",
             "Capture to ingest latency (needs the worker's clock in sync with the broker's)",

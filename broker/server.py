@@ -23,6 +23,7 @@ import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
 from broker.auth import Access, Grant, request_token
+from broker.boundary import Faults
 from broker.config import Config
 from broker.http import Response, Target, error, h11_response, header, parse_target
 from broker.hub import Hub
@@ -66,8 +67,10 @@ class Server:
         metrics: Callable[[], bytes] | None = None,
         *,
         control: Control | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.config = config
+        self.faults = faults if faults is not None else Faults()
         self.hub = hub
         self.http_errors: Counter[int] = Counter()
         self.started_at = time.monotonic()

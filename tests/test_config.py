@@ -190,7 +190,7 @@ BAD_CONFIGS = [
         '[server]\ncolour = "red"',
         [
             "server.colour: unknown key (known keys: listen, queue_depth, send_timeout, "
-            "header_timeout, default_camera, cors_origins)"
+            "header_timeout, default_camera, cors_origins, ws_request_rate, auth_failure_burst, auth_failure_rate)"
         ],
         id="unknown-key-list",
     ),
