@@ -496,7 +496,7 @@ class Control:
     def _hello(self, identity: bytes, camera: str, message: dict[str, Any]) -> None:
         if message["camera"] != camera:
             self._malformed("identity_mismatch", f"routing id {camera!r} said hello as "
-                            f"{message['camera']!r}")  # fmt: skip
+                            f"{message['camera'][:80]!r}")  # fmt: skip
             return
         known = camera in self.hub.cameras or camera in self.links or self.hub.accept_unknown
         if not known:

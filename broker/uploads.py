@@ -57,7 +57,8 @@ def parse_upload(
     found = sniff_format(body)
     if found != declared:
         raise UploadError(
-            415, "not_an_image", f"declared {media} but the data is {found or 'not an image'}"
+            415, "not_an_image",
+            f"declared {media[:60]} but the data is {found or 'not an image'}",
         )
     size = declared_size(declared, body)
     if size is None:

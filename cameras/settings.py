@@ -111,12 +111,14 @@ def validate(changes: Any, allowed: Mapping[str, Mapping[str, Any]] | None = Non
     return clean
 
 
-# A worker's ``settings`` report its device: width and height are what it delivers,
-# which may be any size the frame protocol carries, not only what a client may ask for.
+# A worker's ``settings`` report its device, which may be set outside what a client may
+# ask for: width and height are whatever size the frame protocol carries, and fps what
+# camera-worker's --fps accepts (above 0).
 REPORT_LIMITS: dict[str, dict[str, Any]] = {
     **{name: setting.describe() for name, setting in SETTINGS.items()},
     "width": {"min": 1, "max": MAX_DIMENSION},
     "height": {"min": 1, "max": MAX_DIMENSION},
+    "fps": {"min": 1e-6, "max": 240},
 }
 
 
