@@ -36,6 +36,7 @@ from helpers import config, publisher, running_broker, sample_jpeg
 from PIL import Image
 from procs import BrokerProcess, get_json, synthetic_camera, wait_until
 from survival import Viewer
+from trio_websocket import open_websocket_url
 
 from broker import config as configuration
 from broker import nodata
@@ -520,6 +521,27 @@ async def test_a_bug_while_handling_one_control_message_costs_that_message_only(
         finally:
             peer.close()
         assert broker.faults.as_dict() == {"control": 1}
+
+
+async def test_a_no_data_image_that_cannot_be_made_costs_that_camera_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    render = nodata.Placeholders.render
+
+    def render_but_not_for_a(self: nodata.Placeholders, name: str, *args: Any) -> Any:
+        if name == "a":
+            raise RuntimeError("a bug")
+        return render(self, name, *args)
+
+    monkeypatch.setattr(nodata.Placeholders, "render", render_but_not_for_a)
+    cameras = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
+    async with running_broker(config(cameras, ingest="offline_after = 0.3")) as broker:
+        url = f"ws://127.0.0.1:{broker.port}/cameras/"
+        async with open_websocket_url(url + "a"), open_websocket_url(url + "b") as b:
+            with trio.fail_after(10):
+                for _ in range(3):  # one a second, while every image of "a" fails
+                    assert (await b.get_message())[:2] == b"\xff\xd8"
+        assert broker.faults.as_dict().get("offline", 0) >= 2
 
 
 # -- pure: uploads ---------------------------------------------------------------------------
