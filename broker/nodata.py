@@ -134,10 +134,11 @@ PLACEHOLDERS = Placeholders()  # shared by the offline loop and the HTTP routes
 
 async def image(
     name: str, width: int, height: int, silent_for: float | None,
-    placeholders: Placeholders = PLACEHOLDERS,
+    placeholders: Placeholders | None = None,
 ) -> Placeholder:  # fmt: skip
-    """The "No Data" image for a camera: cached, else rendered off the event loop
-    (rendering takes tens of ms)."""
+    """The "No Data" image for a camera: cached (in `PLACEHOLDERS` unless told), else
+    rendered off the event loop (rendering takes tens of ms)."""
+    placeholders = placeholders if placeholders is not None else PLACEHOLDERS
     cached = placeholders.cached(name, width, height, silent_for)
     if cached is not None:
         return cached

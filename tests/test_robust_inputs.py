@@ -534,6 +534,7 @@ async def test_a_no_data_image_that_cannot_be_made_costs_that_camera_only(
         return render(self, name, *args)
 
     monkeypatch.setattr(nodata.Placeholders, "render", render_but_not_for_a)
+    monkeypatch.setattr(nodata, "PLACEHOLDERS", nodata.Placeholders())  # none cached yet
     cameras = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
     async with running_broker(config(cameras, ingest="offline_after = 0.3")) as broker:
         url = f"ws://127.0.0.1:{broker.port}/cameras/"
