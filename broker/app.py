@@ -65,7 +65,7 @@ class Broker:
             # Workers on this host publish over ipc://, which is faster than tcp.
             local = f"ipc://{workdir}/ingest.ipc"
             socket, self.ingest_endpoints = ingest.bind(
-                context, [*self.config.ingest.endpoints, local]
+                context, [*self.config.ingest.endpoints, local], self.config.ingest.max_frame_bytes
             )
             for endpoint in self.ingest_endpoints:
                 log.info("ingest bound on %s", endpoint)
@@ -83,6 +83,7 @@ class Broker:
                 nursery.start_soon(
                     ingest.run_ingest, socket, self.hub, self.ingest_stats,
                     self.config.ingest.max_frame_bytes, self.observe_latency, self.faults,
+                    self.config.ingest.max_width, self.config.ingest.max_height,
                     name="ingest",
                 )  # fmt: skip
                 nursery.start_soon(self.faults.keep_running, "offline", self._show_offline,
@@ -101,7 +102,8 @@ class Broker:
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _show_offline(self) -> None:
-        """Mark silent cameras offline and send their viewers a "No Data" image each second."""
+        """Mark silent cameras offline and send their viewers a "No Data" image each second.
+        A camera whose image cannot be made costs its own placeholder, not the others'."""
         while True:
             now = time.monotonic()
             self.hub.expire(now)
@@ -109,16 +111,15 @@ class Broker:
             for camera in self.hub.mark_offline(now):
                 if not camera.subscribers:
                     continue
-                width, height = camera.size
-                # Rendering takes tens of ms: keep it off the event loop.
-                image = await trio.to_thread.run_sync(
-                    nodata.render, camera.info.name, width, height, camera.silent_for(now)
-                )
-                last_seq = camera.latest.seq if camera.latest is not None else 0
-                self.hub.publish_placeholder(camera, Frame(
-                    camera.id, last_seq, time.time(), width, height, "jpeg", image,
-                    received_at=time.monotonic(), placeholder=True,
-                ))  # fmt: skip
+                with self.faults.contain("offline", "the No Data image"):
+                    image = await nodata.image(
+                        camera.info.name, *camera.size, camera.silent_for(now)
+                    )
+                    last_seq = camera.latest.seq if camera.latest is not None else 0
+                    self.hub.publish_placeholder(camera, Frame(
+                        camera.id, last_seq, time.time(), image.width, image.height, "jpeg",
+                        image.data, received_at=time.monotonic(), placeholder=True,
+                    ))  # fmt: skip
             await trio.sleep(PLACEHOLDER_INTERVAL)
 
     def _expire_sessions(self, now: float) -> None:

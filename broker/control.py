@@ -374,12 +374,16 @@ class Control:
                 return failed("invalid_settings", f"camera {camera}: {bad}; nothing was changed",
                               bad.errors)  # fmt: skip
         wire_id = str(next(self._wire_ids))
+        try:
+            payload = protocol.encode("command", request_id=wire_id, command=command,
+                                      settings=changes)  # fmt: skip
+        except protocol.ControlError as exc:  # validation let through what msgpack cannot carry
+            return failed("invalid_settings", f"camera {camera}: {exc}; nothing was changed")
         pending = link.pending[wire_id] = _Pending(command, changes, persist)
         timeout = self.config.control.command_timeout
         try:
             try:
-                self._channel.send(link.identity, protocol.encode(
-                    "command", request_id=wire_id, command=command, settings=changes))  # fmt: skip
+                self._channel.send(link.identity, payload)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:
                     self._lose(link, "unreachable", "the worker disconnected")
@@ -441,10 +445,14 @@ class Control:
 
     async def _receive(self, channel: RouterChannel) -> None:
         while True:
-            self._handle(await channel.receive())
+            parts = await channel.receive()
+            # A last resort: a bug in handling one message costs that message only.
+            with self.faults.contain("control"):
+                self._handle(parts)
 
     def _handle(self, parts: list[bytes]) -> None:
-        """One message from the ROUTER; anything malformed is counted and dropped."""
+        """One message from the ROUTER; anything malformed is counted by reason (the
+        codec's `ControlError.reason` for what it refuses) and dropped."""
         if len(parts) != 2:
             self._malformed("bad_frames", f"a message of {len(parts) - 1} frames (expected 1)")
             return
@@ -456,7 +464,7 @@ class Control:
         try:
             message = protocol.decode(payload)
         except protocol.ControlError as exc:
-            self._malformed("invalid_message", f"worker {camera}: {exc}")
+            self._malformed(exc.reason, f"worker {camera}: {exc}")
             return
         kind = message["type"]
         if kind in ("command", "hello_request"):
@@ -469,7 +477,7 @@ class Control:
         link = self.links.get(camera)
         if link is None or not link.connected:
             # We restarted, or it was lost: ask who it is rather than guess.
-            self._complaints.warning("who:" + camera, "worker %s: %s before hello; asking for "
+            self._complaints.warning("before_hello", "worker %s: %s before hello; asking for "
                                      "one", camera, kind)  # fmt: skip
             self._send_quietly(identity, HELLO_REQUEST)
             return
@@ -488,7 +496,7 @@ class Control:
     def _hello(self, identity: bytes, camera: str, message: dict[str, Any]) -> None:
         if message["camera"] != camera:
             self._malformed("identity_mismatch", f"routing id {camera!r} said hello as "
-                            f"{message['camera']!r}")  # fmt: skip
+                            f"{message['camera'][:80]!r}")  # fmt: skip
             return
         known = camera in self.hub.cameras or camera in self.links or self.hub.accept_unknown
         if not known:
@@ -507,7 +515,7 @@ class Control:
         link.identity = identity
         link.pid = pid
         link.device = message["device"]
-        link.supported = {k: v for k, v in message["supported"].items() if isinstance(v, dict)}
+        link.supported = message["supported"]  # checked by the codec, like all of it
         link.settings = dict(message["settings"])
         self._show_name(link)
         link.last_seen = now
@@ -562,7 +570,7 @@ class Control:
         if pending is None:
             # Most likely the answer to a command that already timed out.
             self.errors["unknown_request"] += 1
-            self._complaints.warning("late:" + link.camera, "camera %s: a reply to no pending "
+            self._complaints.warning("unknown_request", "camera %s: a reply to no pending "
                                      "command (request %s); ignored", link.camera,
                                      message["request_id"])  # fmt: skip
             return

@@ -34,10 +34,23 @@ class IngestStats:
         return {"frames": self.frames, "bytes": self.bytes, "errors": dict(self.errors)}
 
 
-def bind(context: zmq.Context, endpoints: Sequence[str]) -> tuple[zmq.Socket, list[str]]:
+def max_part_bytes(max_frame_bytes: int) -> int:
+    """The ``ZMQ_MAXMSGSIZE`` of the ingest socket. libzmq applies it to each message
+    part (ZMTP frame) as its size arrives: the payload is the largest part, so a frame
+    just over ``max_frame_bytes`` is still received (and counted ``oversize``), while a
+    peer declaring a 4 GiB part is disconnected before anything is buffered."""
+    return max_frame_bytes + wire.MAX_HEADER_BYTES
+
+
+def bind(
+    context: zmq.Context, endpoints: Sequence[str], max_frame_bytes: int = 16 * 1024 * 1024
+) -> tuple[zmq.Socket, list[str]]:
     """A SUB socket bound on ``endpoints``; returns it with the endpoints actually bound
     (``tcp://host:*`` picks a free port)."""
-    return bound_socket(context, zmq.SUB, endpoints, {zmq.SUBSCRIBE: b""})
+    return bound_socket(context, zmq.SUB, endpoints, {
+        zmq.SUBSCRIBE: b"",
+        zmq.MAXMSGSIZE: max_part_bytes(max_frame_bytes),
+    })  # fmt: skip
 
 
 async def run_ingest(
@@ -47,46 +60,74 @@ async def run_ingest(
     max_frame_bytes: int,
     observe_latency: Callable[[str, float], None] | None = None,
     faults: Faults | None = None,
+    max_width: int = wire.MAX_DIMENSION,
+    max_height: int = wire.MAX_DIMENSION,
 ) -> None:
-    """Receive frames until cancelled; closes ``socket`` on the way out."""
+    """Receive frames until cancelled; closes ``socket`` on the way out. A message that
+    trips a bug costs that message only (counted under ``faults`` as ``ingest``)."""
+    faults = faults if faults is not None else Faults()
     receiver = TrioReceiver(socket)
-    complaints = RateLimitedLog(log)
+    intake = Intake(hub, stats, max_frame_bytes, max_width, max_height, observe_latency)
     try:
         while True:
             parts = await receiver.receive_multipart()
-            try:
-                header, payload = wire.decode([p.buffer for p in parts], max_frame_bytes)
-            except wire.WireError as error:
-                stats.errors[error.reason] += 1
-                complaints.warning(
-                    error.reason,
-                    "ingest: rejected a malformed message (%s): %s",
-                    error.reason,
-                    error,
-                )
-                continue
-            frame = Frame(
-                camera=header.camera,
-                seq=header.seq,
-                captured_at=header.captured_at,
-                width=header.width,
-                height=header.height,
-                format=header.format,
-                data=payload,
-                received_at=time.monotonic(),
-            )
-            if not hub.publish(frame):
-                stats.errors["unknown_camera"] += 1
-                complaints.warning(
-                    "unknown:" + header.camera,
-                    "ingest: camera %s: frame rejected, the camera is not in the config "
-                    "(set ingest.accept_unknown_cameras to accept it)",
-                    header.camera,
-                )
-                continue
-            stats.frames += 1
-            stats.bytes += len(payload)
-            if observe_latency is not None:
-                observe_latency(header.camera, time.time() - header.captured_at)
+            with faults.contain("ingest"):
+                intake.take(parts)
     finally:
         receiver.close()
+
+
+class Intake:
+    """Checks one received message and publishes its frame; synchronous."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        stats: IngestStats,
+        max_frame_bytes: int,
+        max_width: int = wire.MAX_DIMENSION,
+        max_height: int = wire.MAX_DIMENSION,
+        observe_latency: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.hub, self.stats = hub, stats
+        self.max_frame_bytes, self.max_width, self.max_height = (
+            max_frame_bytes, max_width, max_height)  # fmt: skip
+        self.observe_latency = observe_latency
+        # Keyed by reason only: a peer inventing camera ids must not invent log lines.
+        self.complaints = RateLimitedLog(log)
+
+    def take(self, parts: Sequence[zmq.Frame]) -> None:
+        stats = self.stats
+        try:
+            header, payload = wire.decode(
+                [p.buffer for p in parts], self.max_frame_bytes, self.max_width, self.max_height
+            )
+        except wire.WireError as error:
+            stats.errors[error.reason] += 1
+            self.complaints.warning(
+                error.reason, "ingest: rejected a malformed message (%s): %s", error.reason, error
+            )
+            return
+        frame = Frame(
+            camera=header.camera,
+            seq=header.seq,
+            captured_at=header.captured_at,
+            width=header.width,
+            height=header.height,
+            format=header.format,
+            data=payload,
+            received_at=time.monotonic(),
+        )
+        if not self.hub.publish(frame):
+            stats.errors["unknown_camera"] += 1
+            self.complaints.warning(
+                "unknown_camera",
+                "ingest: frames from cameras not in the config are rejected (set "
+                "ingest.accept_unknown_cameras to accept them); this one from %s",
+                header.camera,
+            )
+            return
+        stats.frames += 1
+        stats.bytes += len(payload)
+        if self.observe_latency is not None:
+            self.observe_latency(header.camera, time.time() - header.captured_at)

@@ -241,7 +241,8 @@ class Routes:
     def upload(self, camera_id: str, content_type: str, body: bytes) -> Response:
         """A frame POSTed by a producer: checked, then published like a worker's frame."""
         try:
-            image = parse_upload(content_type, body)
+            image = parse_upload(content_type, body, self.config.ingest.max_width,
+                                 self.config.ingest.max_height)  # fmt: skip
         except UploadError as bad:
             return error(bad.status, bad.code, str(bad))
         camera = self.hub.cameras.get(camera_id)
@@ -297,10 +298,9 @@ class Routes:
         return await self._no_data(camera, now)
 
     async def _no_data(self, camera: Camera, now: float) -> Response:
-        image = await trio.to_thread.run_sync(
-            nodata.render, camera.info.name, *camera.size, camera.silent_for(now)
-        )
-        return Response(200, image, "image/jpeg", [("x-camera-online", "false")])
+        """The "No Data" image, at a capped size and from the cache when it can be."""
+        image = await nodata.image(camera.info.name, *camera.size, camera.silent_for(now))
+        return Response(200, image.data, "image/jpeg", [("x-camera-online", "false")])
 
     def stream_target(self, target: Target) -> tuple[str, float | None]:
         """The camera and fps cap a camera WebSocket upgrade asks for, or BadRequest."""

@@ -2,17 +2,24 @@
 
 The body is either the image itself, with ``Content-Type: image/jpeg|png|webp|bmp``,
 or the one file of a ``multipart/form-data`` form. The data must be an image of the
-declared type (magic bytes, then Pillow reading its header for the size).
+declared type: magic bytes; then the size its header declares, read here without
+Pillow and checked against the caps (``ingest.max_width``, ``max_height``); only then
+Pillow reads the header (never the pixels) to confirm it is an image. Pillow can raise
+almost anything on hostile data (``DecompressionBombError`` is neither an ``OSError``
+nor a ``ValueError``): every exception there means "not an image".
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from cameras.wire import FORMATS, sniff_format
+from cameras.wire import FORMATS, MAX_DIMENSION, sniff_format
+
+PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +36,12 @@ class UploadError(Exception):
         self.status, self.code = status, code
 
 
-def parse_upload(content_type: str, body: bytes) -> Upload:
+def parse_upload(
+    content_type: str, body: bytes, max_width: int = MAX_DIMENSION,
+    max_height: int = MAX_DIMENSION,
+) -> Upload:  # fmt: skip
+    """The checked upload, or `UploadError`: 415 ``unsupported_media_type`` or
+    ``not_an_image``, 413 ``image_too_large``, 400 ``bad_form``."""
     media, params = _media_type(content_type)
     if media == "multipart/form-data":
         media, body = _only_file(body, params.get("boundary", ""))
@@ -40,19 +52,151 @@ def parse_upload(content_type: str, body: bytes) -> Upload:
         raise UploadError(
             415, "unsupported_media_type",
             "Content-Type must be image/jpeg, image/png, image/webp, image/bmp or "
-            f"multipart/form-data with one such file, got {media or 'none'!r}",
+            f"multipart/form-data with one such file, got {media[:60] or 'none'!r}",
         )  # fmt: skip
     found = sniff_format(body)
     if found != declared:
         raise UploadError(
-            415, "not_an_image", f"declared {media} but the data is {found or 'not an image'}"
+            415, "not_an_image",
+            f"declared {media[:60]} but the data is {found or 'not an image'}",
         )
-    try:
-        with Image.open(io.BytesIO(body)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UploadError(415, "not_an_image", f"cannot read the {declared} image: {exc}") from None
+    size = declared_size(declared, body)
+    if size is None:
+        raise UploadError(415, "not_an_image", f"cannot read the size of the {declared} image")
+    _check_size(*size, max_width, max_height)
+    width, height = _pillow_size(declared, body)
+    _check_size(width, height, max_width, max_height)  # Pillow may read a later header
     return Upload(declared, body, width, height)
+
+
+def _check_size(width: int, height: int, max_width: int, max_height: int) -> None:
+    if width < 1 or height < 1:
+        raise UploadError(415, "not_an_image", f"the image declares no area ({width}x{height})")
+    if width > max_width or height > max_height:
+        raise UploadError(
+            413, "image_too_large",
+            f"the image is {width}x{height} pixels; the limit is {max_width}x{max_height} "
+            "(ingest.max_width x ingest.max_height)",
+        )  # fmt: skip
+
+
+def _pillow_size(declared: str, body: bytes) -> tuple[int, int]:
+    """The size as Pillow reads it from the header; nothing is decoded. Our own size
+    check came first, so Pillow's decompression-bomb warning is moot here (and a
+    warning about a peer's file is not ours to print)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(body), formats=[PILLOW_FORMATS[declared]]) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:  # caps above Pillow's own limit
+        message = f"the {declared} image is too large: {_brief(exc)}"
+        raise UploadError(413, "image_too_large", message) from None
+    except Exception as exc:  # Pillow raises many unrelated types on hostile data
+        raise UploadError(
+            415, "not_an_image", f"cannot read the {declared} image: {_brief(exc)}"
+        ) from None
+    return width, height
+
+
+def _brief(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# -- the size an image's header declares, without Pillow -----------------------------
+
+
+def declared_size(format: str, data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the header of ``data`` (an image of ``format`` by its magic
+    bytes) declares them, or None when the header is cut short or malformed. Total:
+    never raises."""
+    reader = {"jpeg": _jpeg_size, "png": _png_size, "webp": _webp_size, "bmp": _bmp_size}
+    try:
+        return reader[format](memoryview(data))
+    except (IndexError, ValueError, KeyError):  # a header cut short
+        return None
+
+
+def _png_size(data: memoryview) -> tuple[int, int] | None:
+    # Signature (8), then the IHDR chunk: length (4), b"IHDR", width (4), height (4).
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return _be(data[16:20]), _be(data[20:24])
+
+
+# Start-of-frame markers (baseline, progressive, lossless...); not DHT, JPG or DAC.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
+    """The size in the first start-of-frame segment before the first scan."""
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        i += 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # a scan (or an end) before any frame header
+            return None
+        length = _be(data[i : i + 2])
+        if length < 2:
+            return None
+        if marker in _SOF:
+            # length (2), precision (1), height (2), width (2)
+            if i + 7 > end:
+                return None
+            return _be(data[i + 5 : i + 7]), _be(data[i + 3 : i + 5])
+        i += length
+    return None
+
+
+def _webp_size(data: memoryview) -> tuple[int, int] | None:
+    # b"RIFF", size, b"WEBP", then the first chunk: fourcc (4), size (4), payload.
+    chunk, payload = bytes(data[12:16]), data[20:30]
+    if len(payload) < 10:
+        return None
+    if chunk == b"VP8 ":  # lossy: frame tag (3), start code 9d 01 2a, 14-bit sizes
+        if payload[3:6] != b"\x9d\x01\x2a":
+            return None
+        return _le(payload[6:8]) & 0x3FFF, _le(payload[8:10]) & 0x3FFF
+    if chunk == b"VP8L":  # lossless: signature 0x2f, then 14-bit width-1 and height-1
+        if payload[0] != 0x2F:
+            return None
+        bits = _le(payload[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: flags (4), 24-bit canvas width-1 and height-1
+        return _le(payload[4:7]) + 1, _le(payload[7:10]) + 1
+    return None
+
+
+def _bmp_size(data: memoryview) -> tuple[int, int] | None:
+    # File header (14), then the DIB header: its size (4), then width and height.
+    header = _le(data[14:18]) if len(data) >= 18 else 0
+    if header == 12 and len(data) >= 22:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit
+        return _le(data[18:20]), _le(data[20:22])
+    if header >= 40 and len(data) >= 26:  # signed 32-bit; a negative height is top-down
+        width = int.from_bytes(data[18:22], "little", signed=True)
+        height = int.from_bytes(data[22:26], "little", signed=True)
+        return width, abs(height)
+    return None
+
+
+def _be(data: memoryview) -> int:
+    if not data:
+        raise ValueError("cut short")
+    return int.from_bytes(data, "big")
+
+
+def _le(data: memoryview) -> int:
+    if not data:
+        raise ValueError("cut short")
+    return int.from_bytes(data, "little")
 
 
 def _media_type(content_type: str) -> tuple[str, dict[str, str]]:

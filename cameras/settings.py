@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cameras.wire import FORMATS
+from cameras.wire import FORMATS, MAX_DIMENSION
 
 Settings = dict[str, Any]
 
@@ -84,7 +84,10 @@ def supported() -> dict[str, dict[str, Any]]:
 def validate(changes: Any, allowed: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
     """The change normalised (ints as int, floats as float), or `SettingsError` naming
     every bad key. ``allowed`` is a worker's ``supported`` map: keys it lacks are
-    unsupported and its min/max/choices narrow ours. Nothing is partly valid."""
+    unsupported and its min/max/choices narrow ours. Nothing is partly valid.
+
+    Total: whatever ``changes`` and ``allowed`` hold, only `SettingsError` is raised,
+    and its text and keys are safe to encode (no lone surrogates, bounded length)."""
     if not isinstance(changes, Mapping):
         raise SettingsError({"settings": f"must be an object of settings, got {_kind(changes)}"})
     errors: dict[str, str] = {}
@@ -92,12 +95,12 @@ def validate(changes: Any, allowed: Mapping[str, Mapping[str, Any]] | None = Non
     for key, value in changes.items():
         setting = SETTINGS.get(key) if isinstance(key, str) else None
         if setting is None:
-            errors[str(key)] = f"unknown setting (known: {', '.join(SETTINGS)})"
+            errors[_name(key)] = f"unknown setting (known: {', '.join(SETTINGS)})"
             continue
-        if allowed is not None and key not in allowed:
+        limits = allowed.get(key) if allowed is not None else {}
+        if not isinstance(limits, Mapping):
             errors[key] = "not supported by this camera"
             continue
-        limits = allowed.get(key, {}) if allowed is not None else {}
         problem = _problem(setting, value, limits)
         if problem is not None:
             errors[key] = problem
@@ -108,27 +111,143 @@ def validate(changes: Any, allowed: Mapping[str, Mapping[str, Any]] | None = Non
     return clean
 
 
+# A worker's ``settings`` report its device, which may be set outside what a client may
+# ask for: width and height are whatever size the frame protocol carries, and fps what
+# camera-worker's --fps accepts (above 0).
+REPORT_LIMITS: dict[str, dict[str, Any]] = {
+    **{name: setting.describe() for name, setting in SETTINGS.items()},
+    "width": {"min": 1, "max": MAX_DIMENSION},
+    "height": {"min": 1, "max": MAX_DIMENSION},
+    "fps": {"min": 1e-6, "max": 240},
+}
+
+
+def check_reported(values: Any) -> Settings:
+    """A worker's current settings (its hello, its replies), normalised like `validate`:
+    every key known, every value of its kind and in range (width and height up to the
+    frame protocol's limit). Raises only `SettingsError`."""
+    return validate(values, REPORT_LIMITS)
+
+
+DESCRIPTION_KEYS = ("type", "default", "min", "max", "choices")
+
+
+def check_supported(described: Any) -> dict[str, dict[str, Any]]:
+    """A worker's ``supported`` map checked: known setting names, each described as
+    `Setting.describe` does (its type's name; a default of that type; min and max finite
+    numbers with min <= max, both or neither; choices a list of strings). Raises only
+    `SettingsError` naming every bad entry."""
+    if not isinstance(described, Mapping):
+        raise SettingsError({"supported": f"must be an object, got {_kind(described)}"})
+    errors: dict[str, str] = {}
+    for name, description in described.items():
+        setting = SETTINGS.get(name) if isinstance(name, str) else None
+        if setting is None:
+            errors[_name(name)] = f"unknown setting (known: {', '.join(SETTINGS)})"
+            continue
+        problem = _description_problem(setting, description)
+        if problem is not None:
+            errors[name] = problem
+    if errors:
+        raise SettingsError(errors)
+    return {name: dict(description) for name, description in described.items()}
+
+
+def _description_problem(setting: Setting, description: Any) -> str | None:
+    if not isinstance(description, Mapping):
+        return f"must be an object, got {_kind(description)}"
+    unknown = [_name(key) for key in description if key not in DESCRIPTION_KEYS]
+    if unknown:
+        return f"unknown key(s) {', '.join(unknown)} (known: {', '.join(DESCRIPTION_KEYS)})"
+    kind = setting.kind.__name__
+    if description.get("type", kind) != kind:
+        return f"type must be {kind!r}, got {_show(description['type'])}"
+    if "default" in description and not _of_kind(description["default"], setting.kind):
+        return f"default must be of type {kind}, got {_show(description['default'])}"
+    if ("min" in description) != ("max" in description):
+        return "min and max come together"
+    if "min" in description:
+        lo, hi = description["min"], description["max"]
+        if not (_number(lo) and _number(hi)):
+            return f"min and max must be finite numbers, got {_show(lo)} and {_show(hi)}"
+        if lo > hi:
+            return f"min {_show(lo)} is above max {_show(hi)}"
+    choices = description.get("choices", [])
+    if not isinstance(choices, list | tuple) or not all(isinstance(c, str) for c in choices):
+        return f"choices must be a list of strings, got {_show(choices)}"
+    return None
+
+
+def _of_kind(value: Any, kind: type) -> bool:
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    )
+
+
 def _problem(setting: Setting, value: Any, limits: Mapping[str, Any]) -> str | None:
     if isinstance(value, bool) != (setting.kind is bool) or not (
         isinstance(value, setting.kind) or (setting.kind is float and isinstance(value, int))
     ):
         return f"must be {_want(setting, limits)}, got {_show(value)} ({_kind(value)})"
-    lo, hi = limits.get("min", setting.lo), limits.get("max", setting.hi)
-    choices = limits.get("choices", setting.choices)
-    if setting.kind is str and lo is not None:
-        if not lo <= len(value) <= hi:
-            return f"must be {lo} to {hi} characters long, got {len(value)}"
-        return None
-    if lo is not None and not (math.isfinite(value) and lo <= value <= hi):
+    lo, hi = _limit(limits, "min", setting.lo), _limit(limits, "max", setting.hi)
+    choices = _choices(limits, setting.choices)
+    if setting.kind is str:
+        if not _encodable(value):
+            return "must be valid Unicode text (it holds a lone surrogate)"
+        if lo is not None and hi is not None and not lo <= len(value) <= hi:
+            return f"must be {_num(lo)} to {_num(hi)} characters long, got {len(value)}"
+    elif lo is not None and hi is not None and not _within(value, lo, hi):
         return f"must be {_want(setting, limits)}, got {_show(value)}"
     if choices and value not in choices:
         return f"must be {_want(setting, limits)}, got {_show(value)}"
     return None
 
 
+def _within(value: float, lo: float, hi: float) -> bool:
+    # An int is compared as it is: math.isfinite() of a huge one would overflow.
+    return (isinstance(value, int) or math.isfinite(value)) and lo <= value <= hi
+
+
+def _limit(limits: Mapping[str, Any], name: str, ours: float | None) -> float | None:
+    """A worker's min or max when it is a finite number, else ours."""
+    value = limits.get(name, ours)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ours
+    return value if math.isfinite(value) else ours
+
+
+def _choices(limits: Mapping[str, Any], ours: Sequence[str]) -> Sequence[str]:
+    """A worker's choices when they are a list of strings, else ours."""
+    value = limits.get("choices", ours)
+    if isinstance(value, list | tuple) and all(isinstance(c, str) for c in value):
+        return value
+    return ours
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _name(key: Any) -> str:
+    """An unknown key as an error names it: itself when it is short, plain text."""
+    if isinstance(key, str) and len(key) <= 64 and _encodable(key):
+        return key
+    return _show(key)
+
+
 def _want(setting: Setting, limits: Mapping[str, Any]) -> str:
-    choices = limits.get("choices", setting.choices)
-    lo, hi = limits.get("min", setting.lo), limits.get("max", setting.hi)
+    choices = _choices(limits, setting.choices)
+    lo, hi = _limit(limits, "min", setting.lo), _limit(limits, "max", setting.hi)
     return want(setting.kind, lo, hi, choices)
 
 
@@ -150,7 +269,12 @@ def _num(x: float | None) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A value as an error message shows it: short, and ASCII-safe (repr escapes lone
+    surrogates)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        return f"<{type(value).__name__}>"
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -38,7 +38,8 @@ class WireError(ValueError):
     """A message that does not follow the protocol.
 
     ``reason`` is a short stable code for counting (``parts``, ``topic``, ``header``,
-    ``version``, ``field``, ``oversize``, ``not_image``); the message says what is wrong.
+    ``version``, ``field``, ``dimensions``, ``oversize``, ``not_image``); the message says
+    what is wrong.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -75,8 +76,17 @@ def encode(header: FrameHeader, payload: Buffer) -> list[Buffer]:
     return [topic(header.camera), msgpack.packb(fields), payload]
 
 
-def decode(parts: Sequence[Buffer], max_payload: int) -> tuple[FrameHeader, Buffer]:
-    """Check and split one received message; the payload is returned uncopied."""
+def decode(
+    parts: Sequence[Buffer],
+    max_payload: int,
+    max_width: int = MAX_DIMENSION,
+    max_height: int = MAX_DIMENSION,
+) -> tuple[FrameHeader, Buffer]:
+    """Check and split one received message; the payload is returned uncopied.
+
+    ``max_width`` and ``max_height`` are the receiver's caps (``ingest.max_width`` and
+    ``max_height``): a header declaring more is refused (``dimensions``) whatever the
+    payload, since a declared size is what later code trusts (the "No Data" image)."""
     if len(parts) != 3:
         raise WireError(
             "parts", f"expected 3 message parts (topic, header, payload), got {len(parts)}"
@@ -107,6 +117,7 @@ def decode(parts: Sequence[Buffer], max_payload: int) -> tuple[FrameHeader, Buff
     if unknown:
         raise WireError("field", f"unknown header field(s): {', '.join(map(str, unknown))}")
     _check(header)
+    _check_caps(header, max_width, max_height)
     if bytes(raw_topic) != topic(header.camera):
         raise WireError(
             "topic", f"topic {bytes(raw_topic)!r} does not match camera {header.camera!r}"
@@ -157,6 +168,15 @@ def _check(header: FrameHeader) -> None:
     if header.format not in FORMATS:
         raise WireError(
             "field", f"format must be one of {', '.join(FORMATS)}, got {header.format!r}"
+        )
+
+
+def _check_caps(header: FrameHeader, max_width: int, max_height: int) -> None:
+    if header.width > max_width or header.height > max_height:
+        raise WireError(
+            "dimensions",
+            f"a {header.width}x{header.height} frame exceeds the limit of "
+            f"{max_width}x{max_height}",
         )
 
 
