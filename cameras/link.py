@@ -55,6 +55,10 @@ class Liveness:
             return True
         return False
 
+    def silent_for(self, now: float) -> float:
+        """Seconds since the broker last spoke (or since the link started)."""
+        return now - self.last_heard
+
     def heard(self, now: float) -> bool:
         """The broker spoke. True when it had gone silent: it is owed a fresh hello."""
         self.last_heard = now
