@@ -30,6 +30,7 @@ import datetime as dt
 import itertools
 import logging
 import math
+import os
 import time
 import uuid
 from collections import Counter
@@ -187,6 +188,19 @@ class RouterChannel:
         self.socket.close(linger=0)
 
 
+def unwritable(path: str) -> str | None:
+    """Why the state file at ``path`` surely cannot be written, or None (it may be: a
+    full disk, say, shows only when writing)."""
+    if not path:
+        return None
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"cannot write: {folder} is not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"cannot write: no permission to write in {folder}"
+    return None
+
+
 def bind(context: zmq.Context, endpoints: Sequence[str]) -> tuple[zmq.Socket, list[str]]:
     """A ROUTER bound on ``endpoints``, with the endpoints actually bound."""
     return bound_socket(context, zmq.ROUTER, endpoints, {
@@ -221,7 +235,9 @@ class Control:
         self._stored = state.load(self._state_file)  # camera → settings operators applied
         self._state_version = self._saved_version = 0
         self._saving = False
-        self._state_error: str | None = None  # why the last write failed; None: it worked
+        # Why the state file cannot be written (the last write failed, or it surely
+        # would); None while it can.
+        self._state_error: str | None = unwritable(self._state_file)
         self._on_demand = {camera.id: camera for camera in config.cameras if camera.on_demand}
         self._demand_changed = {camera_id: trio.Event() for camera_id in self._on_demand}
         self._idle_since: dict[str, float] = {}  # on-demand camera → when its last viewer left
@@ -232,6 +248,9 @@ class Control:
         if self._stored:
             log.info("state file %s: stored settings for %s", self._state_file,
                      ", ".join(sorted(self._stored)))  # fmt: skip
+        if self._state_error is not None:
+            log.warning("state file %s: %s; settings will apply but not survive a restart",
+                        self._state_file, self._state_error)  # fmt: skip
 
     # -- running ---------------------------------------------------------------
 

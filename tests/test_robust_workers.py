@@ -676,3 +676,17 @@ def test_an_unwritable_state_file_stops_nothing_and_healthz_says_so(tmp_path: Pa
         assert json.loads(state_file.read_text())["cameras"][cam] == {"brightness": 65}
         assert health(broker)["status"] == "ok"
 
+
+
+async def test_a_state_file_in_a_missing_folder_is_reported_from_the_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "missing" / "state.json"
+    async with running_control(make_config(tmp_path, state_file=str(path))) as control:
+        report = control.health()["state_file"]
+        assert report["path"] == str(path) and not report["ok"]
+        assert "is not a folder" in report["error"], report
+        async with serving(control):
+            result = await control.command("cam", "update_settings", {"brightness": 61})
+            assert result.success and result.settings["brightness"] == 61, result
+        assert not control.health()["state_file"]["ok"]
