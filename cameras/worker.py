@@ -39,7 +39,7 @@ import zmq
 from cameras import stamp, wire
 from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
 from cameras.encoding import encode
-from cameras.link import ControlLink, open_dealer
+from cameras.link import ControlLink, keep_connection_fresh, open_dealer
 from cameras.settings import SETTINGS, Settings, SettingsError, defaults, supported, validate
 from cameras.sources import Capture, Source, SourceError, make_source
 
@@ -528,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         socket.setsockopt(zmq.SNDHWM, 4)  # drop stale frames here rather than queue them
         socket.setsockopt(zmq.LINGER, 0)
+        keep_connection_fresh(socket, args.heartbeat)  # a partition's backlog is dropped
         try:
             socket.connect(args.broker)
         except zmq.ZMQError as exc:
