@@ -4,8 +4,9 @@ Cancelling ``Broker.run`` is the orderly shutdown: the listener stops, every Web
 client is told 1001 (going away), workers get SIGTERM then SIGKILL after the grace
 period, and the ingest and control sockets are closed. Each step is bounded.
 
-Supervised workers reach the broker over two private ipc:// endpoints in a temporary
-folder: ingest (frames) and control (settings, commands, heartbeats).
+Supervised workers reach the broker over two private ipc:// endpoints in a private
+folder (`broker.workdir`): ingest (frames) and control (settings, commands, heartbeats).
+At start the broker removes such folders left by brokers of its user that died.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import trio
 import zmq
 
-from broker import ingest, nodata
+from broker import ingest, nodata, workdir
 from broker.boundary import Faults
 from broker.config import Config
 from broker.control import Control
@@ -39,13 +38,14 @@ class Broker:
     def __init__(self, config: Config, log_level: str = "info") -> None:
         self.config = config
         self.log_level = log_level
+        self.ingest_stats = ingest.IngestStats()
         self.hub = Hub(
             [CameraInfo(c.id, c.display_name, c.width, c.height, c.format) for c in config.cameras],
             offline_after=config.ingest.offline_after,
             accept_unknown=config.ingest.accept_unknown_cameras,
             retention=Retention(**dataclasses.asdict(config.retention)),
+            errors=self.ingest_stats.errors,  # stale frames count as ingest errors
         )
-        self.ingest_stats = ingest.IngestStats()
         self.faults = Faults()  # exceptions contained at a boundary, by where
         self.supervisor: Supervisor | None = None
         self.control = Control(config, self.hub, faults=self.faults)
@@ -59,17 +59,18 @@ class Broker:
         self.started_at = time.monotonic()
 
     async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix="camera-broker-"))
+        workdir.remove_stale()
+        folder = workdir.create()
         context = zmq.Context()
         try:
             # Workers on this host publish over ipc://, which is faster than tcp.
-            local = f"ipc://{workdir}/ingest.ipc"
+            local = f"ipc://{folder}/ingest.ipc"
             socket, self.ingest_endpoints = ingest.bind(
                 context, [*self.config.ingest.endpoints, local], self.config.ingest.max_frame_bytes
             )
             for endpoint in self.ingest_endpoints:
                 log.info("ingest bound on %s", endpoint)
-            control_local = f"ipc://{workdir}/control.ipc"
+            control_local = f"ipc://{folder}/control.ipc"
             self.control_endpoints = self.control.bind(
                 context, [*self.config.control.endpoints, control_local]
             )
@@ -94,12 +95,14 @@ class Broker:
                         self.config.workers, local, self.log_level,
                         control=control_local, on_exit=self.control.worker_exited,
                         heartbeat=self.config.control.heartbeat_interval,
+                        silent_for=self.control.silent_for,
+                        lost_after=self.config.control.lost_after,
                     )  # fmt: skip
                     nursery.start_soon(self.supervisor.run, supervised, name="supervisor")
                 task_status.started(self)
         finally:
             context.destroy(linger=0)
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _show_offline(self) -> None:
         """Mark silent cameras offline and send their viewers a "No Data" image each second.

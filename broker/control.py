@@ -16,6 +16,11 @@ Liveness: both sides send a heartbeat every ``heartbeat_interval``; a worker sil
 they do when the supervisor reports that the worker process exited. A hello with a new
 pid is a restarted worker (``worker_restarted``). On every hello the broker restores the
 settings stored in the state file, and tells an on-demand worker whether to stream.
+
+Every background job (heartbeats, schedules, each on-demand camera, each after-hello
+restore, each state save) runs inside a boundary of `Faults`: a bug costs that job a
+restart (or that one run), never the broker. A state file that cannot be written does
+not stop anything either: settings still apply live, and ``health`` says so.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import datetime as dt
 import itertools
 import logging
 import math
+import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +42,7 @@ import trio
 import zmq
 
 from broker import schedule, state
-from broker.boundary import Faults
+from broker.boundary import Backoff, Faults
 from broker.config import CameraConfig, Config
 from broker.events import EventBus
 from broker.hub import Camera, Hub
@@ -56,6 +62,7 @@ FD_WAIT_BOUND = 1.0
 MAX_FRAME_BYTES = 1024 * 1024
 SCHEDULE_CHECK = 5.0  # seconds between looks at the wall clock for scheduled presets
 ON_DEMAND_RETRY = 1.0  # seconds before retrying a start/stop that failed
+STATE_RETRY, STATE_RETRY_MAX = 2.0, 60.0  # seconds before writing a failed state file again
 HEARTBEAT = protocol.encode("heartbeat")
 HELLO_REQUEST = protocol.encode("hello_request")
 # Error codes of a StatusResponse.
@@ -181,6 +188,19 @@ class RouterChannel:
         self.socket.close(linger=0)
 
 
+def unwritable(path: str) -> str | None:
+    """Why the state file at ``path`` surely cannot be written, or None (it may be: a
+    full disk, say, shows only when writing)."""
+    if not path:
+        return None
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"cannot write: {folder} is not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"cannot write: no permission to write in {folder}"
+    return None
+
+
 def bind(context: zmq.Context, endpoints: Sequence[str]) -> tuple[zmq.Socket, list[str]]:
     """A ROUTER bound on ``endpoints``, with the endpoints actually bound."""
     return bound_socket(context, zmq.ROUTER, endpoints, {
@@ -215,6 +235,9 @@ class Control:
         self._stored = state.load(self._state_file)  # camera → settings operators applied
         self._state_version = self._saved_version = 0
         self._saving = False
+        # Why the state file cannot be written (the last write failed, or it surely
+        # would); None while it can.
+        self._state_error: str | None = unwritable(self._state_file)
         self._on_demand = {camera.id: camera for camera in config.cameras if camera.on_demand}
         self._demand_changed = {camera_id: trio.Event() for camera_id in self._on_demand}
         self._idle_since: dict[str, float] = {}  # on-demand camera → when its last viewer left
@@ -225,6 +248,9 @@ class Control:
         if self._stored:
             log.info("state file %s: stored settings for %s", self._state_file,
                      ", ".join(sorted(self._stored)))  # fmt: skip
+        if self._state_error is not None:
+            log.warning("state file %s: %s; settings will apply but not survive a restart",
+                        self._state_file, self._state_error)  # fmt: skip
 
     # -- running ---------------------------------------------------------------
 
@@ -246,12 +272,16 @@ class Control:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                keep_running = self.faults.keep_running
                 nursery.start_soon(self._receive, channel, name="control:receive")
-                nursery.start_soon(self._keep_alive, name="control:heartbeats")
+                nursery.start_soon(keep_running, "control:heartbeats", self._keep_alive,
+                                   name="control:heartbeats")  # fmt: skip
                 if any(camera.schedule for camera in self.config.cameras):
-                    nursery.start_soon(self._run_schedules, name="control:schedules")
+                    nursery.start_soon(keep_running, "control:schedules", self._run_schedules,
+                                       name="control:schedules")  # fmt: skip
                 for camera in self._on_demand.values():
-                    nursery.start_soon(self._keep_demand, camera, name=f"on-demand:{camera.id}")
+                    nursery.start_soon(keep_running, "control:on-demand", self._keep_demand,
+                                       camera, name=f"on-demand:{camera.id}")  # fmt: skip
                 task_status.started(self)
         finally:
             self._nursery = None
@@ -327,7 +357,22 @@ class Control:
             "workers": {c: link.describe(now) for c, link in sorted(self.links.items())},
             "errors": dict(self.errors),
             "commands": dict(self.results),
+            "state_file": self.state_file_health(),
         }
+
+    def state_file_health(self) -> dict[str, Any]:
+        """``ok`` is false while the last write failed (``error`` says why); settings
+        then apply live but would not survive a restart."""
+        health: dict[str, Any] = {"path": self._state_file, "ok": self._state_error is None}
+        if self._state_error is not None:
+            health["error"] = self._state_error
+        return health
+
+    def silent_for(self, camera: str) -> float | None:
+        """Seconds since ``camera``'s worker last sent anything on control (a paused
+        worker heartbeats too); None before its first hello. For the supervisor."""
+        link = self.links.get(camera)
+        return None if link is None else trio.current_time() - link.last_seen
 
     def worker_exited(self, camera: str, pid: int, how: str = "exited") -> None:
         """The supervisor saw ``camera``'s worker process ``pid`` exit: fail its pending
@@ -657,7 +702,10 @@ class Control:
 
     async def _save_state(self) -> None:
         """Write until the file holds the newest state; one writer at a time, so an older
-        snapshot can never replace a newer one."""
+        snapshot can never replace a newer one. A failed write (unwritable folder, disk
+        full) is reported (log, health) and retried with backoff: the settings apply live
+        meanwhile, and persist again once the file can be written."""
+        retry = Backoff(STATE_RETRY, STATE_RETRY_MAX)
         try:
             while self._saved_version < self._state_version:
                 version = self._state_version
@@ -665,9 +713,10 @@ class Control:
                 try:
                     await trio.to_thread.run_sync(state.save, self._state_file, snapshot)
                 except OSError as exc:
-                    self._complaints.warning("state", "state file %s: cannot write (%s); "
-                                             "settings apply but will not survive a restart",
-                                             self._state_file, exc)  # fmt: skip
+                    self._state_failed(exc)
+                    await trio.sleep(retry.next())
+                    continue
+                self._state_written()
                 self._saved_version = version
         finally:
             self._saving = False
@@ -675,9 +724,22 @@ class Control:
     def _save_now(self) -> None:
         try:
             state.save(self._state_file, self._stored)
-            self._saved_version = self._state_version
         except OSError as exc:
-            log.warning("state file %s: cannot write (%s)", self._state_file, exc)
+            self._state_failed(exc)
+        else:
+            self._state_written()
+            self._saved_version = self._state_version
+
+    def _state_failed(self, exc: OSError) -> None:
+        self._state_error = f"cannot write: {exc.strerror or exc}"
+        self._complaints.warning("state", "state file %s: cannot write (%s); settings apply "
+                                 "but will not survive a restart", self._state_file,
+                                 exc)  # fmt: skip
+
+    def _state_written(self) -> None:
+        if self._state_error is not None:
+            log.info("state file %s: written again", self._state_file)
+        self._state_error = None
 
     @property
     def state_saved(self) -> bool:
@@ -773,7 +835,14 @@ class Control:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _start(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` as a task of `run`'s nursery (dropped when not running)."""
+    def _start(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` once as a task of `run`'s nursery (dropped when not running),
+        inside a boundary: an exception is counted as ``control:<its name>``
+        (``control:after-hello``, ``control:save-state``, ``control:apply-scheduled``)."""
         if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)
+            where = "control:" + fn.__name__.strip("_").replace("_", "-")
+            self._nursery.start_soon(self._contained, where, fn, *args)
+
+    async def _contained(self, where: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        with self.faults.contain(where):
+            await fn(*args)

@@ -7,13 +7,18 @@ subscriber only drops its own frames.
 `HubHooks` let the control plane react without the hub knowing it: a camera gaining or
 losing a watcher (an on-demand camera starts or stops capturing), coming online or going
 offline (events). They are called synchronously and must not block; never per frame.
+
+Stale frames are never shown as live: `Freshness` judges each camera frame on arrival
+(a backlog released after a network partition, a frame reordered far behind the newest)
+and `Hub.publish` drops the stale ones, counting them as ``errors["stale"]``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,6 +26,7 @@ import trio
 
 from broker.frames import Frame
 from broker.queue import DropOldestQueue
+from broker.ratelimit import RateLimitedLog
 
 log = logging.getLogger("broker.hub")
 
@@ -57,6 +63,81 @@ class RateMeter:
         if len(times) < 2:
             return 0.0
         return (len(times) - 1) / max(now - times[0], 1e-9)
+
+
+# Late frames arriving for this long are a step of the camera's clock, not a backlog.
+CLOCK_SETTLE = 1.0
+# The camera's clock offset is the smallest transit time seen over the last one or two
+# such windows (seconds): long enough for a steady minimum, short enough to follow drift.
+OFFSET_WINDOW = 10.0
+
+
+class Freshness:
+    """Whether each frame of one camera is live or stale, judged on arrival. Pure: the
+    caller gives both times.
+
+    A frame carries its capture time from the camera's clock (Unix seconds), which may
+    be off from ours by minutes. So we never compare it with our clock directly: the
+    *transit* of a frame (arrival on our monotonic clock minus capture time) is the true
+    delay plus an unknown constant offset, and the smallest transit seen recently is the
+    best estimate of that offset. A frame is **stale** when it arrives more than
+    ``max_age`` later than that baseline (a backlog a partition released), or was
+    captured more than ``max_age`` before the newest frame shown (reordered).
+
+    A backlog arrives as a burst; a clock step (the camera's clock was set back) shows
+    as a steady stream of "late" frames. So when stale frames keep arriving for longer
+    than ``settle`` seconds, the clock moved: take a new baseline from them and accept
+    the stream again. A step forward looks like faster transit and is accepted at once.
+    """
+
+    __slots__ = ("_best", "_best_before", "_late_best", "_late_since", "_window_start",
+                 "max_age", "newest", "settle", "window")  # fmt: skip
+
+    def __init__(
+        self, max_age: float, settle: float = CLOCK_SETTLE, window: float = OFFSET_WINDOW
+    ) -> None:
+        self.max_age = max_age
+        self.settle = settle
+        self.window = window
+        self.newest = -math.inf  # capture time of the newest frame judged live
+        self._best = math.inf  # smallest transit in the current window
+        self._best_before = math.inf  # ... in the window before it
+        self._window_start = -math.inf
+        self._late_since: float | None = None  # arrival of the first of a run of stale frames
+        self._late_best = math.inf  # smallest transit in that run
+
+    @property
+    def offset(self) -> float:
+        """The baseline transit (arrival minus capture time); inf before any frame."""
+        return min(self._best, self._best_before)
+
+    def live(self, arrived: float, captured: float) -> bool:
+        """Judge one frame: ``arrived`` on the monotonic clock, ``captured`` on the
+        camera's. True: show it. False: stale, drop it."""
+        transit = arrived - captured
+        if arrived - self._window_start >= self.window:
+            # After a long silence the last window still holds the old minimum: a
+            # backlog arriving now is judged against the offset from before it.
+            self._best_before, self._best = self._best, math.inf
+            self._window_start = arrived
+        late = transit - self.offset
+        self._best = min(self._best, transit)
+        if late <= self.max_age and self.newest - captured <= self.max_age:
+            self._late_since = None
+            self.newest = max(self.newest, captured)
+            return True
+        if self._late_since is None:
+            self._late_since, self._late_best = arrived, transit
+        else:
+            self._late_best = min(self._late_best, transit)
+        if arrived - self._late_since < self.settle:
+            return False
+        # Stale for `settle` seconds on end: the camera's clock stepped back.
+        self._best = self._best_before = self._late_best
+        self._window_start = arrived
+        self._late_since = None
+        self.newest = captured
+        return True
 
 
 class Subscriber:
@@ -186,6 +267,7 @@ class Camera:
         "created_at",
         "departed",
         "frames_received",
+        "freshness",
         "info",
         "last_frame_at",
         "latest",
@@ -197,8 +279,9 @@ class Camera:
         "upload_seq",
     )
 
-    def __init__(self, info: CameraInfo) -> None:
+    def __init__(self, info: CameraInfo, stale_after: float = math.inf) -> None:
         self.info = info
+        self.freshness = Freshness(stale_after)  # judges each frame of this camera
         self.latest: Frame | None = None  # newest frame from the camera itself
         self.placeholder: Frame | None = None  # newest "No Data" frame while offline
         self.last_frame_at: float | None = None
@@ -280,15 +363,22 @@ class Hub:
         accept_unknown: bool = False,
         retention: Retention = Retention(),
         clock: Callable[[], float] = time.monotonic,
+        errors: Counter[str] | None = None,
     ) -> None:
         self.retention = retention
         self.retained_bytes = 0
-        self.cameras: dict[str, Camera] = {info.id: Camera(info) for info in cameras}
-        self.offline_after = offline_after
+        self.offline_after = offline_after  # also the most a frame may be late (`Freshness`)
+        self.cameras: dict[str, Camera] = {info.id: self._new(info) for info in cameras}
         self.accept_unknown = accept_unknown
         self.clock = clock
         self.rejected_unknown = 0
+        # Frames dropped, by reason ("stale"): the broker passes its ingest error counts.
+        self.errors: Counter[str] = errors if errors is not None else Counter()
         self.hooks = HubHooks()
+        self._complaints = RateLimitedLog(log)
+
+    def _new(self, info: CameraInfo) -> Camera:
+        return Camera(info, stale_after=self.offline_after)
 
     def camera(self, camera_id: str) -> Camera:
         try:
@@ -297,7 +387,10 @@ class Hub:
             raise UnknownCamera(camera_id) from None
 
     def publish(self, frame: Frame) -> bool:
-        """Record a camera frame and offer it to every subscriber; False if not accepted."""
+        """Record a camera frame and offer it to every subscriber; False only for a
+        camera the hub does not know. A stale frame (`Freshness`) is dropped and counted
+        in ``errors["stale"]``: no viewer gets it, and it does not count as the camera
+        being alive."""
         camera = self.cameras.get(frame.camera)
         if camera is None:
             if not self.accept_unknown:
@@ -311,8 +404,11 @@ class Hub:
                 frame.format,
                 configured=False,
             )
-            camera = self.cameras[frame.camera] = Camera(info)
+            camera = self.cameras[frame.camera] = self._new(info)
             log.info("camera %s: first frame from an unconfigured camera, accepted", camera.id)
+        if not camera.freshness.live(frame.received_at, frame.captured_at):
+            self._stale(camera, frame)
+            return True
         camera.latest = frame
         camera.placeholder = None
         camera.last_frame_at = frame.received_at
@@ -330,6 +426,16 @@ class Hub:
         camera.arrived.set()
         camera.arrived = trio.Event()
         return True
+
+    def _stale(self, camera: Camera, frame: Frame) -> None:
+        self.errors["stale"] += 1
+        freshness = camera.freshness
+        late = frame.received_at - frame.captured_at - freshness.offset
+        behind = freshness.newest - frame.captured_at
+        self._complaints.warning("stale", "camera %s: dropped a stale frame (seq %d, %.1f s "
+                                 "late, %.1f s behind the newest; the limit is %g s)",
+                                 camera.id, frame.seq, late, behind,
+                                 freshness.max_age)  # fmt: skip
 
     def _retain(self, camera: Camera, frame: Frame) -> None:
         if camera.recent:  # no longer the newest: clients have (nearly) all sent it
@@ -360,7 +466,7 @@ class Hub:
         return None
 
     def add_camera(self, info: CameraInfo) -> Camera:
-        camera = self.cameras[info.id] = Camera(info)
+        camera = self.cameras[info.id] = self._new(info)
         return camera
 
     def remove_camera(self, camera: Camera) -> None:

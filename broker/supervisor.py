@@ -4,12 +4,24 @@ or device, restarted with backoff when it exits, stopped with SIGTERM then SIGKI
 Each worker also connects to the broker's control endpoint (when one is given); an
 on-demand camera's worker starts paused and streams only when the broker says so. The
 supervisor reports each exit (``on_exit``) so that commands waiting for that worker fail
-at once instead of at their timeout."""
+at once instead of at their timeout.
+
+Healing, both ways:
+- A worker silent on control for ``workers.restart_lost_after`` x ``control.lost_after``
+  (hung, SIGSTOPped, deadlocked) is killed with SIGKILL and restarted like any worker
+  that exited (`lost_too_long` decides; the silence comes from ``silent_for``).
+- A worker never outlives its broker: each gets the read end of a *lifeline* pipe whose
+  write end only the broker holds (``--lifeline``); the kernel closes it when the broker
+  dies, even by SIGKILL, and the worker exits at once. ``PR_SET_PDEATHSIG`` would not do:
+  trio forks from a worker thread, and the signal fires when that *thread* exits (about
+  10 s later, with the broker alive). As a second guard each worker exits after
+  ``workers.orphan_timeout`` seconds without a word from the broker (``--orphan-timeout``).
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +36,20 @@ log = logging.getLogger("broker.supervisor")
 
 # A worker that ran this long was healthy: its next restart starts the backoff afresh.
 HEALTHY_RUN = 10.0
+# Most seconds between two looks at a worker's silence on control.
+HEAL_CHECK = 0.5
+
+
+def lost_too_long(silent: float | None, running: float, limit: float) -> bool:
+    """Whether a worker must be killed: ``limit`` > 0 and it has said nothing on control
+    for longer than ``limit`` seconds. ``silent`` is the time since the camera's last
+    control message (None: none yet), ``running`` how long this process has run; the
+    shorter counts, so a new process is judged by its own silence, not its predecessor's.
+    A paused (on-demand) worker heartbeats too: silence is silence."""
+    if limit <= 0:
+        return False
+    quiet = running if silent is None else min(silent, running)
+    return quiet > limit
 
 
 def worker_command(
@@ -32,13 +58,22 @@ def worker_command(
     log_level: str,
     control: str | None = None,
     heartbeat: float = 1.0,
+    *,
+    lifeline: int | None = None,
+    orphan_timeout: float = 0.0,
 ) -> list[str]:
+    """``lifeline``: the fd of the lifeline's read end (the child must inherit it);
+    ``orphan_timeout`` > 0: exit after that long without hearing the broker."""
     source = ["--device", camera.device] if camera.device else ["--source", camera.source]
     # Both sides heartbeat at the broker's interval, so control.lost_after means the same
     # for each. Without a control channel nobody could start a paused worker: it streams.
+    # A healthy broker speaks every heartbeat: an orphan timeout shorter than two would
+    # have workers leave a live broker.
+    orphan = max(orphan_timeout, 2 * heartbeat) if orphan_timeout > 0 else 0.0
     controlled = [
         "--control", control, "--heartbeat", f"{heartbeat:g}",
         *(["--paused"] if camera.on_demand else []),
+        *(["--orphan-timeout", f"{orphan:g}"] if orphan else []),
     ]  # fmt: skip
     return [
         sys.executable, "-m", "cameras.worker",
@@ -52,6 +87,7 @@ def worker_command(
         "--quality", str(camera.quality),
         "--log-level", log_level,
         *(controlled if control else []),
+        *(["--lifeline", str(lifeline)] if lifeline is not None else []),
     ]  # fmt: skip
 
 
@@ -77,27 +113,45 @@ class Supervisor:
         control: str | None = None,
         heartbeat: float = 1.0,
         on_exit: Callable[[str, int, str], None] | None = None,
+        silent_for: Callable[[str], float | None] | None = None,
+        lost_after: float = 3.0,
     ) -> None:
         self.settings = settings
         self.endpoint = endpoint
         self.control = control  # the broker's control endpoint for its workers
         self.heartbeat = heartbeat  # seconds between control heartbeats
         self.on_exit = on_exit  # (camera id, pid, how it exited), called at each exit
+        # Seconds since a camera's worker last spoke on control (None: not yet); with
+        # a control endpoint, a worker silent for `lost_limit` is killed and restarted.
+        self.silent_for = silent_for
+        self.lost_limit = settings.restart_lost_after * lost_after
         self.log_level = log_level
         self.restarts: Counter[str] = Counter()
         self.pids: dict[str, int] = {}
+        self.lifeline: int | None = None  # the read end workers inherit, while running
 
     async def run(self, cameras: list[CameraConfig]) -> None:
         """Keep one worker per camera running until cancelled; then stop them all."""
-        async with trio.open_nursery() as nursery:
-            for camera in cameras:
-                nursery.start_soon(self.keep_running, camera, name=f"worker:{camera.id}")
+        # Both ends are close-on-exec: only the read end reaches workers (pass_fds), so
+        # the write end is open in this process alone and closes when it dies.
+        read_end, write_end = os.pipe()
+        self.lifeline = read_end
+        try:
+            async with trio.open_nursery() as nursery:
+                for camera in cameras:
+                    nursery.start_soon(self.keep_running, camera, name=f"worker:{camera.id}")
+        finally:
+            self.lifeline = None
+            os.close(read_end)
+            os.close(write_end)
 
     async def keep_running(self, camera: CameraConfig) -> None:
         delay = self.settings.restart_delay
         command = worker_command(
-            camera, self.endpoint, self.log_level, self.control, self.heartbeat
-        )
+            camera, self.endpoint, self.log_level, self.control, self.heartbeat,
+            lifeline=self.lifeline,
+            orphan_timeout=self.settings.orphan_timeout if self.control else 0.0,
+        )  # fmt: skip
         while True:
             started = trio.current_time()
             pid, code = await self._run_once(camera, command)
@@ -119,19 +173,54 @@ class Supervisor:
 
     async def _run_once(self, camera: CameraConfig, command: list[str]) -> tuple[int, int]:
         """Run the worker until it exits; its pid and exit code (negative: the signal)."""
-        run = functools.partial(
-            trio.run_process, command, check=False, stdin=subprocess.DEVNULL,
-            deliver_cancel=terminate_then_kill(self.settings.stop_grace),
-            # Its own session: a Ctrl-C in the terminal reaches the broker only, which
-            # then stops its workers in order instead of racing them.
-            start_new_session=True,
-        )  # fmt: skip
+        watchdog = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[trio.Process]) -> None:
+            try:
+                await trio.run_process(
+                    command, check=False, stdin=subprocess.DEVNULL,
+                    deliver_cancel=terminate_then_kill(self.settings.stop_grace),
+                    # Its own session: a Ctrl-C in the terminal reaches the broker only,
+                    # which then stops its workers in order instead of racing them.
+                    start_new_session=True,
+                    pass_fds=(self.lifeline,) if self.lifeline is not None else (),
+                    task_status=task_status,
+                )  # fmt: skip
+            finally:
+                watchdog.cancel()
+
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(run)
             self.pids[camera.id] = process.pid
             log.info("camera %s: worker started (pid %d)", camera.id, process.pid)
+            if self.control and self.silent_for is not None and self.lost_limit > 0:
+                nursery.start_soon(self._heal, camera.id, process, watchdog)
         self.pids.pop(camera.id, None)
         return process.pid, process.returncode if process.returncode is not None else -1
+
+    async def _heal(self, camera: str, process: trio.Process, watchdog: trio.CancelScope) -> None:
+        """Kill ``process`` once it has been silent on control for `lost_limit`; it is
+        then restarted like any worker that exited. Ends when the process does."""
+        assert self.silent_for is not None
+        interval = min(HEAL_CHECK, self.lost_limit / 4)
+        with watchdog:
+            started = trio.current_time()
+            while True:
+                before = trio.current_time()
+                await trio.sleep(interval)
+                now = trio.current_time()
+                if now - before > 2 * interval + 1.0:
+                    # This loop itself was held up: so was the task receiving the
+                    # workers' messages. Let it catch up before judging anyone.
+                    continue
+                silent = self.silent_for(camera)
+                if lost_too_long(silent, now - started, self.lost_limit):
+                    quiet = now - started if silent is None else min(silent, now - started)
+                    log.warning("camera %s: worker pid %d silent on control for %.1f s "
+                                "(limit %g s): killing it to restart it", camera, process.pid,
+                                quiet, self.lost_limit)  # fmt: skip
+                    process.kill()
+                    return
 
 
 def describe_exit(code: int) -> str:

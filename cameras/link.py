@@ -27,6 +27,7 @@ log = logging.getLogger("camera-worker")
 LOST_AFTER_BEATS = 3  # heartbeats of silence after which the broker counts as gone
 SEND_HWM = 16  # messages queued for an absent broker; older news is worthless anyway
 LOG_INTERVAL = 5.0  # at most one line per kind of trouble this often
+CONNECT_TIMEOUT_MS = 1000  # a connection attempt that has not completed by then is retried
 
 
 class Liveness:
@@ -54,6 +55,10 @@ class Liveness:
             self.gone = True
             return True
         return False
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the broker last spoke (or since the link started)."""
+        return now - self.last_heard
 
     def heard(self, now: float) -> bool:
         """The broker spoke. True when it had gone silent: it is owed a fresh hello."""
@@ -91,14 +96,25 @@ def open_dealer(context: zmq.Context, endpoint: str, camera: str, interval: floa
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         socket.setsockopt(zmq.MAXMSGSIZE, 16 * control.MAX_MESSAGE_BYTES)
-        # ZMTP pings drop a TCP connection to a vanished host, so libzmq reconnects.
-        socket.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(interval * 1000)))
-        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(300, int(LOST_AFTER_BEATS * interval * 1000)))
+        keep_connection_fresh(socket, interval)
         socket.connect(endpoint)
     except zmq.ZMQError:
         socket.close(linger=0)
         raise
     return socket
+
+
+def keep_connection_fresh(socket: zmq.Socket, interval: float) -> None:
+    """Options (set before ``connect``) that bound how long a broken network holds a
+    socket back. ZMTP pings every ``interval`` drop a TCP connection whose peer stopped
+    answering (a partition, a vanished host) after `LOST_AFTER_BEATS` of them, with
+    whatever the kernel still held for it: nothing stale is delivered later. Connection
+    attempts then time out after `CONNECT_TIMEOUT_MS` and start again, rather than
+    waiting out the kernel's SYN backoff: a healed network is used again within about a
+    second, where TCP's own retransmission backoff took over five after a 20 s cut."""
+    socket.setsockopt(zmq.HEARTBEAT_IVL, max(100, int(interval * 1000)))
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(300, int(LOST_AFTER_BEATS * interval * 1000)))
+    socket.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
 
 
 class ControlLink:

@@ -10,6 +10,13 @@ says hello, heartbeats, and runs commands between frames: settings change live, 
 interrupting the stream; ``stop_stream`` releases the source. The loop waits for the next
 frame with a `zmq.Poller` over the control socket and the `Stop` pipe, so a command is
 handled within milliseconds and the frame pacing is kept.
+
+A worker the broker starts must not outlive it. ``--lifeline FD`` is the read end of a
+pipe whose write end only the broker holds: when the broker dies, however it dies, the
+kernel closes that end, the pipe reads EOF, and the worker exits at once. With
+``--orphan-timeout S`` it also exits after S seconds without a word from the broker on
+the control channel (a broker that hangs, or one the lifeline cannot reach). A worker
+started by hand has neither, and waits for its broker forever.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import math
 import os
 import select
 import signal
+import stat
 import sys
 import time
 from typing import Any
@@ -31,7 +39,7 @@ import zmq
 from cameras import stamp, wire
 from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
 from cameras.encoding import encode
-from cameras.link import ControlLink, open_dealer
+from cameras.link import ControlLink, keep_connection_fresh, open_dealer
 from cameras.settings import SETTINGS, Settings, SettingsError, defaults, supported, validate
 from cameras.sources import Capture, Source, SourceError, make_source
 
@@ -125,30 +133,66 @@ class Worker:
         self.link: ControlLink | None = None
         if control is not None:
             self.link = ControlLink(control, args.heartbeat, self.hello, lambda: self.streaming)
+        self.lifeline: int | None = args.lifeline  # read end of a pipe the broker holds
+        self.orphan_timeout: float = args.orphan_timeout or 0.0  # 0: wait forever
+        self.ended: str | None = None  # why the worker stopped on its own (its broker is gone)
 
     # -- the loop -------------------------------------------------------------------
 
     def run(self, stop: Stop) -> None:
+        """Until stopped by a signal, or until the broker is gone (then `ended` says why)."""
         poller = zmq.Poller()
         poller.register(stop, zmq.POLLIN)
+        if self.lifeline is not None:
+            poller.register(self.lifeline, zmq.POLLIN)
         if self.link is not None:
             poller.register(self.link.socket, zmq.POLLIN)
             self.link.start()
         try:
             while not stop.is_set():
                 self.step()
+                if self.ended is not None:
+                    return
                 timeout = max(0.0, self.wake_at() - time.monotonic())
                 ready = dict(poller.poll(math.ceil(timeout * 1000)))
+                if self.lifeline is not None and self.lifeline in ready:
+                    self.check_lifeline()
+                    if self.ended is not None:
+                        return
                 if self.link is not None and self.link.socket in ready:
                     for command in self.link.receive():
                         self.handle(command)
         finally:
             self.close_source()
 
+    def check_lifeline(self) -> None:
+        """The lifeline is readable: EOF means the broker that started us is gone."""
+        assert self.lifeline is not None
+        try:
+            data = os.read(self.lifeline, 64)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            data = b""
+            log.debug("camera %s: lifeline read failed: %s", self.camera, exc)
+        if not data:  # the broker never writes: only its death makes this readable
+            self.ended = "its broker is gone (the lifeline closed)"
+
+    def check_orphaned(self) -> None:
+        if self.link is None or not self.orphan_timeout:
+            return
+        silent = self.link.liveness.silent_for(self.link.clock())
+        if silent > self.orphan_timeout:
+            self.ended = (f"no word from its broker for {silent:.1f} s "
+                          f"(orphan timeout {self.orphan_timeout:g} s)")  # fmt: skip
+
     def step(self) -> None:
         """Whatever is due now: a heartbeat, opening the source, a frame."""
         if self.link is not None:
             self.link.tick()
+            self.check_orphaned()
+            if self.ended is not None:
+                return
         if not self.streaming:
             return
         if not self.opened and time.monotonic() >= self.retry_at:
@@ -385,6 +429,12 @@ def parser() -> argparse.ArgumentParser:
                    help="control heartbeat interval (default 1.0)")  # fmt: skip
     p.add_argument("--paused", action="store_true",
                    help="start with streaming off (source closed) until start_stream")  # fmt: skip
+    p.add_argument("--lifeline", type=lifeline, metavar="FD",
+                   help="read end of a pipe the broker holds open: exit when it closes "
+                        "(set by the broker for the workers it starts)")  # fmt: skip
+    p.add_argument("--orphan-timeout", type=orphan_timeout, metavar="SECONDS",
+                   help="exit after this long without a word from the broker on the "
+                        "control channel (needs --control; default: wait forever)")  # fmt: skip
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return p
 
@@ -421,6 +471,29 @@ def heartbeat(text: str) -> float:
     return value
 
 
+def lifeline(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a file descriptor number, got {text!r}")
+    fd = int(text)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{fd} is not an open file descriptor ({exc})") from None
+    if not stat.S_ISFIFO(mode):
+        raise argparse.ArgumentTypeError(f"{fd} is not a pipe")
+    return fd
+
+
+def orphan_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 86400, got {text}")
+    return value
+
+
 def quality(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100:
         raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text}")
@@ -433,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--width and --height go together")
     if args.paused and not args.control:
         parser().error("--paused needs --control (nothing else could start the stream)")
+    if args.orphan_timeout and not args.control:
+        parser().error("--orphan-timeout needs --control (the broker is heard there)")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # fmt: skip
@@ -453,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         socket.setsockopt(zmq.SNDHWM, 4)  # drop stale frames here rather than queue them
         socket.setsockopt(zmq.LINGER, 0)
+        keep_connection_fresh(socket, args.heartbeat)  # a partition's backlog is dropped
         try:
             socket.connect(args.broker)
         except zmq.ZMQError as exc:
@@ -468,8 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         log.info("camera %s: %s at %g fps as %s, publishing to %s%s%s", args.camera_id,
                  source.description, args.fps, args.format, args.broker, controlled,
                  " (paused)" if args.paused else "")  # fmt: skip
-        Worker(args, socket, source, control).run(stop)
-        log.info("camera %s: %s received, stopped", args.camera_id, stop.signal)
+        worker = Worker(args, socket, source, control)
+        worker.run(stop)
+        if worker.ended is not None:
+            log.warning("camera %s: %s; exiting", args.camera_id, worker.ended)
+        else:
+            log.info("camera %s: %s received, stopped", args.camera_id, stop.signal)
     finally:
         if control is not None:
             control.close(linger=0)

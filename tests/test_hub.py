@@ -13,6 +13,7 @@ from broker.frames import Frame, websocket_binary_header
 from broker.hub import Camera, CameraInfo, Hub, RateMeter, Subscriber, UnknownCamera
 
 OFFLINE_AFTER = 2.0
+CLOCK_OFFSET = 1_763_699_900.0  # a camera's Unix time minus our monotonic time
 
 
 def frame(
@@ -29,7 +30,7 @@ def frame(
     return Frame(
         camera=camera,
         seq=seq,
-        captured_at=1_763_700_000.0 + seq,
+        captured_at=CLOCK_OFFSET + received_at,  # the camera's clock, in step with ours
         width=width,
         height=height,
         format=format,

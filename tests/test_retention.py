@@ -16,7 +16,8 @@ class Clock:
 
 
 def frame(camera: str, seq: int, at: float, size: int = 1000) -> Frame:
-    return Frame(camera, seq, 0.0, 8, 8, "jpeg", b"\xff\xd8\xff" + bytes(size - 3), at)
+    # Captured as it arrives (in step with our clock): the hub drops stale frames.
+    return Frame(camera, seq, at, 8, 8, "jpeg", b"\xff\xd8\xff" + bytes(size - 3), at)
 
 
 def hub(retention: Retention, clock: Clock) -> Hub:
