@@ -45,6 +45,7 @@ class Broker:
             accept_unknown=config.ingest.accept_unknown_cameras,
             retention=Retention(**dataclasses.asdict(config.retention)),
             errors=self.ingest_stats.errors,  # stale frames count as ingest errors
+            max_cameras=config.ingest.max_cameras,
         )
         self.faults = Faults()  # exceptions contained at a boundary, by where
         self.supervisor: Supervisor | None = None
@@ -110,7 +111,7 @@ class Broker:
         while True:
             now = time.monotonic()
             self.hub.expire(now)
-            self._expire_sessions(now)
+            self._expire_cameras(now)
             for camera in self.hub.mark_offline(now):
                 if not camera.subscribers:
                     continue
@@ -125,14 +126,24 @@ class Broker:
                     ))  # fmt: skip
             await trio.sleep(PLACEHOLDER_INTERVAL)
 
-    def _expire_sessions(self, now: float) -> None:
+    def _expire_cameras(self, now: float) -> None:
+        """Forget ad-hoc sessions, and unwatched unconfigured cameras, silent for
+        ``ingest.session_ttl``: a bounded set however many ids peers invent."""
         ttl = self.config.ingest.session_ttl
         for camera in list(self.hub.cameras.values()):
             last = camera.last_frame_at or camera.created_at
-            if camera.info.session and now - last > ttl:
+            if camera.info.configured or now - last <= ttl:
+                continue
+            if camera.info.session:
                 log.info("camera %s: ad-hoc session expired after %.0f s without frames",
                          camera.id, now - last)  # fmt: skip
-                self.hub.remove_camera(camera)
+            elif camera.subscribers:
+                continue  # an unconfigured camera someone watches stays, offline
+            else:
+                log.info("camera %s: unconfigured camera forgotten after %.0f s without "
+                         "frames", camera.id, now - last)  # fmt: skip
+            self.hub.remove_camera(camera)
+            self.metrics.forget(camera.id)
 
     def observe_latency(self, camera_id: str, seconds: float) -> None:
         self.metrics.latency.labels(camera_id).observe(seconds)

@@ -79,6 +79,7 @@ class IngestConfig:
     accept_unknown_cameras: bool = False  # accept frames for ids absent from the config
     http_sessions: bool = False  # allow POST /api/sessions to create ad-hoc cameras
     session_ttl: float = 60.0  # seconds without a frame before an ad-hoc camera expires
+    max_cameras: int = 256  # cameras held at most: configured, ad-hoc and unconfigured
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +232,7 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     _check_heartbeat(tables.get("control", {}), problems)
     _check_default_camera(tables.get("server", {}), camera_ids, problems)
     _check_token_cameras(tokens, camera_ids, problems)
+    _check_max_cameras(tables.get("ingest", {}), len(cameras), problems)
     if problems.messages:
         raise ConfigError(problems.messages)
     control = tables.get("control", {})
@@ -376,6 +378,7 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "accept_unknown_cameras": _Spec(bool),
         "http_sessions": _Spec(bool),
         "session_ttl": _Spec(float, 1, 86400),
+        "max_cameras": _Spec(int, 1, 100_000),
     },
     RetentionConfig: {
         "frames": _Spec(int, 1, 1000),
@@ -634,6 +637,13 @@ def _check_heartbeat(control: dict[str, Any], problems: _Problems) -> None:
     if lost < 2 * interval:
         problems.add("control.lost_after", f"must be at least twice heartbeat_interval "
                      f"({_show(interval)}), got {_show(lost)}")  # fmt: skip
+
+
+def _check_max_cameras(ingest: dict[str, Any], configured: int, problems: _Problems) -> None:
+    limit = ingest.get("max_cameras", IngestConfig.__dataclass_fields__["max_cameras"].default)
+    if "ingest.max_cameras" not in problems.paths and configured > limit:
+        problems.add("ingest.max_cameras", f"must be at least the number of configured "
+                     f"cameras ({configured}), got {limit}")  # fmt: skip
 
 
 def _check_unique(items: list[tuple[str, Any]], what: str, problems: _Problems) -> None:

@@ -15,6 +15,7 @@ and `Hub.publish` drops the stale ones, counting them as ``errors["stale"]``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import time
@@ -29,6 +30,15 @@ from broker.queue import DropOldestQueue
 from broker.ratelimit import RateLimitedLog
 
 log = logging.getLogger("broker.hub")
+
+
+class Outcome(enum.Enum):
+    """What `Hub.publish` did with a frame."""
+
+    LIVE = "live"  # recorded and offered to every subscriber
+    STALE = "stale"  # dropped: too old to be shown as live (`Freshness`)
+    FULL = "too_many_cameras"  # dropped: a new camera beyond ``max_cameras``
+    UNKNOWN = "unknown_camera"  # refused: not configured, and unknown ones are not accepted
 
 
 class UnknownCamera(KeyError):
@@ -364,8 +374,10 @@ class Hub:
         retention: Retention = Retention(),
         clock: Callable[[], float] = time.monotonic,
         errors: Counter[str] | None = None,
+        max_cameras: int = 256,
     ) -> None:
         self.retention = retention
+        self.max_cameras = max_cameras  # a bound on ad-hoc and unconfigured cameras
         self.retained_bytes = 0
         self.offline_after = offline_after  # also the most a frame may be late (`Freshness`)
         self.cameras: dict[str, Camera] = {info.id: self._new(info) for info in cameras}
@@ -386,16 +398,22 @@ class Hub:
         except KeyError:
             raise UnknownCamera(camera_id) from None
 
-    def publish(self, frame: Frame) -> bool:
-        """Record a camera frame and offer it to every subscriber; False only for a
-        camera the hub does not know. A stale frame (`Freshness`) is dropped and counted
-        in ``errors["stale"]``: no viewer gets it, and it does not count as the camera
-        being alive."""
+    def publish(self, frame: Frame) -> Outcome:
+        """Record a camera frame and offer it to every subscriber (`Outcome.LIVE`).
+        A stale frame (`Freshness`), or the first of a new camera beyond ``max_cameras``,
+        is dropped and counted in ``errors`` under the outcome's value: no viewer gets it,
+        and it does not count as the camera being alive."""
         camera = self.cameras.get(frame.camera)
         if camera is None:
             if not self.accept_unknown:
                 self.rejected_unknown += 1
-                return False
+                return Outcome.UNKNOWN
+            if self.full:
+                self.errors[Outcome.FULL.value] += 1
+                self._complaints.warning("too_many_cameras", "camera %s: frame dropped, the "
+                                         "broker holds ingest.max_cameras (%d) cameras already",
+                                         frame.camera, self.max_cameras)  # fmt: skip
+                return Outcome.FULL
             info = CameraInfo(
                 frame.camera,
                 frame.camera,
@@ -408,7 +426,7 @@ class Hub:
             log.info("camera %s: first frame from an unconfigured camera, accepted", camera.id)
         if not camera.freshness.live(frame.received_at, frame.captured_at):
             self._stale(camera, frame)
-            return True
+            return Outcome.STALE
         camera.latest = frame
         camera.placeholder = None
         camera.last_frame_at = frame.received_at
@@ -425,10 +443,10 @@ class Hub:
         self._retain(camera, frame)
         camera.arrived.set()
         camera.arrived = trio.Event()
-        return True
+        return Outcome.LIVE
 
     def _stale(self, camera: Camera, frame: Frame) -> None:
-        self.errors["stale"] += 1
+        self.errors[Outcome.STALE.value] += 1
         freshness = camera.freshness
         late = frame.received_at - frame.captured_at - freshness.offset
         behind = freshness.newest - frame.captured_at
@@ -464,6 +482,11 @@ class Hub:
             if frame.seq > after:
                 return frame
         return None
+
+    @property
+    def full(self) -> bool:
+        """True when no more ad-hoc or unconfigured cameras may be added."""
+        return len(self.cameras) >= self.max_cameras
 
     def add_camera(self, info: CameraInfo) -> Camera:
         camera = self.cameras[info.id] = self._new(info)

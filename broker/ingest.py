@@ -16,7 +16,7 @@ import zmq
 
 from broker.boundary import Faults
 from broker.frames import Frame
-from broker.hub import Hub
+from broker.hub import Hub, Outcome
 from broker.ratelimit import RateLimitedLog
 from broker.zmqtrio import TrioReceiver, bound_socket
 from cameras import wire
@@ -118,7 +118,10 @@ class Intake:
             data=payload,
             received_at=time.monotonic(),
         )
-        if not self.hub.publish(frame):
+        outcome = self.hub.publish(frame)
+        if outcome is not Outcome.LIVE:
+            if outcome is not Outcome.UNKNOWN:
+                return  # counted by the hub
             stats.errors["unknown_camera"] += 1
             self.complaints.warning(
                 "unknown_camera",

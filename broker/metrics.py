@@ -7,6 +7,7 @@ one metric observed per frame is the capture-to-ingest latency histogram.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -103,6 +104,11 @@ class Metrics:
             "Capture to ingest latency (needs the worker's clock in sync with the broker's)",
             ["camera"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+
+    def forget(self, camera_id: str) -> None:
+        """Drop a removed camera's latency series, so ids that come and go stay bounded."""
+        with contextlib.suppress(KeyError):
+            self.latency.remove(camera_id)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

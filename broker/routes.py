@@ -23,7 +23,7 @@ from broker.auth import OPEN, Access, Grant, RateLimiter
 from broker.config import Config
 from broker.frames import Frame
 from broker.http import Response, Target, error, header, json_response, parse_json
-from broker.hub import Camera, CameraInfo, Hub
+from broker.hub import Camera, CameraInfo, Hub, Outcome
 from broker.uploads import UploadError, parse_upload
 from cameras.wire import CAMERA_ID
 
@@ -249,8 +249,15 @@ class Routes:
         seq = camera.upload_seq if camera is not None else 0
         frame = Frame(camera_id, seq, time.time(), image.width, image.height, image.format,
                       image.data, time.monotonic())  # fmt: skip
-        if not self.hub.publish(frame):
+        outcome = self.hub.publish(frame)
+        if outcome is Outcome.UNKNOWN:
             return error(404, "unknown_camera", f"no camera {camera_id!r}")
+        if outcome is Outcome.FULL:
+            return error(503, "too_many_cameras", "the broker holds ingest.max_cameras "
+                         f"({self.hub.max_cameras}) cameras already; try again later")  # fmt: skip
+        if outcome is Outcome.STALE:
+            return error(409, "stale_frame", "the frame is older than the camera's newest "
+                         "by more than ingest.offline_after; it was not shown")  # fmt: skip
         self.hub.cameras[camera_id].upload_seq = seq + 1
         return json_response({"camera": camera_id, "seq": seq, "width": image.width,
                               "height": image.height, "format": image.format}, 201)  # fmt: skip
@@ -259,6 +266,10 @@ class Routes:
         """An ad-hoc camera for an HTTP producer (seed 003's session)."""
         if not self.config.ingest.http_sessions:
             return error(403, "sessions_disabled", "ingest.http_sessions is off in the config")
+        if self.hub.full:
+            return error(503, "too_many_cameras", "the broker holds ingest.max_cameras "
+                         f"({self.hub.max_cameras}) cameras already; try again later",
+                         retry_after=str(round(self.config.ingest.session_ttl)))  # fmt: skip
         camera_id = "session-" + secrets.token_hex(4)
         self.hub.add_camera(CameraInfo(camera_id, camera_id, 1280, 720, configured=False,
                                        session=True))  # fmt: skip

@@ -30,6 +30,11 @@ CAMERA_KEYS = "id, name, source, device, width, height, fps, format, quality"
 
 # Each row: a config with mistakes, and exactly the messages it must produce, in order.
 BAD_CONFIGS = [
+    pytest.param(
+        '[ingest]\nmax_cameras = 1\n[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"',
+        ["ingest.max_cameras: must be at least the number of configured cameras (2), got 1"],
+        id="max-cameras-below-configured",
+    ),
     # --- control, presets, schedules, tokens ---
     pytest.param(
         "[control]\nheartbeat_interval = 2\nlost_after = 3",

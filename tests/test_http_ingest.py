@@ -137,6 +137,18 @@ async def test_sessions_create_ad_hoc_cameras_that_expire() -> None:
         assert (await http(broker.port, get(session["snapshot"])))[0] == 404
 
 
+async def test_sessions_are_bounded_by_max_cameras() -> None:
+    cfg = config(ingest="http_sessions = true\nmax_cameras = 3")  # "a" plus two sessions
+    async with running_broker(cfg) as broker:
+        for _ in range(2):
+            status, _, _ = await http(broker.port, post("/api/sessions", b"", "application/json"))
+            assert status == 201
+        status, headers, body = await http(broker.port, post("/api/sessions", b"",
+                                                             "application/json"))  # fmt: skip
+        assert status == 503 and json.loads(body)["error"] == "too_many_cameras"
+        assert headers["retry-after"] == "60"
+
+
 async def test_cors_only_where_the_config_allows() -> None:
     origin = "Origin: http://grafana.test\r\n"
     request = f"GET /api/cameras HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{origin}\r\n".encode()

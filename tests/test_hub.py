@@ -10,7 +10,7 @@ import trio.testing
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from broker.frames import Frame, websocket_binary_header
-from broker.hub import Camera, CameraInfo, Hub, RateMeter, Subscriber, UnknownCamera
+from broker.hub import Camera, CameraInfo, Hub, Outcome, RateMeter, Subscriber, UnknownCamera
 
 OFFLINE_AFTER = 2.0
 CLOCK_OFFSET = 1_763_699_900.0  # a camera's Unix time minus our monotonic time
@@ -128,8 +128,8 @@ def test_frame_size_and_identity_equality() -> None:
 
 def test_publish_to_unknown_camera_is_rejected_and_counted() -> None:
     h = hub("a")
-    assert h.publish(frame("zz")) is False
-    assert h.publish(frame("zz", seq=1)) is False
+    assert h.publish(frame("zz")) is Outcome.UNKNOWN
+    assert h.publish(frame("zz", seq=1)) is Outcome.UNKNOWN
     assert h.rejected_unknown == 2
     assert "zz" not in h.cameras
     with pytest.raises(UnknownCamera):
@@ -141,7 +141,7 @@ def test_publish_to_unknown_camera_is_rejected_and_counted() -> None:
 def test_publish_to_unknown_camera_creates_it_with_accept_unknown() -> None:
     h = hub("a", accept_unknown=True)
     item = frame("zz", width=320, height=200, format="png")
-    assert h.publish(item) is True
+    assert h.publish(item) is Outcome.LIVE
     assert h.rejected_unknown == 0
     camera = h.camera("zz")
     assert camera.info == CameraInfo("zz", "zz", 320, 200, "png", configured=False)
@@ -153,7 +153,7 @@ def test_publish_to_unknown_camera_creates_it_with_accept_unknown() -> None:
 def test_publish_records_the_frame() -> None:
     h = hub("a")
     item = frame(received_at=123.5)
-    assert h.publish(item) is True
+    assert h.publish(item) is Outcome.LIVE
     camera = h.camera("a")
     assert camera.latest is item
     assert camera.last_frame_at == 123.5
@@ -489,3 +489,12 @@ def test_default_hooks_do_nothing() -> None:
     h.publish(frame())
     h.unsubscribe(subscriber)
     assert h.mark_offline(1000.0)[0].id == "a"
+
+
+def test_unconfigured_cameras_are_bounded() -> None:
+    hub = Hub([CameraInfo("a", "A", 640, 480)], offline_after=OFFLINE_AFTER,
+              accept_unknown=True, max_cameras=3)  # fmt: skip
+    assert [hub.publish(frame(name)).value for name in "xyz"] == ["live", "live",
+                                                                   "too_many_cameras"]
+    assert sorted(hub.cameras) == ["a", "x", "y"]
+    assert hub.full and hub.errors["too_many_cameras"] == 1

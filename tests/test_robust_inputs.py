@@ -21,6 +21,7 @@ import re
 import socket
 import struct
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -820,3 +821,25 @@ def test_random_bytes_raise_only_control_error() -> None:
             message = protocol.decode(data)
             json.dumps(message, allow_nan=False)
             msgpack.packb(message)
+
+
+def test_invented_camera_ids_stay_a_bounded_set(tmp_path: Path) -> None:
+    """With unconfigured cameras accepted, peers inventing ids fill at most
+    ingest.max_cameras, and silent ones are forgotten (with their metric series)."""
+    ingest = "accept_unknown_cameras = true\nmax_cameras = 8\nsession_ttl = 1.0\n"
+    with watched_broker(tmp_path, ingest=ingest) as (broker, viewer), zmq_publisher(broker) as pub:
+        start = time.monotonic()
+        for seq in range(200):
+            header = wire.FrameHeader(f"ghost-{seq}", seq, time.time(), 64, 48)
+            pub.send_multipart(wire.encode(header, TINY_JPEG))
+        wait_until(lambda: sum(health(broker)["ingest"]["errors"].values()) >= 194, 15,
+                   f"not all counted: {health(broker)['ingest']}")  # fmt: skip
+        assert len(broker.cameras()) == 8  # cam and ext, plus six invented ones
+        assert health(broker)["ingest"]["errors"]["too_many_cameras"] == 194
+        wait_until(lambda: len(broker.cameras()) == 2, 10, "invented cameras never forgotten")
+        metrics = urllib.request.urlopen(broker.url + "/metrics", timeout=5).read().decode()
+        assert 'camera="ghost-' not in metrics
+        status, _, body = request(broker, "POST", "/cameras/ghost-x/frames",
+                                        sample_jpeg(64, 48), "image/jpeg")  # fmt: skip
+        assert status == 201, body  # room again
+        assert_kept(viewer, start)
