@@ -230,6 +230,7 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
             problems.add(_key(key), _unknown(key, _TOP_LEVEL))
     _check_restart_delays(tables.get("workers", {}), problems)
     _check_heartbeat(tables.get("control", {}), problems)
+    _check_orphan_timeout(tables.get("workers", {}), tables.get("control", {}), problems)
     _check_default_camera(tables.get("server", {}), camera_ids, problems)
     _check_token_cameras(tokens, camera_ids, problems)
     _check_max_cameras(tables.get("ingest", {}), len(cameras), problems)
@@ -644,6 +645,21 @@ def _check_max_cameras(ingest: dict[str, Any], configured: int, problems: _Probl
     if "ingest.max_cameras" not in problems.paths and configured > limit:
         problems.add("ingest.max_cameras", f"must be at least the number of configured "
                      f"cameras ({configured}), got {limit}")  # fmt: skip
+
+
+def _check_orphan_timeout(
+    workers: dict[str, Any], control: dict[str, Any], problems: _Problems
+) -> None:
+    if {"workers.orphan_timeout", "control.heartbeat_interval"} & problems.paths:
+        return
+    timeout = workers.get("orphan_timeout", _DEFAULTS.orphan_timeout)
+    interval = control.get("heartbeat_interval", ControlConfig().heartbeat_interval)
+    if timeout < 2 * interval:  # a worker must not leave a broker that is merely between beats
+        problems.add(
+            "workers.orphan_timeout",
+            f"must be at least twice control.heartbeat_interval ({_show(interval)}), "
+            f"got {_show(timeout)}",
+        )
 
 
 def _check_unique(items: list[tuple[str, Any]], what: str, problems: _Problems) -> None:

@@ -31,6 +31,12 @@ CAMERA_KEYS = "id, name, source, device, width, height, fps, format, quality"
 # Each row: a config with mistakes, and exactly the messages it must produce, in order.
 BAD_CONFIGS = [
     pytest.param(
+        "[control]\nheartbeat_interval = 5\nlost_after = 10\n[workers]\norphan_timeout = 8",
+        ["workers.orphan_timeout: must be at least twice control.heartbeat_interval (5.0), "
+         "got 8.0"],
+        id="orphan-timeout-too-short",
+    ),
+    pytest.param(
         '[ingest]\nmax_cameras = 1\n[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"',
         ["ingest.max_cameras: must be at least the number of configured cameras (2), got 1"],
         id="max-cameras-below-configured",
