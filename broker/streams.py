@@ -123,8 +123,8 @@ class Streams:
                 await self.send_frames(stream.send_all, stream, subscriber, max_fps,
                                        Frame.mjpeg_part)  # fmt: skip
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
+            pass  # the client or the camera went away (raised in a nursery: a group)
         finally:
             self.hub.unsubscribe(subscriber)
             log.info("client %s: left camera %s (sent %d frames, dropped %d)", client,

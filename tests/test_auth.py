@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from broker.auth import OPEN, Access, Grant, RateLimiter, TokenBucket, request_token
@@ -54,7 +56,8 @@ def test_roles_and_camera_lists() -> None:
     assert limited is not None and limited.cameras == frozenset({"lobby"})
     assert limited.can_control("lobby")
     assert not limited.can_watch("door") and not limited.can_control("door")
-    assert limited.name == "lobb…"  # never the whole token in a log line
+    # Never the token, nor a part of it, in a log line: a short hash of it.
+    assert limited.name == "token " + hashlib.sha256(b"lobby-only-op").hexdigest()[:8]
 
     limited_viewer = access.check("lobby-only-viewer")
     assert limited_viewer is not None
