@@ -150,7 +150,7 @@ class Session:
             # Whatever an event's values are, they go out as text; never NaN/Infinity.
             data = json.dumps(message, default=str, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
-            self.api.faults.record("ws_api", exc, f"a {message.get('type')} message")
+            self.api.faults.record("ws_api", exc, f"encoding a {message.get('type')!r} message")
             self.api.errors["internal_error"] += 1
             data = json.dumps({"type": "error", "code": "internal_error",
                                "message": "the broker could not encode this message",
@@ -279,6 +279,7 @@ class Session:
 
     async def _send_frames(self, camera: str, subscription: Subscription) -> None:
         ws = self.ws
+        failed = False
         with subscription.scope:  # cancelled by unsubscribe
             try:
                 subscriber = subscription.subscriber
@@ -294,16 +295,17 @@ class Session:
                 pass  # the camera is gone (an expired session): tell the client, below
             except Exception as exc:  # a bug: this subscription ends, not the connection
                 self.api.faults.record("ws_api", exc, "sending a subscription's frames")
-                if self.subscriptions.get(camera) is subscription:
-                    self._drop(camera)
-                    await self.error("internal_error", f"the broker failed to send camera "
-                                     f"{camera!r}; unsubscribed", None)  # fmt: skip
-                return
+                failed = True
             else:
                 self._end()  # too slow: send_frames has already dropped the connection
                 return
-        if self.subscriptions.get(camera) is subscription:
-            self._drop(camera)
+        if self.subscriptions.get(camera) is not subscription:
+            return  # unsubscribed meanwhile
+        self._drop(camera)
+        if failed:
+            await self.error("internal_error", f"the broker failed to send camera {camera!r}; "
+                             "unsubscribed", None)  # fmt: skip
+        else:
             await self.reply("unsubscribed", None, camera=camera, reason="camera_removed")
 
     async def _run_command(
