@@ -38,7 +38,7 @@ from broker.http import parse_json
 from broker.hub import Hub, Subscriber, SubscriptionEnded
 from broker.ratelimit import RateLimitedLog
 from broker.routes import Routes
-from broker.streams import Streams, direct_writer
+from broker.streams import Streams, direct_writer, write_whole
 from broker.wsframes import close_going_away, send_prebuilt
 from cameras.control import COMMANDS
 
@@ -283,10 +283,11 @@ class Session:
         with subscription.scope:  # cancelled by unsubscribe
             try:
                 subscriber = subscription.subscriber
+                # Whole frames: an unsubscribe must not leave half of one on the wire.
                 await self.api.streams.send_frames(
-                    functools.partial(send_prebuilt, ws), ws._stream, subscriber,
-                    subscription.max_fps, Frame.mux_message,
-                    direct_writer(ws, subscriber, Frame.mux_message),
+                    functools.partial(write_whole, functools.partial(send_prebuilt, ws)),
+                    ws._stream, subscriber, subscription.max_fps, Frame.mux_message,
+                    direct_writer(ws, subscriber, Frame.mux_message, whole=True),
                 )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._end()  # the client went away

@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from survival import Viewer
 from test_wsframes import BINARY, CONT, PING, TEXT, client_frame
 
 from benchmarks.procs import free_port
+from cameras import stamp
 
 FPS = 10.0
 CAMERA = synthetic_camera("cam", 320, 240, FPS)
@@ -119,18 +120,23 @@ async def exchange(
     return status, headers, body
 
 
-async def open_websocket(port: int, path: str, source: str = "127.0.0.1") -> RawWebSocket:
-    """A raw WebSocket client, connected from ``source`` and past the handshake."""
+@contextlib.asynccontextmanager
+async def websocket(port: int, path: str, source: str = "127.0.0.1") -> AsyncIterator[RawWebSocket]:
+    """A raw WebSocket client, connected from ``source`` and past the handshake; closed
+    at the end."""
     stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
-    await stream.send_all(upgrade(path))
     ws = RawWebSocket(stream)
-    with trio.fail_after(10):
-        while b"\r\n\r\n" not in ws.buffer:
-            assert await ws._fill(4096), "closed during the handshake"
-    head, _, rest = bytes(ws.buffer).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    ws.buffer = bytearray(rest)
-    return ws
+    try:
+        await stream.send_all(upgrade(path))
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in ws.buffer:
+                assert await ws._fill(4096), "closed during the handshake"
+        head, _, rest = bytes(ws.buffer).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        ws.buffer = bytearray(rest)
+        yield ws
+    finally:
+        await ws.aclose()
 
 
 async def close_code(ws: RawWebSocket, within: float = 5.0) -> int | None:
@@ -230,15 +236,13 @@ def test_protocol_violations_get_a_close_frame_with_their_code(tmp_path: Path) -
         results = []
         for path in ("/cameras/cam", "/ws"):
             for name, data, _ in VIOLATIONS:
-                ws = await open_websocket(port, path)
-                await ws.stream.send_all(data)
-                results.append((path, name, await close_code(ws, within=3.0)))
-                await ws.aclose()
+                async with websocket(port, path) as ws:
+                    await ws.stream.send_all(data)
+                    results.append((path, name, await close_code(ws, within=3.0)))
         # A text message over /ws's 1 MiB: refused at its header too.
-        ws = await open_websocket(port, "/ws")
-        await ws.stream.send_all(client_frame(TEXT, length=2 << 20))
-        results.append(("/ws", "2 MiB message", await close_code(ws, within=3.0)))
-        await ws.aclose()
+        async with websocket(port, "/ws") as ws:
+            await ws.stream.send_all(client_frame(TEXT, length=2 << 20))
+            results.append(("/ws", "2 MiB message", await close_code(ws, within=3.0)))
         return results
 
     with broker_with_viewer(tmp_path) as (broker, viewer):
@@ -257,16 +261,15 @@ def test_protocol_violations_get_a_close_frame_with_their_code(tmp_path: Path) -
 @pytest.mark.timeout(60)
 def test_non_finite_numbers_are_refused_and_never_sent(tmp_path: Path) -> None:
     async def attack(port: int) -> list[Any]:
-        ws = await open_websocket(port, "/ws")
-        answers = []
-        for request_text in ('{"type": "ping", "request_id": 1e400}',
-                             '{"type": "ping", "request_id": 7, "data": [-1e999]}',
-                             '{"type": "ping", "request_id": 8, "data": 1.5}'):  # fmt: skip
-            await ws.send(request_text)
-            opcode, payload = await ws.receive()  # type: ignore[misc]
-            assert opcode == 0x1
-            answers.append(strict_json(payload))  # the broker's answers are JSON
-        await ws.aclose()
+        async with websocket(port, "/ws") as ws:
+            answers = []
+            for request_text in ('{"type": "ping", "request_id": 1e400}',
+                                 '{"type": "ping", "request_id": 7, "data": [-1e999]}',
+                                 '{"type": "ping", "request_id": 8, "data": 1.5}'):  # fmt: skip
+                await ws.send(request_text)
+                opcode, payload = await ws.receive()  # type: ignore[misc]
+                assert opcode == 0x1
+                answers.append(strict_json(payload))  # the broker's answers are JSON
         return answers
 
     with broker_with_viewer(tmp_path) as (broker, viewer):
@@ -291,31 +294,31 @@ def test_subscription_churn_is_rate_limited_and_quiet(tmp_path: Path) -> None:
     rate, seconds = 20, 4.0
 
     async def churn(port: int) -> Counter[str]:
-        ws = await open_websocket(port, "/ws")
-        answers: Counter[str] = Counter()
-        sent = 0
+        async with websocket(port, "/ws") as ws:
+            answers: Counter[str] = Counter()
+            sent = 0
 
-        async def read() -> None:
-            while (message := await ws.receive()) is not None:
-                if message[0] == 0x1:
-                    answer = strict_json(message[1])
-                    answers[answer.get("code") or answer["type"]] += 1
-                    answers["answered"] += answer.get("request_id") is not None
+            async def read() -> None:
+                while (message := await ws.receive()) is not None:
+                    if message[0] == 0x1:
+                        answer = strict_json(message[1])
+                        answers[answer.get("code") or answer["type"]] += 1
+                        answers["answered"] += answer.get("request_id") is not None
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            with trio.move_on_after(seconds):
-                while True:
-                    kind = "subscribe" if sent % 2 == 0 else "unsubscribe"
-                    await ws.send(json.dumps({"type": kind, "camera": "cam", "request_id": sent}))
-                    sent += 1
-                    while sent - answers["answered"] > 100:  # as fast as the answers come
-                        await trio.sleep(0.001)
-            await trio.sleep(1.0)  # the rate allows a request again
-            await ws.send('{"type": "ping", "request_id": "still-up"}')
-            await trio.sleep(0.5)
-            nursery.cancel_scope.cancel()
-        await ws.aclose()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                with trio.move_on_after(seconds):
+                    while True:
+                        kind = "subscribe" if sent % 2 == 0 else "unsubscribe"
+                        request = {"type": kind, "camera": "cam", "request_id": sent}
+                        await ws.send(json.dumps(request))
+                        sent += 1
+                        while sent - answers["answered"] > 100:  # as fast as the answers come
+                            await trio.sleep(0.001)
+                await trio.sleep(1.0)  # the rate allows a request again
+                await ws.send('{"type": "ping", "request_id": "still-up"}')
+                await trio.sleep(0.5)
+                nursery.cancel_scope.cancel()
         answers["sent"] = sent
         return answers
 
@@ -420,16 +423,15 @@ def test_no_token_in_any_log_line_or_error_body(tmp_path: Path) -> None:
             await send(request("GET", f"/api/cameras?token={wrong}"), attacker)
         assert await send(request("GET", f"/api/cameras?token={OPERATOR}"), attacker) == 429
         # /ws errors, on a connection opened with a token in its URL.
-        ws = await open_websocket(port, f"/ws?token={VIEWER}")
-        for message in ("{not json", '{"type": "command", "camera": "cam", "command": '
-                        '"update_settings", "settings": {}}', '{"type": "dance"}',
-                        '{"type": "subscribe", "camera": "nope"}'):  # fmt: skip
-            await ws.send(message)
-            _, payload = await ws.receive()  # type: ignore[misc]
-            check(payload)
-        await ws.stream.send_all(client_frame(TEXT, b"\xff"))
-        assert await close_code(ws) == 1007
-        await ws.aclose()
+        async with websocket(port, f"/ws?token={VIEWER}") as ws:
+            for message in ("{not json", '{"type": "command", "camera": "cam", "command": '
+                            '"update_settings", "settings": {}}', '{"type": "dance"}',
+                            '{"type": "subscribe", "camera": "nope"}'):  # fmt: skip
+                await ws.send(message)
+                _, payload = await ws.receive()  # type: ignore[misc]
+                check(payload)
+            await ws.stream.send_all(client_frame(TEXT, b"\xff"))
+            assert await close_code(ws) == 1007
 
     with broker_with_viewer(tmp_path, tokens=TOKENS, token=VIEWER) as (broker, viewer):
         start = time.monotonic()
@@ -473,22 +475,21 @@ def test_data_that_cannot_be_json_costs_an_answer_not_the_broker(tmp_path: Path)
                        "the hello was neither taken nor refused")  # fmt: skip
 
             async def watch_events(port: int) -> list[Any]:
-                ws = await open_websocket(port, "/ws")
-                worker.send(msgpack.packb({
-                    "type": "reply", "version": 1, "request_id": "r1", "success": True,
-                    "message": "", "settings": {b"raw-key": 2}, "streaming": True,
-                    "timestamp": time.time(),
-                }))  # fmt: skip
-                await trio.sleep(1.0)
-                await ws.send('{"type": "list_cameras", "request_id": 1}')
-                await ws.send('{"type": "ping", "request_id": 2}')
-                texts = []
-                with trio.fail_after(5):
-                    while not texts or texts[-1].get("type") != "pong":
-                        opcode, payload = await ws.receive()  # type: ignore[misc]
-                        if opcode == 0x1:
-                            texts.append(strict_json(payload))
-                await ws.aclose()
+                async with websocket(port, "/ws") as ws:
+                    worker.send(msgpack.packb({
+                        "type": "reply", "version": 1, "request_id": "r1", "success": True,
+                        "message": "", "settings": {b"raw-key": 2}, "streaming": True,
+                        "timestamp": time.time(),
+                    }))  # fmt: skip
+                    await trio.sleep(1.0)
+                    await ws.send('{"type": "list_cameras", "request_id": 1}')
+                    await ws.send('{"type": "ping", "request_id": 2}')
+                    texts = []
+                    with trio.fail_after(5):
+                        while not texts or texts[-1].get("type") != "pong":
+                            opcode, payload = await ws.receive()  # type: ignore[misc]
+                            if opcode == 0x1:
+                                texts.append(strict_json(payload))
                 return texts
 
             texts = trio.run(watch_events, broker.port)
@@ -535,23 +536,21 @@ async def test_a_fault_while_serving_a_camera_websocket_closes_it_with_1011(
     async with running_broker(config()) as broker, publisher(broker) as pub:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pub.stream, "a", 20.0, sample_jpeg(160, 120), 160, 120)
-            ws = await open_websocket(broker.port, "/cameras/a")
-            assert (await ws.receive() or (0,))[0] == 0x2  # frames flow
-            original = broker.server.streams.send_frames
+            async with websocket(broker.port, "/cameras/a") as ws:
+                assert (await ws.receive() or (0,))[0] == 0x2  # frames flow
+                original = broker.server.streams.send_frames
 
-            async def broken(*args: Any, **kwargs: Any) -> None:
-                raise Injected("a bug")
+                async def broken(*args: Any, **kwargs: Any) -> None:
+                    raise Injected("a bug")
 
-            monkeypatch.setattr(broker.server.streams, "send_frames", broken)
-            second = await open_websocket(broker.port, "/cameras/a")
-            assert await close_code(second) == 1011
-            await second.aclose()
-            monkeypatch.setattr(broker.server.streams, "send_frames", original)
-            with trio.fail_after(5):  # the first client never noticed
-                for _ in range(5):
-                    message = await ws.receive()
-                    assert message is not None and message[0] == 0x2
-            await ws.aclose()
+                monkeypatch.setattr(broker.server.streams, "send_frames", broken)
+                async with websocket(broker.port, "/cameras/a") as second:
+                    assert await close_code(second) == 1011
+                monkeypatch.setattr(broker.server.streams, "send_frames", original)
+                with trio.fail_after(5):  # the first client never noticed
+                    for _ in range(5):
+                        message = await ws.receive()
+                        assert message is not None and message[0] == 0x2
             assert broker.faults.as_dict() == {"websocket": 1}
             nursery.cancel_scope.cancel()
 
@@ -565,33 +564,73 @@ async def test_faults_on_ws_cost_an_internal_error_not_the_connection(
     async with running_broker(config()) as broker, publisher(broker) as pub:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pub.stream, "a", 20.0, sample_jpeg(160, 120), 160, 120)
-            ws = await open_websocket(broker.port, "/ws")
+            async with websocket(broker.port, "/ws") as ws:
 
-            async def next_text() -> dict[str, Any]:
-                with trio.fail_after(5):
-                    while True:
-                        opcode, payload = await ws.receive()  # type: ignore[misc]
-                        if opcode == 0x1:
-                            return strict_json(payload)
+                async def next_text() -> dict[str, Any]:
+                    with trio.fail_after(5):
+                        while True:
+                            opcode, payload = await ws.receive()  # type: ignore[misc]
+                            if opcode == 0x1:
+                                return strict_json(payload)
 
-            await trio.sleep(0.2)  # the event forwarder listens
-            broker.control.events.publish("settings_changed", "a", settings={b"key": 1})
-            broker.control.events.publish("settings_changed", "a", settings={"gain": float("nan")})
-            for _ in range(2):
+                await trio.sleep(0.2)  # the event forwarder listens
+                broker.control.events.publish("settings_changed", "a", settings={b"key": 1})
+                nan = float("nan")
+                broker.control.events.publish("settings_changed", "a", settings={"gain": nan})
+                for _ in range(2):
+                    error = await next_text()
+                    assert (error["type"], error["code"]) == ("error", "internal_error"), error
+
+                async def broken(*args: Any, **kwargs: Any) -> None:
+                    raise Injected("a bug")
+
+                monkeypatch.setattr(broker.server.streams, "send_frames", broken)
+                await ws.send('{"type": "subscribe", "camera": "a", "request_id": 1}')
+                assert (await next_text())["type"] == "subscribed"
                 error = await next_text()
-                assert (error["type"], error["code"]) == ("error", "internal_error"), error
-
-            async def broken(*args: Any, **kwargs: Any) -> None:
-                raise Injected("a bug")
-
-            monkeypatch.setattr(broker.server.streams, "send_frames", broken)
-            await ws.send('{"type": "subscribe", "camera": "a", "request_id": 1}')
-            assert (await next_text())["type"] == "subscribed"
-            error = await next_text()
-            assert (error["code"], error["request_id"]) == ("internal_error", None)
-            assert "'a'" in error["message"]
-            await ws.send('{"type": "ping", "request_id": 2}')
-            assert (await next_text())["type"] == "pong"  # still up
-            await ws.aclose()
+                assert (error["code"], error["request_id"]) == ("internal_error", None)
+                assert "'a'" in error["message"]
+                await ws.send('{"type": "ping", "request_id": 2}')
+                assert (await next_text())["type"] == "pong"  # still up
             assert broker.faults.as_dict() == {"ws_api": 3}
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(60)
+async def test_unsubscribing_never_leaves_half_a_frame_on_ws() -> None:
+    """A slow /ws reader unsubscribing and subscribing again while large frames are being
+    written: every message it reads is whole (an unsubscribe used to cancel a write
+    half-way, and the rest of the connection was garbage)."""
+    big = sample_jpeg(1920, 1080, 95)
+    async with running_broker(config()) as broker, publisher(broker) as pub:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pub.stream, "a", 30.0, big, 1920, 1080)
+            async with websocket(broker.port, "/ws") as ws:
+                frames = 0
+
+                async def read() -> None:
+                    nonlocal frames
+                    while (message := await ws.receive(chunk=16384, pace=2_000_000)) is not None:
+                        opcode, payload = message
+                        assert opcode in (0x1, 0x2), f"opcode {opcode:#x}: not a whole message"
+                        if opcode == 0x2:
+                            (length,) = struct.unpack(">H", payload[:2])
+                            assert strict_json(payload[2 : 2 + length])["camera"] == "a"
+                            image = payload[2 + length :]  # the frame, with the publisher's stamp
+                            assert len(image) == len(big) + 4 + stamp.STAMP_LEN
+                            assert image.endswith(big[-65536:])
+                            frames += 1
+                        else:
+                            strict_json(payload)
+
+                async with trio.open_nursery() as readers:
+                    readers.start_soon(read)
+                    for _ in range(25):
+                        await ws.send('{"type": "subscribe", "camera": "a"}')
+                        await trio.sleep(0.13)
+                        await ws.send('{"type": "unsubscribe", "camera": "a"}')
+                        await trio.sleep(0.02)
+                    readers.cancel_scope.cancel()
+            assert frames >= 5
+            nursery.cancel_scope.cancel()
+
