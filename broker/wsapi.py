@@ -320,9 +320,8 @@ class Session:
                 status = await control.apply_preset(camera, preset, rid)
             else:
                 status = await control.command(camera, command, settings, rid)
-        except Exception:  # Control answers problems itself; this is a bug
-            log.exception("client %s: command %s on camera %s failed", self.client, command,
-                          camera)  # fmt: skip
+        except Exception as exc:  # Control answers problems itself; this is a bug
+            self.api.faults.record("ws_api", exc, f"command {command} on camera {camera}")
             await self.error("internal_error", f"the broker failed to run {command}", request_id)
             return
         result = status.to_json()
