@@ -139,3 +139,21 @@ def test_rate_limiter_forgets_the_least_recently_used_beyond_its_bound() -> None
 def test_rate_limiter_rejects_a_rate_of_zero() -> None:
     with pytest.raises(ValueError, match="rate"):
         RateLimiter(0)
+
+
+def test_rate_limiter_says_how_long_to_wait_without_spending() -> None:
+    """The failed-token throttle: a burst of failures, then one per 1/rate seconds."""
+    clock = Clock()
+    failures = RateLimiter(0.2, 3, clock=clock)
+    assert failures.wait("10.0.0.1") == 0.0  # unknown: no bucket made
+    assert len(failures) == 0
+    for _ in range(3):
+        assert failures.wait("10.0.0.1") == 0.0
+        failures.allow("10.0.0.1")
+    assert failures.wait("10.0.0.1") == pytest.approx(5.0)
+    assert failures.wait("10.0.0.1") == pytest.approx(5.0)  # asking spends nothing
+    clock.now += 3.0
+    assert failures.wait("10.0.0.1") == pytest.approx(2.0)
+    clock.now += 2.0
+    assert failures.wait("10.0.0.1") == 0.0
+    assert failures.wait("10.0.0.2") == 0.0  # per address
