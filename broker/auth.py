@@ -89,13 +89,21 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False means: refuse, do not queue."""
-        elapsed = max(0.0, now - self.updated)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.updated = now
+        self._refill(now)
         if self.tokens >= 1 - 1e-9:  # a client pacing exactly at the rate is not refused
             self.tokens = max(0.0, self.tokens - 1)
             return True
         return False
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there to take (0: now); spends nothing."""
+        self._refill(now)
+        return max(0.0, (1 - 1e-9 - self.tokens) / self.rate)
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.updated = now
 
 
 class RateLimiter:
@@ -135,6 +143,11 @@ class RateLimiter:
             return True
         self.refused += 1
         return False
+
+    def wait(self, key: Hashable = None) -> float:
+        """Seconds until `allow` would say yes for ``key`` (0: now); spends nothing."""
+        bucket = self._buckets.get(key)
+        return bucket.wait(self.clock()) if bucket is not None else 0.0
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import hashlib
 import ipaddress
 import json
 import math
@@ -133,7 +134,8 @@ class TokenConfig:
 
     @property
     def label(self) -> str:
-        return self.name or self.token[:4] + "…"
+        """How the log names it: its name, else a short hash; never the token itself."""
+        return self.name or "token " + hashlib.sha256(self.token.encode()).hexdigest()[:8]
 
 
 ROLES = ("viewer", "operator")

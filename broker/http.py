@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -19,10 +21,11 @@ class Response:
 
 
 def parse_json(data: str | bytes) -> object:
-    """Strict JSON: ValueError for anything else, ``NaN``/``Infinity`` and nesting too deep
-    for the parser included (so nothing but JSON can be echoed back)."""
+    """Strict JSON: ValueError for anything else, ``NaN``/``Infinity``, numbers beyond a
+    float's range (``1e400``) and nesting too deep for the parser included (so nothing
+    but JSON can be echoed back)."""
     try:
-        return json.loads(data, parse_constant=_not_json)
+        return json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -31,8 +34,20 @@ def _not_json(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def to_json(data: object) -> str:
+    """JSON text, never ``NaN``/``Infinity`` (ValueError): what goes on the wire is JSON."""
+    return json.dumps(data, allow_nan=False)
+
+
 def json_response(data: object, status: int = 200) -> Response:
-    return Response(status, json.dumps(data).encode(), "application/json")
+    return Response(status, to_json(data).encode(), "application/json")
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Response:
@@ -54,6 +69,16 @@ class Target:
 def parse_target(raw: bytes) -> Target:
     parts = urlsplit(raw.decode("ascii", "replace"))
     return Target(unquote(parts.path) or "/", parse_qs(parts.query))
+
+
+# What h11 quotes of the client's bytes in its messages ("illegal request line: b'GET
+# /?token=...'"): cut off, since it may carry a token.
+QUOTED_INPUT = re.compile(r""":?\s*(?:bytearray\()?b['"].*""", re.DOTALL)
+
+
+def protocol_problem(exc: Exception) -> str:
+    """What is wrong with a malformed request, in h11's words, without the client's bytes."""
+    return QUOTED_INPUT.sub("", str(exc)).strip() or "malformed request"
 
 
 def header(request: h11.Request, name: bytes) -> str:

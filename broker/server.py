@@ -10,7 +10,10 @@ nothing a client does, or fails to do, can hold another client up.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import socket
 import time
 from collections import Counter
@@ -20,19 +23,36 @@ from typing import TYPE_CHECKING
 
 import h11
 import trio
-from trio_websocket import WebSocketConnection, wrap_server_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from broker.auth import Access, Grant, request_token
+from broker.auth import Access, Grant, RateLimiter, request_token
 from broker.boundary import Faults
 from broker.config import Config
-from broker.http import Response, Target, error, h11_response, header, parse_target
+from broker.http import (
+    Response,
+    Target,
+    error,
+    h11_response,
+    header,
+    parse_target,
+    protocol_problem,
+)
 from broker.hub import Hub
 from broker.ratelimit import RateLimitedLog
 from broker.routes import BadRequest, Routes, camera_path, forbidden_camera, fps_cap
 from broker.streams import Streams
 from broker.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
 from broker.wsapi import WsApi
-from broker.wsframes import ReplayStream, is_websocket_upgrade, request_bytes
+from broker.wsframes import (
+    INTERNAL_ERROR,
+    InboundFrames,
+    ReplayStream,
+    close_with,
+    handshake_problem,
+    is_websocket_upgrade,
+    linger,
+    request_bytes,
+)
 
 if TYPE_CHECKING:
     from broker.control import Control
@@ -45,17 +65,27 @@ MAX_INCOMING_WS_MESSAGE = 64 * 1024  # what a viewer of one camera may send (it 
 # seconds behind on frames the kernel already accepted, whatever our queue drops.
 NOTSENT_LOWAT = 64 * 1024
 CORS_METHODS = "GET, HEAD, POST, PATCH, OPTIONS"
+MIN_TOKEN_LENGTH = 16  # shorter tokens are warned about at start: easy to guess
+# A client leaving, at any point: not a fault of ours.
+CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
+INTERNAL_ERROR_MESSAGE = "the broker failed on this request"
 
 
 @dataclass(frozen=True, slots=True)
 class Upgrade:
     """A checked WebSocket upgrade: what serving it needs, and nothing of HTTP."""
 
-    raw: bytes  # the request as received, replayed to trio-websocket
+    head: bytes  # the request head as received, replayed to trio-websocket
+    trailing: bytes  # what the client sent after it (frames), checked on its way
     grant: Grant
     multiplexed: bool  # /ws, else one camera
     camera: str
     max_fps: float | None
+
+    @property
+    def where(self) -> str:
+        """Where its faults are counted."""
+        return "ws_api" if self.multiplexed else "websocket"
 
 
 class Server:
@@ -78,9 +108,16 @@ class Server:
         self._complaints = RateLimitedLog(log)
         self._app_health = health
         self.access = Access(config.tokens)
+        # Failed tokens per client address: a burst, then a trickle (then 429).
+        self.auth_failures = RateLimiter(config.server.auth_failure_rate,
+                                         config.server.auth_failure_burst)  # fmt: skip
         self.streams = Streams(hub, config.server)
         self.routes = Routes(config, hub, self.health, metrics, control, self.access)
-        self.wsapi = WsApi(config, hub, self.streams, self.routes, control)
+        self.wsapi = WsApi(config, hub, self.streams, self.routes, control, self.faults)
+        # Its per-message debug lines would let any client flood a debug log.
+        library = logging.getLogger("trio-websocket")
+        if library.level == logging.NOTSET:
+            library.setLevel(logging.INFO)
 
     @property
     def slow_disconnects(self) -> int:
@@ -106,6 +143,10 @@ class Server:
                         "every camera")  # fmt: skip
         else:
             log.info("%d token(s) configured: every request needs one", len(self.config.tokens))
+        for token in self.config.tokens:
+            if len(token.token) < MIN_TOKEN_LENGTH:
+                log.warning("%s is shorter than %d characters: easy to guess; use a long "
+                            "random one", token.label, MIN_TOKEN_LENGTH)  # fmt: skip
         return listeners
 
     async def serve(self, listeners: list[trio.SocketListener]) -> None:
@@ -115,6 +156,9 @@ class Server:
     # -- connections ---------------------------------------------------------
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
+        """Serve one connection. Its error boundary: nothing raised here reaches the
+        listener; an unexpected exception is counted in ``faults`` (answered, where an
+        answer is still possible, further down) and the connection closed."""
         try:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
             host, port = stream.socket.getpeername()[:2]
@@ -122,20 +166,44 @@ class Server:
             await trio.aclose_forcefully(stream)
             return
         client = f"{host}:{port}"
+        where = "http"
         try:
             # The HTTP state (h11's connection, the request) lives only in _serve_http's
             # frame, so a long-lived WebSocket does not keep it: a few KB per viewer.
             upgrade = await self._serve_http(stream, client)
             if upgrade is not None:
+                where = upgrade.where
                 await self._websocket(stream, upgrade, client)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+        except* CLIENT_GONE:
             pass
+        except* Exception as group:
+            self._fault(where, group)
         finally:
             await trio.aclose_forcefully(stream)
+
+    def _fault(self, where: str, group: BaseExceptionGroup) -> None:
+        leaves = _leaves(group)
+        self.faults.record(where, leaves[0] if len(leaves) == 1 else group)
 
     async def _serve_http(self, stream: trio.SocketStream, client: str) -> Upgrade | None:
         """Answer requests until the connection ends, or return an accepted upgrade."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        try:
+            return await self._serve_requests(stream, conn, client)
+        except* CLIENT_GONE:
+            raise
+        except* Exception as group:  # a bug: one 500 and this connection, not the server
+            self._fault("http", group)
+            if conn.our_state is h11.SEND_RESPONSE:  # nothing of a response is out yet
+                self._count(500)
+                with contextlib.suppress(*CLIENT_GONE, h11.LocalProtocolError):
+                    response = error(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+                    await self._send(stream, conn, response)
+        return None
+
+    async def _serve_requests(
+        self, stream: trio.SocketStream, conn: h11.Connection, client: str
+    ) -> Upgrade | None:
         try:
             while True:
                 request = await self._receive_request(stream, conn, client)
@@ -148,10 +216,14 @@ class Server:
                     return None
                 conn.start_next_cycle()
         except h11.RemoteProtocolError as exc:
-            self._count(400)
-            self._complaints.warning("400", "client %s: malformed request: %s", client, exc)
+            # Never the client's bytes: a request line may carry ?token=...
+            problem = protocol_problem(exc)
+            status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
+            self._count(status)
+            self._complaints.warning(str(status), "client %s: malformed request: %s", client,
+                                     problem)  # fmt: skip
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self._send(stream, conn, error(400, "bad_request", str(exc)))
+                await self._send(stream, conn, error(status, "bad_request", problem))
             return None
 
     async def _receive_request(
@@ -187,12 +259,14 @@ class Server:
         if origin is not None:
             response.headers.extend(self._cors(origin))
         head, body = h11_response(response, head_only=head_only)
-        with trio.move_on_after(self.config.server.send_timeout):
+        with trio.move_on_after(self.config.server.send_timeout) as timer:
             data = conn.send(head)
             if body:
                 data += conn.send(h11.Data(data=body))
             data += conn.send(h11.EndOfMessage())
             await stream.send_all(data)
+        if timer.cancelled_caught:
+            raise trio.ClosedResourceError  # part of a response may be out: close
 
     def _cors(self, request: h11.Request) -> list[tuple[str, str]]:
         """CORS headers, only for origins the config allows."""
@@ -216,14 +290,27 @@ class Server:
     def _authorize(
         self, method: str, target: Target, request: h11.Request, client: str
     ) -> tuple[Grant | Response, str]:
-        """The caller's grant (or the 401/403 refusal) and the key that its commands are
-        rate-limited by: its token, or its address when no tokens are configured."""
+        """The caller's grant (or the 401/403/429 refusal) and the key that its commands
+        are rate-limited by: its token, or its address when no tokens are configured.
+
+        An address that presented more than ``server.auth_failure_burst`` wrong tokens
+        may present ``server.auth_failure_rate`` more a second: until then every request
+        from it gets 429, whatever its token, so guessing is slow."""
+        address = client.rpartition(":")[0]
         token = request_token(header(request, b"authorization"), target.param("token"))
+        if not self.access.open and method != "OPTIONS":
+            wait = self.auth_failures.wait(address)
+            if wait > 0:
+                self._complaints.warning("429", "client %s: too many wrong tokens; refused "
+                                         "for %.1f s", client, wait)  # fmt: skip
+                return auth_throttled(wait), address
         grant = self.routes.authorize(method, target, token)
         if isinstance(grant, Response) and grant.status == 401:
+            if token:
+                self.auth_failures.allow(address)  # spends one of the address's attempts
             self._complaints.warning("401", "client %s: %s token for %s %s", client,
                                      "invalid" if token else "no", method, target.path)  # fmt: skip
-        key = token if token and not self.access.open else client.rpartition(":")[0]
+        key = token if token and not self.access.open else address
         return grant, key
 
     async def _answer(
@@ -251,14 +338,23 @@ class Server:
             except BadRequest as bad:
                 response = bad.response
             else:
-                await self.streams.mjpeg(stream, camera_id, max_fps, client,
-                                         head_only=method == "HEAD")  # fmt: skip
+                await self._mjpeg(stream, camera_id, max_fps, client, method == "HEAD")
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
             response = await self.routes.route(method, target, request, body, grant, client_key)
         if response.status >= 400:
             self._count(response.status)
         await self._send(stream, conn, response, head_only=method == "HEAD", origin=request)
+
+    async def _mjpeg(self, stream: trio.SocketStream, camera_id: str, max_fps: float | None,
+                     client: str, head_only: bool) -> None:  # fmt: skip
+        """An MJPEG stream; its head is out, so a fault can only end it, not answer 500."""
+        try:
+            await self.streams.mjpeg(stream, camera_id, max_fps, client, head_only=head_only)
+        except* CLIENT_GONE:
+            pass
+        except* Exception as group:
+            self._fault("http", group)
 
     async def _read_body(
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, limit: int
@@ -292,40 +388,59 @@ class Server:
     async def _check_upgrade(
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
     ) -> Upgrade | None:
-        """The upgrade to serve, or None after refusing it (401/403/404/400 at the
-        handshake, before accepting)."""
+        """The upgrade to serve, or None after refusing it at the handshake, before
+        accepting: 400/426 for a malformed upgrade, then 429/401/403/404/400."""
         target = parse_target(request.target)
-        grant, _ = self._authorize("GET", target, request, client)
         camera_id, max_fps = "", None
         try:
+            problem = handshake_problem(request)
+            if problem is not None:
+                raise BadRequest(problem)
+            grant, _ = self._authorize("GET", target, request, client)
             if isinstance(grant, Response):
                 raise BadRequest(grant)
             if target.path != "/ws":
                 camera_id, max_fps = self._camera_target(target, grant)
         except BadRequest as bad:
             self._count(bad.response.status)
+            if bad.response.status in (400, 426):
+                self._complaints.warning("bad_handshake", "client %s: WebSocket upgrade "
+                                         "refused: %s", client, _message(bad.response))  # fmt: skip
             await self._send(stream, conn, bad.response)
             return None
-        assert isinstance(grant, Grant)
-        raw = request_bytes(request, conn.trailing_data[0])
-        return Upgrade(raw, grant, target.path == "/ws", camera_id, max_fps)
+        return Upgrade(request_bytes(request, b""), conn.trailing_data[0], grant,
+                       target.path == "/ws", camera_id, max_fps)  # fmt: skip
 
     async def _websocket(self, stream: trio.SocketStream, upgrade: Upgrade, client: str) -> None:
-        """Serve ``/ws`` or one camera's stream over an accepted upgrade."""
+        """Serve ``/ws`` or one camera's stream over an accepted upgrade. A fault while
+        serving it closes it with 1011; a protocol violation by the client with the close
+        frame `ReplayStream` has sent, after letting the client read it."""
         limit = MAX_MUX_MESSAGE if upgrade.multiplexed else MAX_INCOMING_WS_MESSAGE
+        replay = ReplayStream(stream, upgrade.head, InboundFrames(limit), upgrade.trailing)
         async with trio.open_nursery() as nursery:
-            ws = await self._accept(nursery, stream, upgrade.raw, limit)
-            if ws is None:  # handshake timed out
-                nursery.cancel_scope.cancel()
-                return
             try:
-                if upgrade.multiplexed:
-                    await self.wsapi.serve(ws, upgrade.grant, client)
-                else:
-                    await self.streams.camera_websocket(ws, upgrade.camera, upgrade.max_fps,
-                                                        client)  # fmt: skip
+                ws = await self._accept(nursery, replay, limit)
+                if ws is not None:  # else the client left, or the handshake timed out
+                    await self._serve_websocket(ws, upgrade, client)
             finally:
                 nursery.cancel_scope.cancel()
+        if replay.violation is not None:
+            await linger(stream)
+
+    async def _serve_websocket(
+        self, ws: WebSocketConnection, upgrade: Upgrade, client: str
+    ) -> None:
+        try:
+            if upgrade.multiplexed:
+                await self.wsapi.serve(ws, upgrade.grant, client)
+            else:
+                await self.streams.camera_websocket(ws, upgrade.camera, upgrade.max_fps,
+                                                    client)  # fmt: skip
+        except* CLIENT_GONE:
+            pass
+        except* Exception as group:
+            self._fault(upgrade.where, group)
+            await close_with(ws, INTERNAL_ERROR)
 
     def _camera_target(self, target: Target, grant: Grant) -> tuple[str, float | None]:
         """The camera and fps cap of a camera WebSocket upgrade, or BadRequest (a 403
@@ -339,13 +454,37 @@ class Server:
         return camera_id, max_fps
 
     async def _accept(
-        self, nursery: trio.Nursery, stream: trio.SocketStream, raw: bytes, limit: int
+        self, nursery: trio.Nursery, replay: ReplayStream, limit: int
     ) -> WebSocketConnection | None:
-        """Hand the upgrade to trio-websocket; None when the handshake does not finish
-        within ``server.header_timeout``."""
+        """Hand the upgrade to trio-websocket; None when the client leaves during the
+        handshake (trio-websocket raises ConnectionClosed: not a fault) or does not
+        finish it within ``server.header_timeout``."""
         with trio.move_on_after(self.config.server.header_timeout):
-            ws_request = await wrap_server_stream(
-                nursery, ReplayStream(stream, raw), message_queue_size=1, max_message_size=limit
-            )
-            return await ws_request.accept()
+            try:
+                ws_request = await wrap_server_stream(
+                    nursery, replay, message_queue_size=1, max_message_size=limit
+                )
+                ws = await ws_request.accept()
+            except ConnectionClosed:
+                return None
+            replay.opened(ws)
+            return ws
         return None
+
+
+def auth_throttled(wait: float) -> Response:
+    """429 for an address that presented too many wrong tokens."""
+    seconds = max(1, math.ceil(wait))
+    return error(429, "too_many_failed_tokens", "too many wrong tokens from this address; "
+                 f"retry in {seconds} s", retry_after=str(seconds))  # fmt: skip
+
+
+def _message(response: Response) -> str:
+    return str(json.loads(response.body).get("message", ""))
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves

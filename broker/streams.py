@@ -123,8 +123,8 @@ class Streams:
                 await self.send_frames(stream.send_all, stream, subscriber, max_fps,
                                        Frame.mjpeg_part)  # fmt: skip
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
+            pass  # the client or the camera went away (raised in a nursery: a group)
         finally:
             self.hub.unsubscribe(subscriber)
             log.info("client %s: left camera %s (sent %d frames, dropped %d)", client,
@@ -187,8 +187,9 @@ class DirectWriter:
     """
 
     def __init__(self, lock: trio.Semaphore, sock: socket.socket, subscriber: Subscriber,
-                 message: Callable[[Frame], bytes]) -> None:  # fmt: skip
+                 message: Callable[[Frame], bytes], whole: bool = False) -> None:  # fmt: skip
         self.lock, self.sock, self.subscriber, self.message = lock, sock, subscriber, message
+        self.whole = whole  # `finish` even when cancelled (see `write_whole`)
 
     def __call__(self, frame: Frame) -> bool:
         if self.lock.value == 0:
@@ -210,16 +211,34 @@ class DirectWriter:
     async def finish(self, stream: trio.abc.Stream, rest: memoryview) -> None:
         """Write the rest of a frame `__call__` wrote in part, then give the lock back."""
         try:
-            await stream.send_all(rest)
+            if self.whole:
+                await write_whole(stream.send_all, rest)
+            else:
+                await stream.send_all(rest)
         finally:
             self.lock.release()
 
 
 def direct_writer(
-    ws: WebSocketConnection, subscriber: Subscriber, message: Callable[[Frame], bytes]
-) -> DirectWriter | None:
+    ws: WebSocketConnection, subscriber: Subscriber, message: Callable[[Frame], bytes],
+    whole: bool = False,
+) -> DirectWriter | None:  # fmt: skip
     access = direct_access(ws)
-    return DirectWriter(*access, subscriber, message) if access is not None else None
+    return DirectWriter(*access, subscriber, message, whole) if access is not None else None
+
+
+async def write_whole(write: Callable[[bytes | memoryview], Awaitable[None]],
+                      data: bytes | memoryview) -> None:  # fmt: skip
+    """Write ``data`` to the end even if the caller is cancelled meanwhile, within the
+    caller's deadline (the send timeout of `Streams.send_frames`).
+
+    For a connection that outlives the cancel: a ``/ws`` subscription ended while one of
+    its frames is half out would leave half a frame on the wire, and every later message
+    of the connection unreadable. Not started if the caller is already cancelled.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    with trio.CancelScope(shield=True, deadline=trio.current_effective_deadline()):
+        await write(data)
 
 
 async def _until_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:

@@ -8,7 +8,11 @@ subscription has its own hub subscriber (drop-oldest queue) and sender task, pac
 cut off exactly like the per-camera endpoint (`Streams.send_frames`); each command runs
 in a task of its own, so a slow camera never holds up frames, pings or other requests;
 one task forwards control events. Every request gets an answer: a reply, or ``error``
-with a code, and the connection stays up.
+with a code, and the connection stays up: requests beyond ``server.ws_request_rate``
+get ``rate_limited``, and a bug met while serving a request, sending a subscription's
+frames or forwarding an event costs ``internal_error`` (counted in ``faults``), not the
+connection. Per-subscription log lines are rate-limited: a client cycling subscribe and
+unsubscribe cannot flood the log.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,13 +31,14 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from broker.auth import Grant, RateLimiter
+from broker.boundary import Faults
 from broker.config import Config
 from broker.frames import Frame
 from broker.http import parse_json
 from broker.hub import Hub, Subscriber, SubscriptionEnded
 from broker.ratelimit import RateLimitedLog
 from broker.routes import Routes
-from broker.streams import Streams, direct_writer
+from broker.streams import Streams, direct_writer, write_whole
 from broker.wsframes import close_going_away, send_prebuilt
 from cameras.control import COMMANDS
 
@@ -68,16 +74,18 @@ class WsApi:
     """What every ``/ws`` connection shares, and the counters /healthz reports."""
 
     def __init__(
-        self, config: Config, hub: Hub, streams: Streams, routes: Routes, control: Control | None
-    ) -> None:
+        self, config: Config, hub: Hub, streams: Streams, routes: Routes, control: Control | None,
+        faults: Faults | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.hub = hub
         self.streams = streams
         self.routes = routes
         self.control = control
+        self.faults = faults if faults is not None else Faults()
         self.errors: Counter[str] = Counter()  # error messages sent, by code
         self.connections = 0
-        self.complaints = RateLimitedLog(log)
+        self.complaints = RateLimitedLog(log)  # errors and subscriptions, keyed by kind
 
     async def serve(self, ws: WebSocketConnection, grant: Grant, client: str) -> None:
         """Serve one accepted connection until the client leaves or we shut down."""
@@ -100,7 +108,9 @@ class Session:
         self.grant = grant
         self.client = client
         self.subscriptions: dict[str, Subscription] = {}
+        self.subscribed = 0  # subscribe requests served, for the log
         self.commands = RateLimiter(api.config.control.command_rate)
+        self.requests = RateLimiter(api.config.server.ws_request_rate)
         self._nursery: trio.Nursery | None = None
         self._ending = False  # we ended it (client gone or too slow): no 1001 to send
 
@@ -121,7 +131,8 @@ class Session:
         finally:
             for subscription in self.subscriptions.values():
                 self.api.hub.unsubscribe(subscription.subscriber)
-            log.info("client %s: left /ws", self.client)
+            log.info("client %s: left /ws (%d subscribe requests served)", self.client,
+                     self.subscribed)  # fmt: skip
 
     def _end(self) -> None:
         """Stop every task of this connection (the client left, or was cut off)."""
@@ -133,8 +144,17 @@ class Session:
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send one JSON message; a client that does not take it within the send
-        timeout is cut off, one that has gone ends the connection."""
-        data = json.dumps(message, default=str)  # whatever an event carries, it goes out
+        timeout is cut off, one that has gone ends the connection. A message that cannot
+        be JSON (a worker's bytes key, a NaN) is a fault: ``internal_error`` goes out."""
+        try:
+            # Whatever an event's values are, they go out as text; never NaN/Infinity.
+            data = json.dumps(message, default=str, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            self.api.faults.record("ws_api", exc, f"encoding a {message.get('type')!r} message")
+            self.api.errors["internal_error"] += 1
+            data = json.dumps({"type": "error", "code": "internal_error",
+                               "message": "the broker could not encode this message",
+                               "request_id": _echoable(message.get("request_id"))})  # fmt: skip
         timeout = self.api.config.server.send_timeout
         try:
             with trio.move_on_after(timeout) as timer:
@@ -171,9 +191,14 @@ class Session:
 
     async def _handle(self, message: str | bytes) -> None:
         request_id = None
+        within_rate = self.requests.allow()  # every message counts, even a bad one
         try:
             request = parse_request(message)
             request_id = request_id_of(request)
+            if not within_rate:
+                rate = self.api.config.server.ws_request_rate
+                raise RequestError("rate_limited", f"more than {rate:g} requests a second on "
+                                   "this connection; this one was dropped")  # fmt: skip
             kind = string_field(request, "type")
             handler = HANDLERS.get(kind)
             if handler is None:
@@ -182,8 +207,8 @@ class Session:
             await handler(self, request, request_id)
         except RequestError as bad:
             await self.error(bad.code, bad.message, request_id)
-        except Exception:  # a bug must cost one answer, not the server
-            log.exception("client %s: /ws request failed", self.client)
+        except Exception as exc:  # a bug must cost one answer, not the server
+            self.api.faults.record("ws_api", exc, "a /ws request")
             await self.error("internal_error", "the broker failed on this request", request_id)
 
     # -- requests ----------------------------------------------------------------
@@ -200,8 +225,10 @@ class Session:
         depth = self.api.config.server.queue_depth
         subscriber = self.api.hub.subscribe(camera, self.client, depth, SUBSCRIBER_KIND)
         subscription = self.subscriptions[camera] = Subscription(subscriber, max_fps)
+        self.subscribed += 1
         cap = f" (at most {max_fps:g} fps)" if max_fps else ""
-        log.info("client %s: watching camera %s over /ws%s", self.client, camera, cap)
+        self.api.complaints.log(logging.INFO, "subscribe", "client %s: watching camera %s "
+                                "over /ws%s", self.client, camera, cap)  # fmt: skip
         await self.reply("subscribed", request_id, camera=camera, max_fps=max_fps)
         assert self._nursery is not None
         self._nursery.start_soon(self._send_frames, camera, subscription)
@@ -252,24 +279,34 @@ class Session:
 
     async def _send_frames(self, camera: str, subscription: Subscription) -> None:
         ws = self.ws
+        failed = False
         with subscription.scope:  # cancelled by unsubscribe
             try:
                 subscriber = subscription.subscriber
+                # Whole frames: an unsubscribe must not leave half of one on the wire.
                 await self.api.streams.send_frames(
-                    functools.partial(send_prebuilt, ws), ws._stream, subscriber,
-                    subscription.max_fps, Frame.mux_message,
-                    direct_writer(ws, subscriber, Frame.mux_message),
+                    functools.partial(write_whole, functools.partial(send_prebuilt, ws)),
+                    ws._stream, subscriber, subscription.max_fps, Frame.mux_message,
+                    direct_writer(ws, subscriber, Frame.mux_message, whole=True),
                 )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._end()  # the client went away
                 return
             except SubscriptionEnded:
                 pass  # the camera is gone (an expired session): tell the client, below
+            except Exception as exc:  # a bug: this subscription ends, not the connection
+                self.api.faults.record("ws_api", exc, "sending a subscription's frames")
+                failed = True
             else:
                 self._end()  # too slow: send_frames has already dropped the connection
                 return
-        if self.subscriptions.get(camera) is subscription:
-            self._drop(camera)
+        if self.subscriptions.get(camera) is not subscription:
+            return  # unsubscribed meanwhile
+        self._drop(camera)
+        if failed:
+            await self.error("internal_error", f"the broker failed to send camera {camera!r}; "
+                             "unsubscribed", None)  # fmt: skip
+        else:
             await self.reply("unsubscribed", None, camera=camera, reason="camera_removed")
 
     async def _run_command(
@@ -283,9 +320,8 @@ class Session:
                 status = await control.apply_preset(camera, preset, rid)
             else:
                 status = await control.command(camera, command, settings, rid)
-        except Exception:  # Control answers problems itself; this is a bug
-            log.exception("client %s: command %s on camera %s failed", self.client, command,
-                          camera)  # fmt: skip
+        except Exception as exc:  # Control answers problems itself; this is a bug
+            self.api.faults.record("ws_api", exc, f"command {command} on camera {camera}")
             await self.error("internal_error", f"the broker failed to run {command}", request_id)
             return
         result = status.to_json()
@@ -298,8 +334,14 @@ class Session:
         try:
             while True:
                 event = await listener.next()
-                if self.grant.can_watch(event.get("camera") or ""):
-                    await self.send(event)
+                try:
+                    camera = event.get("camera") or ""
+                    visible = isinstance(camera, str) and self.grant.can_watch(camera)
+                except Exception as exc:  # an event we cannot read: a bug elsewhere
+                    self.api.faults.record("ws_api", exc, "forwarding an event")
+                    continue
+                if visible:
+                    await self.send(event)  # which answers internal_error if it must
         finally:
             control.events.unlisten(listener)
 
@@ -321,8 +363,10 @@ class Session:
             return False
         subscription.scope.cancel()
         self.api.hub.unsubscribe(subscription.subscriber)
-        log.info("client %s: left camera %s on /ws (sent %d frames, dropped %d)", self.client,
-                 camera, subscription.subscriber.sent, subscription.subscriber.dropped)  # fmt: skip
+        self.api.complaints.log(logging.INFO, "unsubscribe", "client %s: left camera %s on "
+                                "/ws (sent %d frames, dropped %d)", self.client, camera,
+                                subscription.subscriber.sent,
+                                subscription.subscriber.dropped)  # fmt: skip
         return True
 
 
@@ -376,3 +420,12 @@ def string_field(request: dict[str, Any], name: str) -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _echoable(request_id: object) -> str | int | float | None:
+    """``request_id`` if it can go back as JSON, else None."""
+    if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+        return request_id
+    if isinstance(request_id, float) and math.isfinite(request_id):
+        return request_id
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from broker.auth import OPEN, Access, Grant, RateLimiter, TokenBucket, request_token
@@ -54,7 +56,8 @@ def test_roles_and_camera_lists() -> None:
     assert limited is not None and limited.cameras == frozenset({"lobby"})
     assert limited.can_control("lobby")
     assert not limited.can_watch("door") and not limited.can_control("door")
-    assert limited.name == "lobb…"  # never the whole token in a log line
+    # Never the token, nor a part of it, in a log line: a short hash of it.
+    assert limited.name == "token " + hashlib.sha256(b"lobby-only-op").hexdigest()[:8]
 
     limited_viewer = access.check("lobby-only-viewer")
     assert limited_viewer is not None
@@ -136,3 +139,21 @@ def test_rate_limiter_forgets_the_least_recently_used_beyond_its_bound() -> None
 def test_rate_limiter_rejects_a_rate_of_zero() -> None:
     with pytest.raises(ValueError, match="rate"):
         RateLimiter(0)
+
+
+def test_rate_limiter_says_how_long_to_wait_without_spending() -> None:
+    """The failed-token throttle: a burst of failures, then one per 1/rate seconds."""
+    clock = Clock()
+    failures = RateLimiter(0.2, 3, clock=clock)
+    assert failures.wait("10.0.0.1") == 0.0  # unknown: no bucket made
+    assert len(failures) == 0
+    for _ in range(3):
+        assert failures.wait("10.0.0.1") == 0.0
+        failures.allow("10.0.0.1")
+    assert failures.wait("10.0.0.1") == pytest.approx(5.0)
+    assert failures.wait("10.0.0.1") == pytest.approx(5.0)  # asking spends nothing
+    clock.now += 3.0
+    assert failures.wait("10.0.0.1") == pytest.approx(2.0)
+    clock.now += 2.0
+    assert failures.wait("10.0.0.1") == 0.0
+    assert failures.wait("10.0.0.2") == 0.0  # per address

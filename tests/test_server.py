@@ -4,16 +4,20 @@ slow and stalled clients, malformed input, shutdown."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import cv2
+import h11
 import numpy as np
+import pytest
 import trio
 from helpers import config, publisher, running_broker, sample_jpeg
 from rawws import RawWebSocket
 from trio_websocket import open_websocket_url
 
 from broker.app import Broker
+from broker.http import parse_json, protocol_problem, to_json
 from cameras import stamp, wire
 
 TWO_CAMERAS = '[[cameras]]\nid = "a"\nname = "Camera A"\n[[cameras]]\nid = "b"\n'
@@ -280,3 +284,29 @@ async def test_shutdown_closes_websockets_with_1001() -> None:
         assert (opcode, payload[:2]) == (8, (1001).to_bytes(2, "big"))
         assert time.monotonic() - started < 2
         await client.aclose()
+
+
+def test_json_in_and_out_is_finite() -> None:
+    """Non-finite numbers are refused both ways: nothing but JSON is read or sent."""
+    assert parse_json('{"a": 1.5, "b": -2e10, "c": 1e308}') == {"a": 1.5, "b": -2e10, "c": 1e308}
+    for text in ('{"a": 1e400}', "[-1e999]", "NaN", '{"a": Infinity}', "-Infinity"):
+        with pytest.raises(ValueError):
+            parse_json(text)
+    for value in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError):
+            to_json({"value": value})
+
+
+def test_protocol_problems_never_quote_the_request() -> None:
+    for raw in (b"GET /?token=secret HTTP/1.1 x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nbad header token=secret\r\n\r\n"):  # fmt: skip
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(raw)
+        try:
+            conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            assert "secret" in str(exc)  # h11 quotes it...
+            problem = protocol_problem(exc)
+            assert "secret" not in problem and problem.startswith("illegal")  # ...we do not
+        else:
+            raise AssertionError(raw)

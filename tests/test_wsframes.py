@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import h11
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
@@ -275,3 +277,224 @@ async def test_upgrade_handed_over_through_replay_stream() -> None:
                 await client.get_message()
             assert closed.value.reason.code == wsframes.GOING_AWAY
             await client.aclose()
+
+
+# -- the opening handshake --------------------------------------------------------------
+
+
+def upgrade_request(**changes: bytes | None) -> h11.Request:
+    """The UPGRADE request with some headers changed (None removes one)."""
+    request, _ = parse_request(UPGRADE)
+    headers = [(name, changes.pop(name.decode().replace("-", "_"), value))
+               for name, value in request.headers]  # fmt: skip
+    headers += [(name.replace("_", "-").encode(), value) for name, value in changes.items()]
+    return h11.Request(method=request.method, target=request.target,
+                       headers=[(n, v) for n, v in headers if v is not None])  # fmt: skip
+
+
+def test_a_good_handshake_passes() -> None:
+    assert wsframes.handshake_problem(upgrade_request()) is None
+    request = upgrade_request(connection=b"keep-alive, Upgrade")  # Firefox
+    assert wsframes.handshake_problem(request) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "words"),
+    [
+        ({"sec_websocket_key": b"short"}, 400, "Sec-WebSocket-Key"),
+        ({"sec_websocket_key": b"dGhlIHNhbXBsZSBub25jZQ"}, 400, "Sec-WebSocket-Key"),
+        ({"sec_websocket_key": b"dGhlIHNhbXBsZSBub25jZT0="}, 400, "Sec-WebSocket-Key"),  # 17
+        ({"sec_websocket_key": b"!!!!!!!!!!!!!!!!!!!!!!=="}, 400, "Sec-WebSocket-Key"),
+        ({"sec_websocket_key": None}, 400, "Sec-WebSocket-Key"),
+        ({"sec_websocket_version": b"8"}, 426, "version 13"),
+        ({"sec_websocket_version": None}, 400, "version 13"),
+        ({"connection": b"keep-alive"}, 400, "Connection"),
+        ({"connection": b"Upgrade, \xff"}, 400, "ASCII"),
+        ({"sec_websocket_protocol": b"\xe9t\xe9"}, 400, "ASCII"),
+        ({"host": b"xn--zz"}, 400, "Host"),  # idna cannot decode it: wsproto raised
+        ({"host": b"caf\xe9"}, 400, "Host"),
+    ],
+)
+def test_a_bad_handshake_is_refused(changes: dict[str, bytes | None], status: int,
+                                    words: str) -> None:  # fmt: skip
+    problem = wsframes.handshake_problem(upgrade_request(**changes))
+    assert problem is not None and problem.status == status
+    assert words in problem.body.decode()
+    if status == 426:
+        assert ("sec-websocket-version", "13") in problem.headers
+
+
+def test_a_post_upgrade_is_refused() -> None:
+    request, _ = parse_request(UPGRADE.replace(b"GET", b"POST", 1))
+    problem = wsframes.handshake_problem(request)
+    assert problem is not None and problem.status == 400
+
+
+# -- InboundFrames ------------------------------------------------------------------------
+
+
+def client_frame(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
+    length: int | None = None, width: int | None = None,
+) -> bytes:  # fmt: skip
+    """A client frame; ``length`` declares another length, ``width`` forces 7, 16 or 64
+    bits for it."""
+    declared = len(payload) if length is None else length
+    width = width or (7 if declared < 126 else 16 if declared < 1 << 16 else 64)
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    mask_bit = 0x80 if masked else 0
+    if width == 7:
+        head += bytes([mask_bit | declared])
+    elif width == 16:
+        head += bytes([mask_bit | 126]) + declared.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + declared.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = b"\x37\xfa\x21\x3d"
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
+GOOD = [
+    client_frame(TEXT, b"hello"),
+    client_frame(TEXT, "h\u00e9".encode()[:2], fin=False) + client_frame(PING, b"p")
+    + client_frame(CONT, "h\u00e9".encode()[2:]),  # a character split across frames
+    client_frame(BINARY, b"\xff" * 300) + client_frame(BINARY, b"x" * 70_000),
+    client_frame(BINARY, b"a", fin=False) + client_frame(CONT, b"b", fin=False)
+    + client_frame(CONT, b""),
+    client_frame(CLOSE, b"\x03\xe8bye"),
+    client_frame(CLOSE, b""),
+    client_frame(CLOSE, b"\x0f\xa0") + b"\x00anything after a close is trio-websocket's",
+]
+
+
+@pytest.mark.parametrize("data", GOOD)
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_good_frames_pass_in_any_pieces(data: bytes, chunk: int) -> None:
+    frames = wsframes.InboundFrames(100_000)
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        assert frames.feed(piece) == len(piece)
+    assert frames.violation is None
+
+
+BAD = [
+    (client_frame(TEXT, b"x", rsv=4), 1002, "reserved"),
+    (client_frame(0x3, b"x"), 1002, "opcode"),
+    (client_frame(0xB), 1002, "opcode"),
+    (client_frame(TEXT, b"x", masked=False), 1002, "masked"),
+    (client_frame(PING, b"x", fin=False), 1002, "fragmented control"),
+    (client_frame(PING, b"x" * 126), 1002, "125"),
+    (client_frame(CONT, b"x"), 1002, "continuation"),
+    (client_frame(TEXT, b"a", fin=False) + client_frame(TEXT, b"b"), 1002, "was finished"),
+    (client_frame(BINARY, b"x" * 10, width=16), 1002, "minimally"),
+    (client_frame(BINARY, b"x" * 200, width=64), 1002, "minimally"),
+    (client_frame(BINARY, length=1 << 63 | 1 << 20), 1002, "top bit"),
+    (client_frame(TEXT, b"\xff\xfe"), 1007, "UTF-8"),
+    (client_frame(TEXT, b"ok \xe2\x82", fin=True), 1007, "UTF-8"),  # cut short
+    (client_frame(TEXT, b"\xc0\xaf", fin=False), 1007, "UTF-8"),  # found before the end
+    (client_frame(CLOSE, b"\x03"), 1002, "1-byte"),
+    (client_frame(CLOSE, b"\x03\xed"), 1002, "1005"),
+    (client_frame(CLOSE, b"\x03\xe8\xff"), 1007, "UTF-8"),
+    (client_frame(BINARY, length=1 << 62), 1009, "over"),
+    (client_frame(BINARY, b"x" * 60, fin=False) + client_frame(CONT, b"y" * 60), 1009, "over"),
+]
+
+
+@pytest.mark.parametrize(("data", "code", "words"), BAD)
+def test_violations_get_their_close_code(data: bytes, code: int, words: str) -> None:
+    frames = wsframes.InboundFrames(100)
+    good = client_frame(TEXT, b"fine") + client_frame(PING)
+    accepted = frames.feed(good + data)
+    assert frames.violation is not None and frames.violation.code == code
+    assert words in frames.violation.reason
+    assert len(good) <= accepted < len(good) + len(data)  # the good frames go on
+    assert frames.feed(b"more") == 0  # and nothing after
+
+
+def test_an_oversized_frame_is_refused_at_its_header() -> None:
+    frames = wsframes.InboundFrames(1 << 20)
+    head = client_frame(BINARY, length=1 << 62)
+    assert frames.feed(head[:5]) == 5  # not yet known
+    assert frames.feed(head[5:]) == 0
+    assert frames.violation == wsframes.Violation(1009, "a message over 1048576 bytes")
+
+
+def test_close_frame_carries_code_and_a_cut_reason() -> None:
+    assert wsframes.close_frame(1002, "x" * 200) == b"\x88\x7d\x03\xea" + b"x" * 123
+
+
+frame_specs = st.tuples(
+    st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xA, 0xF]),
+    st.one_of(st.binary(max_size=140), st.text(max_size=40).map(str.encode)),
+    st.booleans(),  # fin
+    st.sampled_from([0, 0, 0, 0, 1, 4]),  # rsv
+    st.sampled_from([True, True, True, False]),  # masked
+)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(st.lists(frame_specs, max_size=6), st.integers(1, 50))
+def test_inbound_frames_agree_with_wsproto(specs: list[tuple[Any, ...]], chunk: int) -> None:
+    """Whatever a client sends, InboundFrames fails the connection exactly when wsproto
+    would, with the same code: so wsproto never meets a violation it would end with a
+    bare TCP close."""
+    from wsproto.frame_protocol import FrameProtocol, ParseFailed
+
+    data = b"".join(client_frame(op, payload, fin=fin, rsv=rsv, masked=masked)
+                    for op, payload, fin, rsv, masked in specs)  # fmt: skip
+    protocol = FrameProtocol(client=False, extensions=[])
+    expected = None
+    try:
+        protocol.receive_bytes(data)
+        for frame in protocol.received_frames():
+            if frame.opcode == 0x8:
+                break  # after a close, the rest is trio-websocket's
+    except ParseFailed as exc:
+        expected = int(exc.code)
+    frames = wsframes.InboundFrames(1 << 20)
+    for start in range(0, len(data), chunk):
+        frames.feed(data[start : start + chunk])
+    assert (frames.violation.code if frames.violation else None) == expected, frames.violation
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["after", "with-the-request"])
+async def test_a_violation_gets_a_close_frame_then_the_end(early: bool) -> None:
+    """ReplayStream through trio-websocket: a bad frame (sent after the handshake, or in
+    the same read as the request) gets a close frame with its code, then the end of the
+    stream; trio-websocket sees the connection end. A good message before it is
+    delivered."""
+    client, server = trio.testing.memory_stream_pair()
+    bad = client_frame(TEXT, b"\xff")
+    good = client_frame(TEXT, b"hello")
+    delivered: list[str | bytes] = []
+
+    async def serve() -> None:
+        request, trailing = parse_request(UPGRADE + (good + bad if early else b""))
+        replay = ReplayStream(server, request_bytes(request, b""), wsframes.InboundFrames(100),
+                              trailing)  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            ws = await (await trio_websocket.wrap_server_stream(nursery, replay)).accept()
+            replay.opened(ws)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    delivered.append(await ws.get_message())
+            nursery.cancel_scope.cancel()
+        assert replay.violation == wsframes.Violation(1007, "text message is not UTF-8")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await client.receive_some(4096)
+            assert data.startswith(b"HTTP/1.1 101")
+            if not early:
+                await client.send_all(good + bad)
+            rest = data.partition(b"\r\n\r\n")[2]
+            while chunk := await client.receive_some(4096):
+                rest += chunk
+            assert rest == wsframes.close_frame(1007, "text message is not UTF-8")
+    # Sent with the request, it is still in wsproto's buffer when the stream ends.
+    assert delivered == ([] if early else ["hello"])
