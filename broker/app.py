@@ -97,7 +97,7 @@ class Broker:
                         control=control_local, on_exit=self.control.worker_exited,
                         heartbeat=self.config.control.heartbeat_interval,
                         silent_for=self.control.silent_for,
-                        lost_after=self.config.control.lost_after,
+                        lost_after=self.config.control.lost_after, faults=self.faults,
                     )  # fmt: skip
                     nursery.start_soon(self.supervisor.run, supervised, name="supervisor")
                 task_status.started(self)

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from broker.boundary import Faults
 from broker.config import CameraConfig, WorkersConfig
 
 log = logging.getLogger("broker.supervisor")
@@ -115,8 +116,10 @@ class Supervisor:
         on_exit: Callable[[str, int, str], None] | None = None,
         silent_for: Callable[[str], float | None] | None = None,
         lost_after: float = 3.0,
+        faults: Faults | None = None,
     ) -> None:
         self.settings = settings
+        self.faults = faults if faults is not None else Faults()
         self.endpoint = endpoint
         self.control = control  # the broker's control endpoint for its workers
         self.heartbeat = heartbeat  # seconds between control heartbeats
@@ -139,7 +142,11 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 for camera in cameras:
-                    nursery.start_soon(self.keep_running, camera, name=f"worker:{camera.id}")
+                    # A worker that cannot even be started (EMFILE, say) is retried
+                    # with backoff; it must not take the other cameras down.
+                    nursery.start_soon(self.faults.keep_running, "supervisor",
+                                       self.keep_running, camera,
+                                       name=f"worker:{camera.id}")  # fmt: skip
         finally:
             self.lifeline = None
             os.close(read_end)

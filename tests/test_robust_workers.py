@@ -707,3 +707,21 @@ def test_worker_sockets_drop_a_dead_connection_and_retry_connecting_quickly() ->
         socket.close(linger=0)
     finally:
         context.destroy(linger=0)
+
+
+async def test_a_worker_that_cannot_be_started_is_retried_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spawning fails (here: no such program; in life EMFILE or ENOMEM): the supervisor
+    counts it, waits, tries again, and the caller's nursery lives on."""
+    from broker import supervisor as supervision
+    from broker.boundary import Faults
+    from broker.config import CameraConfig, WorkersConfig
+
+    monkeypatch.setattr(supervision, "worker_command", lambda *a, **k: ["/nonexistent/worker"])
+    faults = Faults()
+    watcher = supervision.Supervisor(WorkersConfig(), "ipc:///tmp/none", faults=faults)
+    camera = CameraConfig(id="cam", source="test-pattern")
+    with trio.move_on_after(1.2):
+        await watcher.run([camera])
+    assert faults.counts["supervisor"] >= 2  # tried again after a backoff
