@@ -40,7 +40,7 @@ import time
 from array import array
 
 from benchmarks.common import latency_summary_ms
-from cameras import stamp
+from broker.protocol import stamp
 
 # Bytes of each image kept for the stamp: SOI, JFIF APP0 (18) and the COM segment (57).
 PREFIX_BYTES = 256

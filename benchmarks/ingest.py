@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_payload(min_bytes: int, width: int = 1280, height: int = 720) -> tuple[bytes, int]:
     """A stamped test-pattern JPEG of at least ``min_bytes`` (or quality 100)."""
-    from cameras import stamp
+    from broker.protocol import stamp
     from cameras.encoding import encode
-    from cameras.testpattern import TestPattern
+    from cameras.sources.testpattern import TestPattern
 
     image, now = TestPattern(width, height).draw(0), time.time()
     for quality in range(80, 101):
@@ -59,7 +59,7 @@ def publish(args: argparse.Namespace) -> int:
     """Send the payload in a loop until SIGTERM or end of stdin."""
     import zmq
 
-    from cameras import wire
+    from broker.protocol import wire
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     payload, quality = build_payload(args.frame_kb * 1000)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from cameras import stamp, wire
+from broker.protocol import stamp, wire
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Counters:
 
 def prepare(width: int, height: int, quality: int, count: int) -> list[Frame]:
     from cameras.encoding import encode  # OpenCV: only needed once, before the loop
-    from cameras.testpattern import TestPattern
+    from cameras.sources.testpattern import TestPattern
 
     pattern, now, frames = TestPattern(width, height), time.time(), []
     for i in range(count):

@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bare(args: argparse.Namespace) -> int:
-    from cameras import stamp
+    from broker.protocol import stamp
     from cameras.encoding import encode
-    from cameras.testpattern import TestPattern
+    from cameras.sources.testpattern import TestPattern
 
     pattern = TestPattern(args.width, args.height)
     draw_s = encode_s = stamp_s = 0.0

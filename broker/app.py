@@ -5,7 +5,7 @@ client is told 1001 (going away), workers get SIGTERM then SIGKILL after the gra
 period, and the ingest and control sockets are closed. Each step is bounded.
 
 Supervised workers reach the broker over two private ipc:// endpoints in a private
-folder (`broker.workdir`): ingest (frames) and control (settings, commands, heartbeats).
+folder (`broker.support.workdir`): ingest (frames) and control (settings, commands, heartbeats).
 At start the broker removes such folders left by brokers of its user that died.
 """
 
@@ -19,15 +19,17 @@ import time
 import trio
 import zmq
 
-from broker import ingest, nodata, workdir
-from broker.boundary import Faults
 from broker.config import Config
 from broker.control import Control
-from broker.frames import Frame
-from broker.hub import CameraInfo, Hub, Retention
-from broker.metrics import Metrics
-from broker.server import Server
-from broker.supervisor import Supervisor
+from broker.control.supervisor import Supervisor
+from broker.core import nodata
+from broker.core.frame import Frame
+from broker.core.hub import CameraInfo, Hub, Retention
+from broker.ingest import zeromq as ingest
+from broker.serve.metrics import Metrics
+from broker.serve.server import Server
+from broker.support import workdir
+from broker.support.faults import Faults
 
 log = logging.getLogger("broker")
 

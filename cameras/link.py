@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from cameras import control
+from broker.protocol import control
 
 log = logging.getLogger("camera-worker")
 

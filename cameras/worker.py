@@ -36,11 +36,18 @@ import cv2
 import numpy as np
 import zmq
 
-from cameras import stamp, wire
+from broker.protocol import stamp, wire
+from broker.protocol.settings import (
+    SETTINGS,
+    Settings,
+    SettingsError,
+    defaults,
+    supported,
+    validate,
+)
 from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
 from cameras.encoding import encode
 from cameras.link import ControlLink, keep_connection_fresh, open_dealer
-from cameras.settings import SETTINGS, Settings, SettingsError, defaults, supported, validate
 from cameras.sources import Capture, Source, SourceError, make_source
 
 log = logging.getLogger("camera-worker")

@@ -14,7 +14,7 @@ import zmq
 
 from broker import config as configuration
 from broker.app import Broker
-from cameras import stamp, wire
+from broker.protocol import stamp, wire
 
 
 @cache

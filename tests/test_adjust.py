@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cameras.adjust import NEUTRAL, adjust, is_neutral, tone_table
-from cameras.testpattern import TestPattern
+from cameras.sources.testpattern import TestPattern
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from broker.auth import OPEN, Access, Grant, RateLimiter, TokenBucket, request_token
 from broker.config import TokenConfig
+from broker.serve.access import OPEN, Access, Grant, RateLimiter, TokenBucket, request_token
 
 TOKENS = [
     TokenConfig("viewer-token-1", "viewer", (), "wall"),

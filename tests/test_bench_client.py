@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from benchmarks.client import Connection, MjpegConnection, part_length
-from cameras import stamp
+from broker.protocol import stamp
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(3000)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from cameras import stamp, wire
+from broker.protocol import stamp, wire
 from cameras.encoding import encode
 from cameras.sources import (
     QUERYCTRL,
@@ -28,7 +28,7 @@ from cameras.sources import (
     query_control,
     use_passthrough,
 )
-from cameras.testpattern import TestPattern
+from cameras.sources.testpattern import TestPattern
 from cameras.worker import Backoff, Stop, late_slots
 
 

@@ -27,7 +27,7 @@ from broker.client import (
     Frame,
     RequestTimeout,
 )
-from cameras import control, settings, stamp
+from broker.protocol import control, settings, stamp
 
 TWO_CAMERAS = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
 SMALL = sample_jpeg(320, 240)

@@ -22,7 +22,7 @@ from broker.config import (
     load,
     parse,
 )
-from cameras.wire import CAMERA_ID
+from broker.protocol.wire import CAMERA_ID
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 ID_RULE = f"must match {CAMERA_ID.pattern}"

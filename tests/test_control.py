@@ -29,12 +29,12 @@ from rawws import RawWebSocket
 
 from broker import config as configuration
 from broker.control import Control, StatusResponse
-from broker.events import Listener
-from broker.hub import CameraInfo, Hub
-from broker.supervisor import worker_command
-from cameras import control as protocol
-from cameras import settings as camera_settings
-from cameras import stamp
+from broker.control.supervisor import worker_command
+from broker.core.events import Listener
+from broker.core.hub import CameraInfo, Hub
+from broker.protocol import control as protocol
+from broker.protocol import settings as camera_settings
+from broker.protocol import stamp
 
 FAST = {"heartbeat_interval": 0.2, "lost_after": 0.6, "command_timeout": 3.0}
 
@@ -296,7 +296,7 @@ async def test_command_round_trip(tmp_path: Path) -> None:
 async def test_control_metrics(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from broker.metrics import Metrics
+    from broker.serve.metrics import Metrics
 
     async with running_control(make_config(tmp_path)) as control, serving(control):
         metrics = Metrics(control.hub, {}, dict, control)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from broker.events import EventBus, ListenerClosed
+from broker.core.events import EventBus, ListenerClosed
 
 
 def test_publish_reaches_every_listener_as_one_shared_dict() -> None:

@@ -38,7 +38,7 @@ from procs import BrokerProcess, get_json, synthetic_camera, write_config
 from survival import Viewer, _parse
 
 from benchmarks.procs import stop_process
-from cameras import stamp
+from broker.protocol import stamp
 
 pytestmark = pytest.mark.skipif(
     unavailable() is not None, reason=f"fault matrix: {unavailable()} (and so do its tmpfs mounts)"

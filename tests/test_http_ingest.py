@@ -11,7 +11,7 @@ from helpers import config, publisher, running_broker, sample_jpeg
 from test_server import get, http
 from trio_websocket import open_websocket_url
 
-from cameras import stamp
+from broker.protocol import stamp
 
 
 def post(path: str, body: bytes, content_type: str, extra: str = "") -> bytes:

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from broker.frames import Frame, websocket_binary_header
-from broker.hub import Camera, CameraInfo, Hub, Outcome, RateMeter, Subscriber, UnknownCamera
+from broker.core.frame import Frame, websocket_binary_header
+from broker.core.hub import Camera, CameraInfo, Hub, Outcome, RateMeter, Subscriber, UnknownCamera
 
 OFFLINE_AFTER = 2.0
 CLOCK_OFFSET = 1_763_699_900.0  # a camera's Unix time minus our monotonic time

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_server import get, http
 from trio_websocket import open_websocket_url
 
-from cameras import stamp
+from broker.protocol import stamp
 
 
 class MjpegReader:

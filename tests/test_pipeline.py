@@ -17,7 +17,7 @@ import trio
 from procs import BrokerProcess, free_port, get_json, synthetic_camera, write_config
 from trio_websocket import open_websocket_url
 
-from cameras import stamp
+from broker.protocol import stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.queue import DropOldestQueue
+from broker.core.queue import DropOldestQueue
 
 
 @pytest.mark.parametrize("depth", [0, -1, -100])

@@ -3,8 +3,8 @@ cap for the whole broker."""
 
 from __future__ import annotations
 
-from broker.frames import Frame
-from broker.hub import CameraInfo, Hub, Retention
+from broker.core.frame import Frame
+from broker.core.hub import CameraInfo, Hub, Retention
 
 
 class Clock:

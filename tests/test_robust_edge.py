@@ -34,7 +34,7 @@ from survival import Viewer
 from test_wsframes import BINARY, CONT, PING, TEXT, client_frame
 
 from benchmarks.procs import free_port
-from cameras import stamp
+from broker.protocol import stamp
 
 FPS = 10.0
 CAMERA = synthetic_camera("cam", 320, 240, FPS)

@@ -40,11 +40,11 @@ from survival import Viewer
 from trio_websocket import open_websocket_url
 
 from broker import config as configuration
-from broker import nodata
-from broker.uploads import UploadError, declared_size, parse_upload
-from cameras import control as protocol
-from cameras import settings as camera_settings
-from cameras import wire
+from broker.core import nodata
+from broker.ingest.uploads import UploadError, declared_size, parse_upload
+from broker.protocol import control as protocol
+from broker.protocol import settings as camera_settings
+from broker.protocol import wire
 
 FPS = 10
 CAM = synthetic_camera("cam", 320, 240, FPS)

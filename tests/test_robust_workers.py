@@ -40,11 +40,11 @@ from rawws import RawWebSocket
 from survival import Viewer
 from test_control import make_config, running_control, serving, wait_for
 
-from broker import workdir
 from broker.control import Control
-from broker.hub import CLOCK_SETTLE, Freshness
-from broker.supervisor import lost_too_long, worker_command
-from cameras import stamp, wire
+from broker.control.supervisor import lost_too_long, worker_command
+from broker.core.hub import CLOCK_SETTLE, Freshness
+from broker.protocol import stamp, wire
+from broker.support import workdir
 from cameras.link import keep_connection_fresh
 
 FPS = 10.0
@@ -714,9 +714,9 @@ async def test_a_worker_that_cannot_be_started_is_retried_not_fatal(
 ) -> None:
     """Spawning fails (here: no such program; in life EMFILE or ENOMEM): the supervisor
     counts it, waits, tries again, and the caller's nursery lives on."""
-    from broker import supervisor as supervision
-    from broker.boundary import Faults
     from broker.config import CameraConfig, WorkersConfig
+    from broker.control import supervisor as supervision
+    from broker.support.faults import Faults
 
     monkeypatch.setattr(supervision, "worker_command", lambda *a, **k: ["/nonexistent/worker"])
     faults = Faults()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from broker.config import ScheduleEntry
-from broker.schedule import advance, crossings
+from broker.control.schedule import advance, crossings
 
 DAY = ScheduleEntry(dt.time(7, 0), "day")
 NIGHT = ScheduleEntry(dt.time(19, 30), "night")

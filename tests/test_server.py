@@ -17,8 +17,8 @@ from rawws import RawWebSocket
 from trio_websocket import open_websocket_url
 
 from broker.app import Broker
-from broker.http import parse_json, protocol_problem, to_json
-from cameras import stamp, wire
+from broker.protocol import stamp, wire
+from broker.serve.http import parse_json, protocol_problem, to_json
 
 TWO_CAMERAS = '[[cameras]]\nid = "a"\nname = "Camera A"\n[[cameras]]\nid = "b"\n'
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cameras import stamp
+from broker.protocol import stamp
 
 WIDTH, HEIGHT = 48, 32
 

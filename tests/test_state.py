@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import state
+from broker.control import store as state
 
 
 def test_round_trip(tmp_path: Path) -> None:

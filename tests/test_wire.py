@@ -13,8 +13,8 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cameras import wire
-from cameras.wire import FrameHeader, WireError
+from broker.protocol import wire
+from broker.protocol.wire import FrameHeader, WireError
 
 MAX_PAYLOAD = 1 << 20
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import zmq
 
-from cameras import control, settings, wire
+from broker.protocol import control, settings, wire
 from cameras.link import Liveness, salvage_request_id
-from cameras.testpattern import TestPattern
+from cameras.sources.testpattern import TestPattern
 
 Frame = tuple[wire.FrameHeader, bytes]
 

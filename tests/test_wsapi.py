@@ -28,11 +28,11 @@ from rawws import RawWebSocket
 from test_server import get, http
 
 from broker.app import Broker
-from broker.frames import Frame
-from broker.hub import CameraInfo, Hub
-from broker.server import Server
-from broker.wsapi import MAX_REQUEST, RequestError, parse_request, request_id_of
-from cameras import stamp
+from broker.core.frame import Frame
+from broker.core.hub import CameraInfo, Hub
+from broker.protocol import stamp
+from broker.serve.server import Server
+from broker.serve.wsapi import MAX_REQUEST, RequestError, parse_request, request_id_of
 
 TWO = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
 TOKENS = (

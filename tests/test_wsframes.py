@@ -17,9 +17,9 @@ import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 
-from broker import wsframes
-from broker.frames import Frame, websocket_binary_header
-from broker.wsframes import ReplayStream, close_frame, request_bytes, send_prebuilt
+from broker.core.frame import Frame, websocket_binary_header
+from broker.serve import wsframes
+from broker.serve.wsframes import ReplayStream, close_frame, request_bytes, send_prebuilt
 
 UPGRADE = (
     b"GET /ws/cam1?max_fps=5 HTTP/1.1\r\n"
@@ -181,8 +181,8 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
     whole and in order with trio-websocket's own messages."""
     import socket
 
-    from broker.hub import Camera, CameraInfo, Subscriber
-    from broker.streams import DirectWriter
+    from broker.core.hub import Camera, CameraInfo, Subscriber
+    from broker.serve.delivery import DirectWriter
 
     big = bytes(range(256)) * 4096  # 1 MiB: more than a socket takes at once
 

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cameras.testpattern import TestPattern
+from cameras.sources.testpattern import TestPattern
 
 log = logging.getLogger("camera-worker")
 

@@ -1,10 +1,10 @@
 """One TCP port for HTTP and WebSocket.
 
 Every connection is read with h11 and every request is checked against the tokens
-(`broker.auth`) before anything else. Plain requests are answered by `broker.routes`;
-MJPEG and a WebSocket upgrade for one camera are fed by `broker.streams`; an upgrade
-on ``/ws`` is the multiplexed protocol of `broker.wsapi`. Upgrades are handed to
-trio-websocket (see `broker.wsframes`). Each connection has its own task and nursery;
+(`broker.serve.access`) before anything else. Plain requests are answered by `broker.serve.routes`;
+MJPEG and a WebSocket upgrade for one camera are fed by `broker.serve.delivery`; an upgrade
+on ``/ws`` is the multiplexed protocol of `broker.serve.wsapi`. Upgrades are handed to
+trio-websocket (see `broker.serve.wsframes`). Each connection has its own task and nursery;
 nothing a client does, or fails to do, can hold another client up.
 """
 
@@ -25,10 +25,11 @@ import h11
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from broker.auth import Access, Grant, RateLimiter, request_token
-from broker.boundary import Faults
 from broker.config import Config
-from broker.http import (
+from broker.core.hub import Hub
+from broker.serve.access import Access, Grant, RateLimiter, request_token
+from broker.serve.delivery import Streams
+from broker.serve.http import (
     Response,
     Target,
     error,
@@ -37,13 +38,10 @@ from broker.http import (
     parse_target,
     protocol_problem,
 )
-from broker.hub import Hub
-from broker.ratelimit import RateLimitedLog
-from broker.routes import BadRequest, Routes, camera_path, forbidden_camera, fps_cap
-from broker.streams import Streams
-from broker.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
-from broker.wsapi import WsApi
-from broker.wsframes import (
+from broker.serve.routes import BadRequest, Routes, camera_path, forbidden_camera, fps_cap
+from broker.serve.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
+from broker.serve.wsapi import WsApi
+from broker.serve.wsframes import (
     INTERNAL_ERROR,
     InboundFrames,
     ReplayStream,
@@ -53,6 +51,8 @@ from broker.wsframes import (
     linger,
     request_bytes,
 )
+from broker.support.faults import Faults
+from broker.support.throttle import RateLimitedLog
 
 if TYPE_CHECKING:
     from broker.control import Control

@@ -40,7 +40,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 from trio_websocket import wrap_client_stream as _wrap_client_stream
 
-from broker.ratelimit import RateLimitedLog
+from broker.support.throttle import RateLimitedLog
 
 log = logging.getLogger("broker.client")
 

@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from broker.boundary import Faults
 from broker.config import CameraConfig, WorkersConfig
+from broker.support.faults import Faults
 
 log = logging.getLogger("broker.supervisor")
 

@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from broker.boundary import Faults
-from broker.frames import Frame
-from broker.hub import Hub, Outcome
-from broker.ratelimit import RateLimitedLog
-from broker.zmqtrio import TrioReceiver, bound_socket
-from cameras import wire
+from broker.core.frame import Frame
+from broker.core.hub import Hub, Outcome
+from broker.protocol import wire
+from broker.support.faults import Faults
+from broker.support.throttle import RateLimitedLog
+from broker.support.zmqtrio import TrioReceiver, bound_socket
 
 log = logging.getLogger("broker.ingest")
 

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from broker.boundary import Faults
-from broker.hub import Hub
+from broker.core.hub import Hub
+from broker.support.faults import Faults
 
 if TYPE_CHECKING:
     from broker.control import Control

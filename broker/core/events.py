@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from broker.queue import DropOldestQueue
+from broker.core.queue import DropOldestQueue
 
 EVENTS = (
     "camera_online", "camera_offline", "settings_changed", "worker_connected",

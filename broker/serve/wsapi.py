@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from broker.auth import Grant, RateLimiter
-from broker.boundary import Faults
 from broker.config import Config
-from broker.frames import Frame
-from broker.http import parse_json
-from broker.hub import Hub, Subscriber, SubscriptionEnded
-from broker.ratelimit import RateLimitedLog
-from broker.routes import Routes
-from broker.streams import Streams, direct_writer, write_whole
-from broker.wsframes import close_going_away, send_prebuilt
-from cameras.control import COMMANDS
+from broker.core.frame import Frame
+from broker.core.hub import Hub, Subscriber, SubscriptionEnded
+from broker.protocol.control import COMMANDS
+from broker.serve.access import Grant, RateLimiter
+from broker.serve.delivery import Streams, direct_writer, write_whole
+from broker.serve.http import parse_json
+from broker.serve.routes import Routes
+from broker.serve.wsframes import close_going_away, send_prebuilt
+from broker.support.faults import Faults
+from broker.support.throttle import RateLimitedLog
 
 if TYPE_CHECKING:
     from broker.control import Control

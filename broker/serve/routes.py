@@ -1,6 +1,6 @@
 """The plain HTTP routes: JSON API, camera snapshots and uploads, settings and presets,
 static files. Each takes a parsed request and returns a `Response`; the connection
-handling (h11, streaming outputs, WebSocket upgrades) lives in `broker.server`.
+handling (h11, streaming outputs, WebSocket upgrades) lives in `broker.serve.server`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from urllib.parse import quote
 import h11
 import trio
 
-from broker import nodata
-from broker.auth import OPEN, Access, Grant, RateLimiter
 from broker.config import Config
-from broker.frames import Frame
-from broker.http import Response, Target, error, header, json_response, parse_json
-from broker.hub import Camera, CameraInfo, Hub, Outcome
-from broker.uploads import UploadError, parse_upload
-from cameras.wire import CAMERA_ID
+from broker.core import nodata
+from broker.core.frame import Frame
+from broker.core.hub import Camera, CameraInfo, Hub, Outcome
+from broker.ingest.uploads import UploadError, parse_upload
+from broker.protocol.wire import CAMERA_ID
+from broker.serve.access import OPEN, Access, Grant, RateLimiter
+from broker.serve.http import Response, Target, error, header, json_response, parse_json
 
 if TYPE_CHECKING:
     from broker.control import Control, StatusResponse
@@ -396,7 +396,7 @@ def frame_response(frame: Frame, now: float) -> Response:
 
 
 def static(name: str) -> Response:
-    data = resources.files("broker").joinpath("static", name).read_bytes()
+    data = resources.files("broker.serve").joinpath("static", name).read_bytes()
     suffix = name[name.rfind(".") :]
     return Response(200, data, STATIC_TYPES[suffix])
 

@@ -1,7 +1,7 @@
 """Feeding viewers: one camera per WebSocket or MJPEG response, and the send loop that
-every frame output shares (the multiplexed ``/ws`` endpoint in `broker.wsapi` too).
+every frame output shares (the multiplexed ``/ws`` endpoint in `broker.serve.wsapi` too).
 
-Each client reads from its own drop-oldest queue (`broker.hub.Subscriber`) in its own
+Each client reads from its own drop-oldest queue (`broker.core.hub.Subscriber`) in its own
 task; a client that takes no frame within ``server.send_timeout`` is cut off, since a
 frame may then be half on the wire.
 """
@@ -20,9 +20,9 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from broker.config import ServerConfig
-from broker.frames import MJPEG_BOUNDARY, Frame
-from broker.hub import Hub, Subscriber, SubscriptionEnded
-from broker.wsframes import close_going_away, direct_access, send_prebuilt
+from broker.core.frame import MJPEG_BOUNDARY, Frame
+from broker.core.hub import Hub, Subscriber, SubscriptionEnded
+from broker.serve.wsframes import close_going_away, direct_access, send_prebuilt
 
 log = logging.getLogger("broker.server")
 

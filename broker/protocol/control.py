@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from cameras import settings as camera_settings
+from broker.protocol import settings as camera_settings
 
 CONTROL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024

@@ -29,8 +29,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cameras import settings as camera_settings
-from cameras.wire import CAMERA_ID, FORMATS
+from broker.protocol import settings as camera_settings
+from broker.protocol.wire import CAMERA_ID, FORMATS
 
 
 class ConfigError(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from broker.ratelimit import RateLimitedLog
+from broker.support.throttle import RateLimitedLog
 
 log = logging.getLogger("broker.faults")
 

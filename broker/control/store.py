@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cameras import settings as camera_settings
+from broker.protocol import settings as camera_settings
 
 log = logging.getLogger("broker.state")
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cameras.wire import FORMATS, MAX_DIMENSION
+from broker.protocol.wire import FORMATS, MAX_DIMENSION
 
 Settings = dict[str, Any]
 

@@ -1,7 +1,7 @@
 """The control plane: commands and settings for camera workers over a ZeroMQ ROUTER.
 
 Each worker connects a DEALER whose routing id is its camera id and speaks the msgpack
-messages of `cameras.control`. Here one task receives everything from the ROUTER and
+messages of `broker.protocol.control`. Here one task receives everything from the ROUTER and
 updates a `WorkerLink` per camera; commands are sent from whichever task asks (a
 WebSocket client, an HTTP request, the scheduler, the on-demand logic) and wait for the
 matching reply, always bounded by ``control.command_timeout``.
@@ -41,16 +41,17 @@ from typing import Any
 import trio
 import zmq
 
-from broker import schedule, state
-from broker.boundary import Backoff, Faults
 from broker.config import CameraConfig, Config
-from broker.events import EventBus
-from broker.hub import Camera, Hub
-from broker.ratelimit import RateLimitedLog
-from broker.zmqtrio import bound_socket
-from cameras import control as protocol
-from cameras import settings as camera_settings
-from cameras.wire import CAMERA_ID
+from broker.control import schedule
+from broker.control import store as state
+from broker.core.events import EventBus
+from broker.core.hub import Camera, Hub
+from broker.protocol import control as protocol
+from broker.protocol import settings as camera_settings
+from broker.protocol.wire import CAMERA_ID
+from broker.support.faults import Backoff, Faults
+from broker.support.throttle import RateLimitedLog
+from broker.support.zmqtrio import bound_socket
 
 log = logging.getLogger("broker.control")
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import trio
 
-from broker.frames import Frame
-from broker.queue import DropOldestQueue
-from broker.ratelimit import RateLimitedLog
+from broker.core.frame import Frame
+from broker.core.queue import DropOldestQueue
+from broker.support.throttle import RateLimitedLog
 
 log = logging.getLogger("broker.hub")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cameras.wire import FORMATS, MAX_DIMENSION, sniff_format
+from broker.protocol.wire import FORMATS, MAX_DIMENSION, sniff_format
 
 PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 

@@ -34,7 +34,7 @@ import h11
 import trio
 from trio_websocket import WebSocketConnection
 
-from broker.http import Response, error, header
+from broker.serve.http import Response, error, header
 
 GOING_AWAY = 1001  # never 1000: the Grafana panel does not reconnect after a normal close
 PROTOCOL_ERROR = 1002
@@ -381,7 +381,7 @@ async def linger(stream: trio.abc.ReceiveStream, grace: float = CLOSE_GRACE) -> 
 
 def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socket] | None:
     """The connection's send lock and its OS socket, for writing without a task
-    (`broker.streams.DirectWriter`); None when that is not possible here.
+    (`broker.serve.delivery.DirectWriter`); None when that is not possible here.
 
     trio-websocket's lock belongs to the task that takes it, so a write begun by one task
     could not be finished by another: it is replaced, once and while free, by a
