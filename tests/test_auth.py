@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from broker.config import TokenConfig
-from broker.serve.access import OPEN, Access, Grant, RateLimiter, TokenBucket, request_token
+from broker.serve.access import OPEN, Access, Grant, request_token
+from broker.support.ratelimit import RateLimiter, TokenBucket
 
 TOKENS = [
     TokenConfig("viewer-token-1", "viewer", (), "wall"),

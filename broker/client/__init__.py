@@ -40,7 +40,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 from trio_websocket import wrap_client_stream as _wrap_client_stream
 
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.client")
 
@@ -328,7 +328,7 @@ class Client:
         self._handlers: dict[str, list[Handler]] = {}
         self._any_handlers: list[Handler] = []
         self._handler_tasks = 0
-        self._complaints = RateLimitedLog(log)
+        self._complaints = LogThrottle(log)
         self._counts = dict.fromkeys(ClientStats.__dataclass_fields__, 0)
         self._last_received = 0.0  # trio.current_time() of the last message
 

@@ -50,7 +50,7 @@ from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
 from broker.protocol.wire import CAMERA_ID
 from broker.support.faults import Backoff, Faults
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
 from broker.support.zmqtrio import bound_socket
 
 log = logging.getLogger("broker.control")
@@ -230,7 +230,7 @@ class Control:
         self.schedule_check = SCHEDULE_CHECK
         self._channel: RouterChannel | None = None
         self._nursery: trio.Nursery | None = None
-        self._complaints = RateLimitedLog(log)
+        self._complaints = LogThrottle(log)
         self._wire_ids = itertools.count(1)
         self._state_file = config.control.state_file
         self._stored = state.load(self._state_file)  # camera → settings operators applied

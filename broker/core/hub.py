@@ -27,7 +27,7 @@ import trio
 
 from broker.core.frame import Frame
 from broker.core.queue import DropOldestQueue
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.hub")
 
@@ -387,7 +387,7 @@ class Hub:
         # Frames dropped, by reason ("stale"): the broker passes its ingest error counts.
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.hooks = HubHooks()
-        self._complaints = RateLimitedLog(log)
+        self._complaints = LogThrottle(log)
 
     def _new(self, info: CameraInfo) -> Camera:
         return Camera(info, stale_after=self.offline_after)

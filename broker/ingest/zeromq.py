@@ -18,7 +18,7 @@ from broker.core.frame import Frame
 from broker.core.hub import Hub, Outcome
 from broker.protocol import wire
 from broker.support.faults import Faults
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
 from broker.support.zmqtrio import TrioReceiver, bound_socket
 
 log = logging.getLogger("broker.ingest")
@@ -94,7 +94,7 @@ class Intake:
             max_frame_bytes, max_width, max_height)  # fmt: skip
         self.observe_latency = observe_latency
         # Keyed by reason only: a peer inventing camera ids must not invent log lines.
-        self.complaints = RateLimitedLog(log)
+        self.complaints = LogThrottle(log)
 
     def take(self, parts: Sequence[zmq.Frame]) -> None:
         stats = self.stats

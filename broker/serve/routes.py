@@ -24,8 +24,9 @@ from broker.core.frame import Frame
 from broker.core.hub import Camera, CameraInfo, Hub, Outcome
 from broker.ingest.uploads import UploadError, parse_upload
 from broker.protocol.wire import CAMERA_ID
-from broker.serve.access import OPEN, Access, Grant, RateLimiter
+from broker.serve.access import OPEN, Access, Grant
 from broker.serve.http import Response, Target, error, header, json_response, parse_json
+from broker.support.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from broker.control import Control, StatusResponse

@@ -27,7 +27,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from broker.config import Config
 from broker.core.hub import Hub
-from broker.serve.access import Access, Grant, RateLimiter, request_token
+from broker.serve.access import Access, Grant, request_token
 from broker.serve.delivery import Streams
 from broker.serve.http import (
     Response,
@@ -52,7 +52,8 @@ from broker.serve.wsframes import (
     request_bytes,
 )
 from broker.support.faults import Faults
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
+from broker.support.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from broker.control import Control
@@ -105,7 +106,7 @@ class Server:
         self.http_errors: Counter[int] = Counter()
         self.started_at = time.monotonic()
         self.port = 0
-        self._complaints = RateLimitedLog(log)
+        self._complaints = LogThrottle(log)
         self._app_health = health
         self.access = Access(config.tokens)
         # Failed tokens per client address: a burst, then a trickle (then 429).

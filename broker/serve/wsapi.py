@@ -34,13 +34,14 @@ from broker.config import Config
 from broker.core.frame import Frame
 from broker.core.hub import Hub, Subscriber, SubscriptionEnded
 from broker.protocol.control import COMMANDS
-from broker.serve.access import Grant, RateLimiter
+from broker.serve.access import Grant
 from broker.serve.delivery import Streams, direct_writer, write_whole
 from broker.serve.http import parse_json
 from broker.serve.routes import Routes
 from broker.serve.wsframes import close_going_away, send_prebuilt
 from broker.support.faults import Faults
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
+from broker.support.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from broker.control import Control
@@ -85,7 +86,7 @@ class WsApi:
         self.faults = faults if faults is not None else Faults()
         self.errors: Counter[str] = Counter()  # error messages sent, by code
         self.connections = 0
-        self.complaints = RateLimitedLog(log)  # errors and subscriptions, keyed by kind
+        self.complaints = LogThrottle(log)  # errors and subscriptions, keyed by kind
 
     async def serve(self, ws: WebSocketConnection, grant: Grant, client: str) -> None:
         """Serve one accepted connection until the client leaves or we shut down."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from broker.support.throttle import RateLimitedLog
+from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.faults")
 
@@ -48,7 +48,7 @@ class Faults:
 
     def __init__(self, logger: logging.Logger = log) -> None:
         self.counts: Counter[str] = Counter()
-        self._log = RateLimitedLog(logger)
+        self._log = LogThrottle(logger)
 
     def record(self, where: str, exc: BaseException, context: str = "") -> None:
         """Count ``exc`` under ``where`` and log it (with its traceback) unless a line for

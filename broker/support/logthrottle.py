@@ -16,7 +16,7 @@ from collections.abc import Callable
 MAX_KEYS = 256
 
 
-class RateLimitedLog:
+class LogThrottle:
     def __init__(
         self,
         logger: logging.Logger,
