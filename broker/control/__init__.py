@@ -49,7 +49,8 @@ from broker.core.hub import Camera, Hub
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
 from broker.protocol.wire import CAMERA_ID
-from broker.support.faults import Backoff, Faults
+from broker.support.backoff import Backoff
+from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
 from broker.support.zmqtrio import bound_socket
 

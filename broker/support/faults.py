@@ -21,26 +21,13 @@ from typing import Any
 
 import trio
 
+from broker.support.backoff import Backoff
 from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.faults")
 
 # A job that ran this long before failing was healthy: its next restart waits the least.
 HEALTHY_RUN = 60.0
-
-
-class Backoff:
-    """Exponential delays: ``first``, doubled each time, at most ``limit``."""
-
-    def __init__(self, first: float = 1.0, limit: float = 30.0) -> None:
-        self.first, self.limit, self.delay = first, limit, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.limit)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 class Faults:
