@@ -11,7 +11,6 @@ At start the broker removes such folders left by brokers of its user that died.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -24,7 +23,7 @@ from broker.control import Control
 from broker.control.supervisor import Supervisor
 from broker.core import nodata
 from broker.core.frame import Frame
-from broker.core.hub import CameraInfo, Hub, Retention
+from broker.core.hub import CameraInfo, Hub
 from broker.ingest import zeromq as ingest
 from broker.serve.metrics import Metrics
 from broker.serve.server import Server
@@ -45,7 +44,7 @@ class Broker:
             [CameraInfo(c.id, c.display_name, c.width, c.height, c.format) for c in config.cameras],
             offline_after=config.ingest.offline_after,
             accept_unknown=config.ingest.accept_unknown_cameras,
-            retention=Retention(**dataclasses.asdict(config.retention)),
+            retention=config.retention,
             errors=self.ingest_stats.errors,  # stale frames count as ingest errors
             max_cameras=config.ingest.max_cameras,
         )

@@ -217,7 +217,7 @@ def apply_preset(args: argparse.Namespace) -> int:
     path = f"/api/cameras/{quote(args.camera, safe='')}/presets/{quote(args.name, safe='')}"
     status, body = post(http_url(args.url, path), args.token, args.timeout)
     if status not in (401, 403) and isinstance(body, dict) and "success" in body:
-        return show_result(CommandResult.from_reply(body), args.json)
+        return show_result(CommandResult.from_json(body), args.json)
     details = body if isinstance(body, dict) else {}
     reason = ": ".join(str(details[key]) for key in ("error", "message") if details.get(key))
     raise CtlError(f"POST {path}: {status}" + (f" {reason}" if reason else ""),

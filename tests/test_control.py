@@ -28,13 +28,14 @@ from procs import BrokerProcess, get_json, wait_until, write_config
 from rawws import RawWebSocket
 
 from broker import config as configuration
-from broker.control import Control, StatusResponse
+from broker.control import Control
 from broker.control.supervisor import worker_command
 from broker.core.events import Listener
 from broker.core.hub import CameraInfo, Hub
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
 from broker.protocol import stamp
+from broker.protocol.results import CommandResult
 
 FAST = {"heartbeat_interval": 0.2, "lost_after": 0.6, "command_timeout": 3.0}
 
@@ -181,7 +182,7 @@ async def serving(control: Control, **kwargs: Any) -> AsyncIterator[FakeWorker]:
 
 async def next_event(listener: Listener, name: str, within: float = 5.0) -> dict[str, Any]:
     with trio.fail_after(within):
-        while (event := await listener.next())["event"] != name:
+        while (event := await listener.next()).event != name:
             pass
     return event
 
@@ -205,8 +206,8 @@ async def test_hello_connects_and_heartbeats_keep_it_connected(tmp_path: Path) -
         worker.settings["brightness"] = 55
         worker.hello()
         event = await next_event(listener, "worker_connected")
-        assert event["camera"] == "cam"
-        assert event["data"] == {"pid": 4242, "device": "fake source", "streaming": True}
+        assert event.camera == "cam"
+        assert event.data == {"pid": 4242, "device": "fake source", "streaming": True}
         assert control.connected("cam")
         assert control.settings("cam")["brightness"] == 55
         assert control.supported("cam") == camera_settings.supported()
@@ -237,7 +238,7 @@ async def test_a_silent_worker_is_lost_within_lost_after_and_asked_to_hello_agai
         event = await next_event(listener, "worker_lost", within=3)
         took = trio.current_time() - started
         assert 0.5 <= took <= 1.5, took  # lost_after = 0.6 s
-        assert event["data"]["reason"] == "silent"
+        assert event.data["reason"] == "silent"
         assert not control.connected("cam")
         assert control.settings("cam") is not None  # the last known settings stay
         result = await control.command("cam", "get_status")
@@ -258,7 +259,7 @@ async def test_a_hello_with_a_new_pid_is_a_restart(tmp_path: Path) -> None:
         await next_event(listener, "worker_connected")
         worker.hello(pid=5555)
         event = await next_event(listener, "worker_restarted")
-        assert event["data"]["previous_pid"] == 4242 and event["data"]["pid"] == 5555
+        assert event.data["previous_pid"] == 4242 and event.data["pid"] == 5555
         assert control.health()["workers"]["cam"]["pid"] == 5555
 
 
@@ -268,18 +269,18 @@ async def test_command_round_trip(tmp_path: Path) -> None:
     async with running_control(cfg) as control, serving(control) as worker:
         listener = control.events.listen()
         result = await control.command("cam", "update_settings", {"brightness": 60}, "req-1")
-        assert isinstance(result, StatusResponse)
+        assert isinstance(result, CommandResult)
         assert result.success, result
         assert (result.error, result.errors, result.request_id) == (None, None, "req-1")
         assert (result.camera, result.command) == ("cam", "update_settings")
         assert result.settings["brightness"] == 60
         assert abs(result.timestamp - time.time()) < 5
-        assert set(result.to_json()) == {f.name for f in dataclasses.fields(StatusResponse)}
+        assert set(result.to_json()) == {f.name for f in dataclasses.fields(CommandResult)}
         (command,) = worker.commands()
         assert (command["command"], command["settings"]) == ("update_settings", {"brightness": 60})
         event = await next_event(listener, "settings_changed")
-        assert event["data"]["changed"] == ["brightness"]
-        assert event["data"]["settings"]["brightness"] == 60
+        assert event.data["changed"] == ["brightness"]
+        assert event.data["settings"]["brightness"] == 60
         assert control.settings("cam")["brightness"] == 60
         await wait_for(lambda: control.state_saved)
         stored = json.loads(Path(cfg.control.state_file).read_text())
@@ -419,7 +420,7 @@ async def test_a_worker_exit_reported_by_the_supervisor_fails_pending_commands(
     async with running_control(cfg) as control, serving(control) as worker:
         worker.answer = False
         listener = control.events.listen()
-        results: list[StatusResponse] = []
+        results: list[CommandResult] = []
 
         async def ask() -> None:
             results.append(await control.command("cam", "get_status"))
@@ -436,7 +437,7 @@ async def test_a_worker_exit_reported_by_the_supervisor_fails_pending_commands(
         assert (results[0].error, results[0].success) == ("worker_lost", False)
         assert "exited (signal SIGKILL)" in results[0].message
         event = await next_event(listener, "worker_lost")
-        assert event["data"]["reason"] == "exited"
+        assert event.data["reason"] == "exited"
 
 
 @pytest.mark.timeout(30)
@@ -656,7 +657,7 @@ async def test_a_worker_killed_mid_command_yields_an_error_not_a_hang(tmp_path: 
         await wait_for(lambda: control.connected("cam"), 30)
         pid = broker.supervisor.pids["cam"]
         assert control.health()["workers"]["cam"]["pid"] == pid
-        results: list[StatusResponse] = []
+        results: list[CommandResult] = []
 
         async def ask() -> None:
             results.append(await control.command("cam", "update_settings", {"brightness": 80}))
@@ -699,7 +700,7 @@ async def test_settings_survive_a_worker_restart(tmp_path: Path) -> None:
         assert (result.settings["brightness"], result.settings["name"]) == (80, "Front door")
         os.kill(broker.supervisor.pids["cam"], signal.SIGKILL)
         event = await next_event(listener, "worker_lost", 10)
-        assert event["data"]["reason"] == "exited"
+        assert event.data["reason"] == "exited"
         await next_event(listener, "worker_restarted", 30)
         await wait_for(lambda: control.settings("cam")["brightness"] == 80, 10)
         status = await control.command("cam", "get_status")  # the worker's own view

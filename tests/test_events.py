@@ -1,4 +1,4 @@
-"""The event bus (broker/events.py): per-listener drop-oldest queues, never blocking."""
+"""The event bus (broker/core/events.py): per-listener drop-oldest queues, never blocking."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import trio
 from broker.core.events import EventBus, ListenerClosed
 
 
-def test_publish_reaches_every_listener_as_one_shared_dict() -> None:
+def test_publish_reaches_every_listener_as_one_shared_event() -> None:
     bus = EventBus(clock=lambda: 1234.5)
     first, second = bus.listen(), bus.listen()
     event = bus.publish("settings_changed", "lobby", settings={"brightness": 60},
                         changed=["brightness"])  # fmt: skip
-    assert event == {
+    assert event.to_json() == {
         "type": "event", "event": "settings_changed", "camera": "lobby", "timestamp": 1234.5,
         "data": {"settings": {"brightness": 60}, "changed": ["brightness"]},
     }  # fmt: skip
@@ -37,11 +37,11 @@ def test_a_slow_listener_drops_its_oldest_events_only() -> None:
     for i in range(100):
         bus.publish("camera_online", f"cam{i}")
         seen.append(fast.get_nowait())
-    assert [e["camera"] for e in seen] == [f"cam{i}" for i in range(100)]
+    assert [e.camera for e in seen] == [f"cam{i}" for i in range(100)]
     assert fast.dropped == 0
     assert len(slow.queue) == 64
     assert slow.dropped == 36
-    assert slow.get_nowait()["camera"] == "cam36"  # the oldest that survived
+    assert slow.get_nowait().camera == "cam36"  # the oldest that survived
 
 
 def test_unlisten_stops_delivery_and_frees_the_queue() -> None:
@@ -72,9 +72,9 @@ async def test_next_waits_for_an_event_and_wakes_at_once() -> None:
             assert got == []
             bus.publish("worker_lost", "a", reason="silent")
             await trio.sleep(0.05)
-            assert [e["event"] for e in got] == ["worker_lost"]
+            assert [e.event for e in got] == ["worker_lost"]
             bus.publish("worker_connected", "a")
-    assert [e["event"] for e in got] == ["worker_lost", "worker_connected"]
+    assert [e.event for e in got] == ["worker_lost", "worker_connected"]
 
 
 @pytest.mark.timeout(10)
@@ -84,7 +84,7 @@ async def test_next_returns_queued_events_in_order_without_waiting() -> None:
     for name in ("camera_online", "stream_started", "camera_offline"):
         bus.publish(name, "a")
     with trio.fail_after(1):
-        assert [(await listener.next())["event"] for _ in range(3)] == [
+        assert [(await listener.next()).event for _ in range(3)] == [
             "camera_online", "stream_started", "camera_offline"]  # fmt: skip
 
 

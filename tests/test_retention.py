@@ -3,8 +3,9 @@ cap for the whole broker."""
 
 from __future__ import annotations
 
+from broker.config import RetentionConfig as Retention
 from broker.core.frame import Frame
-from broker.core.hub import CameraInfo, Hub, Retention
+from broker.core.hub import CameraInfo, Hub
 
 
 class Clock:

@@ -618,7 +618,7 @@ async def test_a_failing_heartbeat_job_is_restarted_not_fatal(
         await wait_for(lambda: not control.connected("cam"), 5)
         events = []
         while (event := listener.get_nowait()) is not None:
-            events.append(event["event"])
+            events.append(event.event)
         assert "worker_lost" in events
 
 

@@ -26,7 +26,6 @@ import json
 import logging
 import random
 import ssl
-import struct
 import time
 import traceback
 from collections import deque
@@ -40,6 +39,8 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 from trio_websocket import wrap_client_stream as _wrap_client_stream
 
+from broker.protocol import mux
+from broker.protocol.results import CommandResult
 from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.client")
@@ -51,7 +52,6 @@ NORMAL_CLOSURE = 1000
 # Frames may be as large as the broker accepts (ingest.max_frame_bytes, up to 256 MiB);
 # a smaller cap here would close the connection (1009) on every such frame.
 MAX_MESSAGE_SIZE = 256 * 1024 * 1024 + 64 * 1024
-HEADER_LENGTH = struct.Struct(">H")
 
 
 # -- errors ------------------------------------------------------------------------
@@ -140,71 +140,14 @@ class Frame:
 
 
 def decode_frame(message: bytes, received_at: float | None = None) -> Frame:
-    """``uint16 BE N`` + N bytes of JSON header + image bytes → Frame; ValueError if bad."""
-    if len(message) < HEADER_LENGTH.size:
-        raise ValueError("binary message shorter than its header length")
-    (length,) = HEADER_LENGTH.unpack_from(message)
-    end = HEADER_LENGTH.size + length
-    if len(message) < end:
-        raise ValueError(f"binary message of {len(message)} bytes, header says {length}")
-    try:
-        header = json.loads(message[HEADER_LENGTH.size : end])
-        frame = Frame(
-            camera=str(header["camera"]),
-            seq=int(header["seq"]),
-            captured_at=float(header["captured_at"]),
-            format=str(header["format"]),
-            width=int(header["width"]),
-            height=int(header["height"]),
-            data=message[end:],
-            received_at=time.time() if received_at is None else received_at,
-            header=header,
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"bad frame header: {exc!r}") from None
-    return frame
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    """The answer to a command (the broker's ``command_result``, seed 002's StatusResponse).
-
-    A camera-side failure is not an exception: ``success`` is False, ``error`` a machine
-    code (invalid_settings, unknown_camera, not_connected, timeout, worker_lost, ...) and
-    ``errors`` names each bad key of an invalid change.
-    """
-
-    success: bool
-    message: str
-    settings: dict[str, Any]  # the camera's current settings ({} if unknown)
-    request_id: str
-    timestamp: float  # Unix seconds
-    camera: str = ""
-    command: str = ""
-    error: str | None = None
-    errors: dict[str, str] | None = None
-
-    @classmethod
-    def from_reply(cls, reply: Mapping[str, Any]) -> CommandResult:
-        rid = reply.get("request_id")
-        return cls(
-            success=bool(reply.get("success")),
-            message=str(reply.get("message", "")),
-            settings=dict(reply.get("settings") or {}),
-            request_id="" if rid is None else str(rid),
-            timestamp=float(reply.get("timestamp") or 0.0),
-            camera=str(reply.get("camera", "")),
-            command=str(reply.get("command", "")),
-            error=reply.get("error"),
-            errors=reply.get("errors"),
-        )
-
-    def to_json(self) -> Message:
-        return {
-            "success": self.success, "message": self.message, "settings": self.settings,
-            "request_id": self.request_id, "timestamp": self.timestamp, "camera": self.camera,
-            "command": self.command, "error": self.error, "errors": self.errors,
-        }  # fmt: skip
+    """A binary ``/ws`` message (`broker.protocol.mux`) as a `Frame`; ValueError if bad."""
+    decoded = mux.decode(message)  # MuxError is a ValueError
+    return Frame(
+        camera=decoded.camera, seq=decoded.seq, captured_at=decoded.captured_at,
+        format=decoded.format, width=decoded.width, height=decoded.height,
+        data=decoded.image, received_at=time.time() if received_at is None else received_at,
+        header=dict(decoded.header),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,13 +364,13 @@ class Client:
         merged = {**(settings or {}), **changes}
         if merged or command == "update_settings":
             fields["settings"] = merged
-        return CommandResult.from_reply(await self._request("command", **fields))
+        return CommandResult.from_json(await self._request("command", **fields))
 
     async def apply_preset(self, camera: str, preset: str) -> CommandResult:
         """Apply the broker's preset ``preset`` (its ``[presets.NAME]`` settings)."""
         reply = await self._request("command", camera=camera, command="apply_preset",
                                     preset=preset)  # fmt: skip
-        return CommandResult.from_reply(reply)
+        return CommandResult.from_json(reply)
 
     async def update_settings(self, camera: str, **changes: Any) -> CommandResult:
         return await self.command(camera, "update_settings", changes)

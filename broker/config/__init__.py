@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.protocol import settings as camera_settings
-from broker.protocol.wire import CAMERA_ID, FORMATS
+from broker.protocol.wire import CAMERA_ID
 
 
 class ConfigError(Exception):
@@ -360,6 +360,11 @@ class _Spec:
     item: _Spec | None = None  # for arrays
 
 
+def _setting(name: str) -> _Spec:
+    rule = camera_settings.SETTINGS[name]
+    return _Spec(rule.kind, rule.lo, rule.hi, rule.choices)
+
+
 _SPECS: dict[type, dict[str, _Spec]] = {
     ServerConfig: {
         "listen": _Spec(str, rule=_listen_problem),
@@ -414,11 +419,8 @@ _SPECS: dict[type, dict[str, _Spec]] = {
         "name": _Spec(str),
         "source": _Spec(str, rule=_source_problem),
         "device": _Spec(str, rule=_device_problem),
-        "width": _Spec(int, 16, 7680),
-        "height": _Spec(int, 16, 4320),
-        "fps": _Spec(float, 0.1, 240),
-        "format": _Spec(str, choices=FORMATS),
-        "quality": _Spec(int, 1, 100),
+        # The camera's settings have one set of rules: the settings table's.
+        **{name: _setting(name) for name in ("width", "height", "fps", "format", "quality")},
         "on_demand": _Spec(bool),
         "idle_after": _Spec(float, 1, 86400),
         "schedule": _Spec(list),  # checked by _schedule
@@ -738,16 +740,4 @@ def _typed(value: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    kinds: list[tuple[type, str]] = [
-        (bool, "a boolean"),
-        (int, "an integer"),
-        (float, "a float"),
-        (str, "a string"),
-        (dict, "a table"),
-        (list, "an array"),
-        (dt.datetime, "a date-time"),  # before date: datetime is a date subclass
-        (dt.date, "a date"),
-        (dt.time, "a time"),
-    ]
-    return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
-
+    return camera_settings.kind_of(value, table="a table")

@@ -9,7 +9,7 @@ matching reply, always bounded by ``control.command_timeout``.
 What the rest of the broker uses is `Control`: ``command``, ``apply_preset``,
 ``settings``, ``supported``, ``connected``, ``camera_status``, ``health`` and the
 `EventBus` ``events``. ``command`` never raises for a camera-side problem; it answers
-with a `StatusResponse` whose ``error`` says what went wrong.
+with a `CommandResult` whose ``error`` says what went wrong.
 
 Liveness: both sides send a heartbeat every ``heartbeat_interval``; a worker silent for
 ``lost_after`` is lost (event ``worker_lost``) and its pending commands fail at once, as
@@ -48,6 +48,7 @@ from broker.core.events import EventBus
 from broker.core.hub import Camera, Hub
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
+from broker.protocol.results import CommandResult
 from broker.protocol.wire import CAMERA_ID
 from broker.support.backoff import Backoff
 from broker.support.faults import Faults
@@ -67,31 +68,6 @@ ON_DEMAND_RETRY = 1.0  # seconds before retrying a start/stop that failed
 STATE_RETRY, STATE_RETRY_MAX = 2.0, 60.0  # seconds before writing a failed state file again
 HEARTBEAT = protocol.encode("heartbeat")
 HELLO_REQUEST = protocol.encode("hello_request")
-# Error codes of a StatusResponse.
-ERRORS = (
-    "invalid_settings", "unknown_camera", "unknown_command", "unknown_preset",
-    "not_connected", "timeout", "worker_lost", "worker_error",
-)  # fmt: skip
-
-
-@dataclass(slots=True)
-class StatusResponse:
-    """The answer to a command (seed 002's StatusResponse); ``to_json`` is what clients get."""
-
-    success: bool
-    message: str
-    settings: dict[str, Any]  # the camera's current settings ({} if unknown)
-    request_id: str
-    timestamp: float  # Unix seconds
-    camera: str
-    command: str
-    error: str | None = None  # one of ERRORS when success is False
-    errors: dict[str, str] | None = None  # per-key problems for invalid_settings
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 class _Pending:
     """A command sent to a worker, waiting for its reply or for a failure."""
 
@@ -300,14 +276,14 @@ class Control:
         command: str,
         settings: Mapping[str, Any] | None = None,
         request_id: str | None = None,
-    ) -> StatusResponse:
+    ) -> CommandResult:
         """Run ``command`` on ``camera``'s worker; never raises for camera-side problems and
         never waits longer than ``control.command_timeout``."""
         return await self._command(camera, command, settings, request_id, persist=True)
 
     async def apply_preset(
         self, camera: str, preset: str, request_id: str | None = None
-    ) -> StatusResponse:
+    ) -> CommandResult:
         """``update_settings`` with the named preset's settings."""
         values = self.config.presets.get(preset)
         if values is None:
@@ -394,10 +370,10 @@ class Control:
         settings: Mapping[str, Any] | None,
         request_id: str | None,
         persist: bool,
-    ) -> StatusResponse:
+    ) -> CommandResult:
         def failed(
             error: str, message: str, errors: dict[str, str] | None = None
-        ) -> StatusResponse:
+        ) -> CommandResult:
             return self._response(camera, command, request_id, error=error, message=message,
                                   errors=errors)  # fmt: skip
 
@@ -464,7 +440,7 @@ class Control:
         success: bool = False,
         error: str | None = None,
         errors: dict[str, str] | None = None,
-    ) -> StatusResponse:
+    ) -> CommandResult:
         self.results[error or "ok"] += 1
         if error is not None:
             # A client's mistake is routine; a camera that fails to answer is not.
@@ -473,7 +449,7 @@ class Control:
         else:
             level = logging.DEBUG if command == "get_status" else logging.INFO
             log.log(level, "camera %s: %s ok", camera, command)
-        return StatusResponse(
+        return CommandResult(
             success=success, message=message, settings=self.settings(camera) or {},
             request_id=str(request_id) if request_id is not None else uuid.uuid4().hex[:12],
             timestamp=time.time(), camera=camera, command=command, error=error, errors=errors,

@@ -5,10 +5,7 @@ listener that stops reading loses its oldest events, and never holds up the publ
 or grows memory. ``publish`` is synchronous and never awaits, so the hub and the control
 channel may call it from anywhere.
 
-An event, as every listener receives it (and /ws sends it as JSON)::
-
-    {"type": "event", "event": "settings_changed", "camera": "lobby",
-     "timestamp": 1763700000.5, "data": {"settings": {...}, "changed": ["brightness"]}}
+Listeners receive `broker.protocol.events.Event` values; ``/ws`` sends their JSON.
 """
 
 from __future__ import annotations
@@ -20,14 +17,9 @@ from typing import Any
 import trio
 
 from broker.core.queue import DropOldestQueue
+from broker.protocol.events import Event
 
-EVENTS = (
-    "camera_online", "camera_offline", "settings_changed", "worker_connected",
-    "worker_restarted", "worker_lost", "stream_started", "stream_stopped",
-)  # fmt: skip
 LISTENER_DEPTH = 64
-
-Event = dict[str, Any]
 
 
 class ListenerClosed(Exception):
@@ -92,10 +84,7 @@ class EventBus:
 
     def publish(self, event: str, camera: str, **data: Any) -> Event:
         """Offer the event to every listener; returns it. Never blocks."""
-        message: Event = {
-            "type": "event", "event": event, "camera": camera, "timestamp": self.clock(),
-            "data": data,
-        }  # fmt: skip
+        message = Event(event, camera, self.clock(), data)
         self.published += 1
         for listener in self.listeners:
             listener.offer(message)

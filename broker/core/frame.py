@@ -7,9 +7,10 @@ builds its message once per frame (``websocket_message``, ``mux_message``,
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
+
+from broker.protocol import mux
 
 Buffer = bytes | bytearray | memoryview
 MJPEG_BOUNDARY = "camera-broker-frame"
@@ -53,21 +54,13 @@ class Frame:
         return self._websocket_message
 
     def mux_message(self) -> bytes:
-        """This frame as one binary message of the multiplexed ``/ws`` endpoint, built on
-        first use: a big-endian uint16 N, N bytes of JSON header, then the image."""
+        """This frame as one binary message of the multiplexed ``/ws`` endpoint
+        (`broker.protocol.mux`), built on first use."""
         if self._mux_message is None:
-            fields: dict[str, object] = {
-                "camera": self.camera, "seq": self.seq, "captured_at": self.captured_at,
-                "format": self.format, "width": self.width, "height": self.height,
-            }  # fmt: skip
-            if self.placeholder:
-                fields["placeholder"] = True
-            header = json.dumps(fields, separators=(",", ":")).encode()
-            length = 2 + len(header) + len(self.data)
-            self._mux_message = (
-                websocket_binary_header(length) + struct.pack(">H", len(header)) + header
-                + self.data
-            )  # fmt: skip
+            head = mux.encode_header(self.camera, self.seq, self.captured_at, self.format,
+                                     self.width, self.height, self.placeholder)  # fmt: skip
+            length = len(head) + len(self.data)
+            self._mux_message = websocket_binary_header(length) + head + self.data
         return self._mux_message
 
     def mjpeg_part(self) -> bytes:

@@ -25,11 +25,14 @@ from dataclasses import dataclass
 
 import trio
 
+from broker.config import RetentionConfig
 from broker.core.frame import Frame
 from broker.core.queue import DropOldestQueue
 from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.hub")
+
+DEFAULT_RETENTION = RetentionConfig()
 
 
 class Outcome(enum.Enum):
@@ -250,15 +253,6 @@ class Subscriber:
 
 
 @dataclass(frozen=True, slots=True)
-class Retention:
-    """Bounds of the recent-frames window (seed 003's sliding window with a TTL)."""
-
-    frames: int = 30
-    max_age: float = 10.0
-    max_bytes: int = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
 class CameraInfo:
     """What the hub knows of a camera before any frame: from the config or the first frame."""
 
@@ -371,7 +365,7 @@ class Hub:
         *,
         offline_after: float,
         accept_unknown: bool = False,
-        retention: Retention = Retention(),
+        retention: RetentionConfig = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.monotonic,
         errors: Counter[str] | None = None,
         max_cameras: int = 256,

@@ -10,6 +10,7 @@ Pure and synchronous.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def validate(changes: Any, allowed: Mapping[str, Mapping[str, Any]] | None = Non
     Total: whatever ``changes`` and ``allowed`` hold, only `SettingsError` is raised,
     and its text and keys are safe to encode (no lone surrogates, bounded length)."""
     if not isinstance(changes, Mapping):
-        raise SettingsError({"settings": f"must be an object of settings, got {_kind(changes)}"})
+        raise SettingsError({"settings": f"must be an object of settings, got {kind_of(changes)}"})
     errors: dict[str, str] = {}
     clean: Settings = {}
     for key, value in changes.items():
@@ -138,7 +139,7 @@ def check_supported(described: Any) -> dict[str, dict[str, Any]]:
     numbers with min <= max, both or neither; choices a list of strings). Raises only
     `SettingsError` naming every bad entry."""
     if not isinstance(described, Mapping):
-        raise SettingsError({"supported": f"must be an object, got {_kind(described)}"})
+        raise SettingsError({"supported": f"must be an object, got {kind_of(described)}"})
     errors: dict[str, str] = {}
     for name, description in described.items():
         setting = SETTINGS.get(name) if isinstance(name, str) else None
@@ -155,14 +156,14 @@ def check_supported(described: Any) -> dict[str, dict[str, Any]]:
 
 def _description_problem(setting: Setting, description: Any) -> str | None:
     if not isinstance(description, Mapping):
-        return f"must be an object, got {_kind(description)}"
+        return f"must be an object, got {kind_of(description)}"
     unknown = [_name(key) for key in description if key not in DESCRIPTION_KEYS]
     if unknown:
         return f"unknown key(s) {', '.join(unknown)} (known: {', '.join(DESCRIPTION_KEYS)})"
     kind = setting.kind.__name__
     if description.get("type", kind) != kind:
         return f"type must be {kind!r}, got {_show(description['type'])}"
-    if "default" in description and not _of_kind(description["default"], setting.kind):
+    if "default" in description and not _ofkind_of(description["default"], setting.kind):
         return f"default must be of type {kind}, got {_show(description['default'])}"
     if ("min" in description) != ("max" in description):
         return "min and max come together"
@@ -178,7 +179,7 @@ def _description_problem(setting: Setting, description: Any) -> str | None:
     return None
 
 
-def _of_kind(value: Any, kind: type) -> bool:
+def _ofkind_of(value: Any, kind: type) -> bool:
     if isinstance(value, bool) or kind is bool:
         return isinstance(value, bool) and kind is bool
     return isinstance(value, kind) or (kind is float and isinstance(value, int))
@@ -194,7 +195,7 @@ def _problem(setting: Setting, value: Any, limits: Mapping[str, Any]) -> str | N
     if isinstance(value, bool) != (setting.kind is bool) or not (
         isinstance(value, setting.kind) or (setting.kind is float and isinstance(value, int))
     ):
-        return f"must be {_want(setting, limits)}, got {_show(value)} ({_kind(value)})"
+        return f"must be {_want(setting, limits)}, got {_show(value)} ({kind_of(value)})"
     lo, hi = _limit(limits, "min", setting.lo), _limit(limits, "max", setting.hi)
     choices = _choices(limits, setting.choices)
     if setting.kind is str:
@@ -278,9 +279,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
+def kind_of(value: Any, table: str = "an object") -> str:
+    """A value's kind as every error message says it (settings, config, /ws): one
+    vocabulary. ``table`` names a mapping in the dialect at hand ("a table" in TOML)."""
+    if isinstance(value, bool):  # before int: bool is an int subclass
         return "a boolean"
-    names = {int: "an integer", float: "a number", str: "a string", list: "an array",
-             dict: "an object", type(None): "null"}  # fmt: skip
-    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+    kinds: list[tuple[type, str]] = [
+        (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"),
+        (dict, table), (type(None), "null"),
+        (dt.datetime, "a date-time"),  # before date: datetime is a date subclass
+        (dt.date, "a date"), (dt.time, "a time"),
+    ]  # fmt: skip
+    return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)

@@ -23,13 +23,14 @@ from broker.core import nodata
 from broker.core.frame import Frame
 from broker.core.hub import Camera, CameraInfo, Hub, Outcome
 from broker.ingest.uploads import UploadError, parse_upload
+from broker.protocol.results import CommandResult, http_status
 from broker.protocol.wire import CAMERA_ID
 from broker.serve.access import OPEN, Access, Grant
 from broker.serve.http import Response, Target, error, header, json_response, parse_json
 from broker.support.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from broker.control import Control, StatusResponse
+    from broker.control import Control
 
 log = logging.getLogger("broker.server")
 
@@ -47,11 +48,6 @@ STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
-# HTTP status of a failed command, by StatusResponse.error.
-COMMAND_STATUS = {
-    "invalid_settings": 400, "unknown_command": 400, "unknown_camera": 404, "unknown_preset": 404,
-    "not_connected": 503, "timeout": 504, "worker_error": 502, "worker_lost": 502,
-}  # fmt: skip
 MAX_REQUEST_ID = 128
 
 
@@ -344,9 +340,9 @@ def forbidden_camera(camera_id: str) -> Response:
     return error(403, "forbidden", f"this token may not access camera {camera_id!r}")
 
 
-def status_response(status: StatusResponse, **extra: object) -> Response:
-    """The StatusResponse as JSON (plus ``extra`` fields) with its HTTP status."""
-    code = 200 if status.success else COMMAND_STATUS.get(status.error or "", 502)
+def status_response(status: CommandResult, **extra: object) -> Response:
+    """The CommandResult as JSON (plus ``extra`` fields) with its HTTP status."""
+    code = 200 if status.success else http_status(status.error or "worker_error")
     return json_response({**status.to_json(), **extra}, code)
 
 
