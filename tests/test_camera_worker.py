@@ -20,15 +20,15 @@ import zmq
 
 from broker.protocol import stamp, wire
 from cameras.encoding import encode
-from cameras.sources import (
+from cameras.sources.capture import STREAM_TIMEOUT_MS
+from cameras.sources.testpattern import TestPattern
+from cameras.sources.v4l2 import (
     QUERYCTRL,
-    STREAM_TIMEOUT_MS,
     ControlRange,
     device_value,
     query_control,
     use_passthrough,
 )
-from cameras.sources.testpattern import TestPattern
 from cameras.worker import Backoff, Stop, late_slots
 
 
