@@ -170,7 +170,6 @@ def bounded(lo: float, hi: float) -> Callable[[str], float]:
     return convert
 
 
-
 def camera_id(text: str) -> str:
     if not wire.CAMERA_ID.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must match {wire.CAMERA_ID.pattern}, got {text!r}")
