@@ -39,7 +39,7 @@ def exposure_gain(settings: Mapping[str, Any]) -> float:
     """The software gain that stands for ``exposure_time``: 1 while auto exposure is on."""
     if settings.get("auto_exposure", True):
         return 1.0
-    return settings.get("exposure_time", 100) / 100
+    return float(settings.get("exposure_time", 100)) / 100
 
 
 def is_neutral(settings: Mapping[str, Any]) -> bool:

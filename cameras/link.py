@@ -21,12 +21,13 @@ import msgpack
 import zmq
 
 from broker.protocol import control
+from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("camera-worker")
 
 LOST_AFTER_BEATS = 3  # heartbeats of silence after which the broker counts as gone
 SEND_HWM = 16  # messages queued for an absent broker; older news is worthless anyway
-LOG_INTERVAL = 5.0  # at most one line per kind of trouble this often
+LOG_INTERVAL = 5.0  # at most one line per kind of trouble (a reason, the key) this often
 CONNECT_TIMEOUT_MS = 1000  # a connection attempt that has not completed by then is retried
 
 
@@ -67,30 +68,12 @@ class Liveness:
         return was_gone
 
 
-class Throttle:
-    """At most one log line per key per interval, counting what it held back."""
-
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval) < self.interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            message, args = message + " (%d more since the last report)", (*args, held)
-        log.warning(message, *args)
-
-
-def open_dealer(context: zmq.Context, endpoint: str, camera: str, interval: float) -> zmq.Socket:
+def open_dealer(
+    context: zmq.Context[zmq.Socket[bytes]], endpoint: str, camera: str, interval: float
+) -> zmq.Socket[bytes]:
     """A DEALER whose routing id is the camera id, connected to ``endpoint``
     (`zmq.ZMQError` for a bad endpoint)."""
-    socket = context.socket(zmq.DEALER)
+    socket: zmq.Socket[bytes] = context.socket(zmq.DEALER)
     try:
         socket.setsockopt(zmq.ROUTING_ID, camera.encode())
         socket.setsockopt(zmq.LINGER, 0)
@@ -104,7 +87,7 @@ def open_dealer(context: zmq.Context, endpoint: str, camera: str, interval: floa
     return socket
 
 
-def keep_connection_fresh(socket: zmq.Socket, interval: float) -> None:
+def keep_connection_fresh(socket: zmq.Socket[bytes], interval: float) -> None:
     """Options (set before ``connect``) that bound how long a broken network holds a
     socket back. ZMTP pings every ``interval`` drop a TCP connection whose peer stopped
     answering (a partition, a vanished host) after `LOST_AFTER_BEATS` of them, with
@@ -121,7 +104,7 @@ class ControlLink:
     """``hello`` gives the hello's fields, ``streaming`` whether frames flow (sent with
     each heartbeat). ``clock`` is injectable for tests."""
 
-    def __init__(self, socket: zmq.Socket, interval: float,
+    def __init__(self, socket: zmq.Socket[bytes], interval: float,
                  hello: Callable[[], dict[str, Any]], streaming: Callable[[], bool],
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.socket = socket
@@ -129,7 +112,7 @@ class ControlLink:
         self.streaming = streaming
         self.clock = clock
         self.liveness = Liveness(interval, clock())
-        self.throttle = Throttle()
+        self.throttle = LogThrottle(log, LOG_INTERVAL)
 
     def start(self) -> None:
         # Queued until the connection is up (no ZMQ_IMMEDIATE): a broker that binds

@@ -17,19 +17,21 @@ kernel closes that end, the pipe reads EOF, and the worker exits at once. With
 ``--orphan-timeout S`` it also exits after S seconds without a word from the broker on
 the control channel (a broker that hangs, or one the lifeline cannot reach). A worker
 started by hand has neither, and waits for its broker forever.
+
+Here: the loop (`Worker`, `Stop`, pacing) and `main`; the commands are in
+`cameras.commands`, the command line in `cameras.cli`, the sources in `cameras.sources`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import select
 import signal
-import stat
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -37,24 +39,20 @@ import numpy as np
 import zmq
 
 from broker.protocol import stamp, wire
-from broker.protocol.settings import (
-    SETTINGS,
-    Settings,
-    SettingsError,
-    defaults,
-    supported,
-    validate,
-)
+from broker.protocol.settings import SETTINGS, Settings, defaults, supported
+from broker.support.backoff import Backoff
+from cameras import cli, commands
 from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
+from cameras.cli import WorkerOptions
+from cameras.commands import SIZE_KEYS
 from cameras.encoding import encode
 from cameras.link import ControlLink, keep_connection_fresh, open_dealer
-from cameras.sources import Capture, Source, SourceError, make_source
+from cameras.sources import Capture, Size, Source, SourceError, make_source
 
 log = logging.getLogger("camera-worker")
 
 DROP_REPORT_INTERVAL = 5.0
-SIZE_KEYS = ("width", "height")
-Reply = tuple[bool, str, dict[str, Any]]  # success, message, extra reply fields
+SEND_HWM = 4  # frames queued for a slow broker: drop stale frames here rather than queue
 
 
 class Stop:
@@ -93,43 +91,33 @@ class Stop:
         os.close(self._write)
 
 
-class Backoff:
-    def __init__(self, first: float = 1.0, limit: float = 30.0) -> None:
-        self.first, self.limit, self.delay = first, limit, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.limit)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-
 def late_slots(now: float, next_due: float, interval: float) -> int:
     """How many whole frame slots have passed since ``next_due``: frames we must drop."""
     return int((now - next_due) // interval) if now > next_due else 0
 
 
 class Worker:
-    """One camera: its source, its current settings, the frame loop and the commands.
+    """One camera: its source, its current settings, the frame loop; its commands are in
+    `cameras.commands`.
 
-    ``control`` is the DEALER socket of the control channel, or None for a worker that
-    just streams (as before there was a control plane)."""
+    ``socket`` is the PUB socket frames go out on; ``control`` the DEALER socket of the
+    control channel, or None for a worker that just streams."""
 
-    def __init__(self, args: argparse.Namespace, socket: zmq.Socket, source: Source,
-                 control: zmq.Socket | None = None) -> None:  # fmt: skip
-        self.camera = args.camera_id
+    def __init__(self, options: WorkerOptions, socket: zmq.Socket[bytes], source: Source,
+                 control: zmq.Socket[bytes] | None = None) -> None:  # fmt: skip
+        self.camera = options.camera_id
         self.socket = socket
         self.source = source
         # Every setting but width/height, which `output_size` knows.
         self.settings: Settings = {k: v for k, v in defaults().items() if k not in SIZE_KEYS}
-        self.settings.update(fps=float(args.fps), format=args.format, quality=args.quality)
-        self.size = (args.width, args.height) if args.width and args.height else None
-        self.last_size: tuple[int, int] | None = None  # of the last frame published
+        self.settings.update(fps=float(options.fps), format=options.format,
+                             quality=options.quality)  # fmt: skip
+        self.size: Size | None = options.size
+        self.last_size: Size | None = None  # of the last frame published
         self.supported = supported()  # every source can apply every setting, in software
         self.software: Settings = dict(NEUTRAL)  # the image settings applied in software
         self.neutral = True  # `self.software` leaves images unchanged
-        self.streaming = not args.paused
+        self.streaming = not options.paused
         self.opened = False
         self.retry_at = 0.0  # when to try opening a failed source again
         self.next_due = 0.0  # when the next frame is due
@@ -139,9 +127,10 @@ class Worker:
         self.reported_at, self.dropped_at_report = time.monotonic(), 0
         self.link: ControlLink | None = None
         if control is not None:
-            self.link = ControlLink(control, args.heartbeat, self.hello, lambda: self.streaming)
-        self.lifeline: int | None = args.lifeline  # read end of a pipe the broker holds
-        self.orphan_timeout: float = args.orphan_timeout or 0.0  # 0: wait forever
+            self.link = ControlLink(control, options.heartbeat, self.hello,
+                                    lambda: self.streaming)  # fmt: skip
+        self.lifeline = options.lifeline  # read end of a pipe the broker holds
+        self.orphan_timeout = options.orphan_timeout  # 0: wait forever
         self.ended: str | None = None  # why the worker stopped on its own (its broker is gone)
 
     # -- the loop -------------------------------------------------------------------
@@ -339,183 +328,23 @@ class Worker:
                 "supported": self.supported, "settings": self.current_settings(),
                 "streaming": self.streaming, "pid": os.getpid()}  # fmt: skip
 
-    def handle(self, command: dict[str, Any]) -> None:
+    def handle(self, command: Mapping[str, Any]) -> None:
         """Run one command and send its one reply."""
         assert self.link is not None
+        success, message, extra = commands.run(self, command)
         name = command["command"]
-        if "error" in command:
-            success, message, extra = False, command["error"], {}
-        else:
-            try:
-                success, message, extra = getattr(self, f"do_{name}")(command["settings"])
-            except Exception as exc:  # a bug must cost one command, not the camera
-                log.exception("camera %s: %s failed", self.camera, name)
-                success, message, extra = False, f"internal error: {exc!r}", {}
         level = logging.DEBUG if name == "get_status" else logging.INFO
         log.log(level, "camera %s: %s: %s", self.camera, name or "command", message)
         self.link.reply(command["request_id"], success, message, self.current_settings(),
                         self.streaming, **extra)  # fmt: skip
 
-    def do_update_settings(self, changes: Settings) -> Reply:
-        try:
-            clean = validate(changes, self.supported)
-            if ("width" in clean) != ("height" in clean):
-                size = self.output_size()
-                if size is None:
-                    missing = "height" if "width" in clean else "width"
-                    raise SettingsError({missing: "not known before the first frame: "
-                                                  "give width and height together"})  # fmt: skip
-                clean = {**dict(zip(SIZE_KEYS, size, strict=True)), **clean}
-        except SettingsError as exc:
-            return False, f"invalid settings, nothing changed: {exc}", {"errors": exc.errors}
-        current = self.current_settings()
-        changed = {key: value for key, value in clean.items() if current.get(key) != value}
-        if not changed:
-            return True, "no change", {}
-        error = self.apply(changed)
-        message = "changed " + ", ".join(changed)
-        return True, message + (f"; the source failed: {error}" if error else ""), {}
-
-    def do_start_stream(self, _settings: Settings) -> Reply:
-        if self.streaming:
-            return True, "already streaming", {}
-        self.streaming = True
-        self.backoff.reset()
-        error = self.open_source()
-        if error:
-            return False, f"cannot open the source: {error}; retrying", {}
-        return True, "streaming", {}
-
-    def do_stop_stream(self, _settings: Settings) -> Reply:
-        if not self.streaming:
-            return True, "already stopped", {}
-        self.streaming = False
-        self.close_source()  # a device's LED goes off
-        return True, "stopped", {}
-
-    def do_get_status(self, _settings: Settings) -> Reply:
-        if not self.streaming:
-            state = "stopped"
-        elif self.opened:
-            state = "streaming"
-        else:
-            state = f"streaming, but the source failed; retrying in {self.retry_wait():.0f} s"
-        return True, f"{state}; {self.seq} frames published, {self.dropped} dropped", {}
-
-    def do_restart_camera(self, _settings: Settings) -> Reply:
-        self.close_source()
-        if not self.streaming:
-            return True, "not streaming: the source opens on start_stream", {}
-        self.backoff.reset()
-        error = self.open_source()
-        if error:
-            return False, f"cannot reopen the source: {error}; retrying", {}
-        return True, "restarted", {}
-
     def retry_wait(self) -> float:
         return max(0.0, self.retry_at - time.monotonic())
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="camera-worker", description=__doc__.split("\n\n")[0])
-    p.add_argument("--broker", required=True, metavar="ENDPOINT",
-                   help="the broker's ZeroMQ ingest endpoint, e.g. tcp://host:5555")  # fmt: skip
-    p.add_argument("--camera-id", required=True, type=camera_id)
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--device", help="V4L2 device, e.g. /dev/video0")
-    where.add_argument("--source", help="test-pattern, a video file, an image folder, or a URL")
-    p.add_argument("--width", type=positive_int, help="frame width (default: the source's)")
-    p.add_argument("--height", type=positive_int, help="frame height (default: the source's)")
-    p.add_argument("--fps", type=positive_float, default=15.0)
-    p.add_argument("--format", choices=wire.FORMATS, default="jpeg")
-    p.add_argument("--quality", type=quality, default=80, help="1..100 (default 80)")
-    p.add_argument("--control", metavar="ENDPOINT",
-                   help="the broker's control endpoint (ROUTER), e.g. tcp://host:5556; "
-                        "without it the worker only streams")  # fmt: skip
-    p.add_argument("--heartbeat", type=heartbeat, default=1.0, metavar="SECONDS",
-                   help="control heartbeat interval (default 1.0)")  # fmt: skip
-    p.add_argument("--paused", action="store_true",
-                   help="start with streaming off (source closed) until start_stream")  # fmt: skip
-    p.add_argument("--lifeline", type=lifeline, metavar="FD",
-                   help="read end of a pipe the broker holds open: exit when it closes "
-                        "(set by the broker for the workers it starts)")  # fmt: skip
-    p.add_argument("--orphan-timeout", type=orphan_timeout, metavar="SECONDS",
-                   help="exit after this long without a word from the broker on the "
-                        "control channel (needs --control; default: wait forever)")  # fmt: skip
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    return p
-
-
-def camera_id(text: str) -> str:
-    if not wire.CAMERA_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"must match {wire.CAMERA_ID.pattern}, got {text!r}")
-    return text
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= wire.MAX_DIMENSION:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {wire.MAX_DIMENSION}")
-    return int(text)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 240:
-        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 240, got {text}")
-    return value
-
-
-def heartbeat(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.05 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"must be a number from 0.05 to 60, got {text}")
-    return value
-
-
-def lifeline(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a file descriptor number, got {text!r}")
-    fd = int(text)
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"{fd} is not an open file descriptor ({exc})") from None
-    if not stat.S_ISFIFO(mode):
-        raise argparse.ArgumentTypeError(f"{fd} is not a pipe")
-    return fd
-
-
-def orphan_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 86400, got {text}")
-    return value
-
-
-def quality(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text}")
-    return int(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if (args.width is None) != (args.height is None):
-        parser().error("--width and --height go together")
-    if args.paused and not args.control:
-        parser().error("--paused needs --control (nothing else could start the stream)")
-    if args.orphan_timeout and not args.control:
-        parser().error("--orphan-timeout needs --control (the broker is heard there)")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+def main(argv: Sequence[str] | None = None) -> int:
+    options = cli.parse(argv)
+    logging.basicConfig(level=options.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")  # fmt: skip
     stop = Stop()
@@ -527,43 +356,53 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    size = (args.width, args.height) if args.width else None
-    source = make_source(args.source, args.device, size, args.fps, args.format)
-    context = zmq.Context()
-    socket = context.socket(zmq.PUB)
+    try:
+        return serve(options, stop)
+    finally:
+        stop.close()
+
+
+def serve(options: WorkerOptions, stop: Stop) -> int:
+    """Open the sockets, run the worker until ``stop`` or until its broker is gone, close
+    them; the exit status (2: a bad endpoint)."""
+    camera = options.camera_id
+    source = make_source(options.source, options.device, options.size, options.fps,
+                         options.format)  # fmt: skip
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket: zmq.Socket[bytes] = context.socket(zmq.PUB)
     control = None
     try:
-        socket.setsockopt(zmq.SNDHWM, 4)  # drop stale frames here rather than queue them
+        socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         socket.setsockopt(zmq.LINGER, 0)
-        keep_connection_fresh(socket, args.heartbeat)  # a partition's backlog is dropped
+        keep_connection_fresh(socket, options.heartbeat)  # a partition's backlog is dropped
         try:
-            socket.connect(args.broker)
+            socket.connect(options.broker)
         except zmq.ZMQError as exc:
-            log.error("camera %s: bad --broker %s: %s", args.camera_id, args.broker, exc)
+            log.error("camera %s: bad --broker %s: %s", camera, options.broker, exc)
             return 2
-        if args.control:
+        if options.control:
             try:
-                control = open_dealer(context, args.control, args.camera_id, args.heartbeat)
+                control = open_dealer(context, options.control, camera, options.heartbeat)
             except zmq.ZMQError as exc:
-                log.error("camera %s: bad --control %s: %s", args.camera_id, args.control, exc)
+                log.error("camera %s: bad --control %s: %s", camera, options.control, exc)
                 return 2
-        controlled = f", control at {args.control}" if args.control else ""
-        log.info("camera %s: %s at %g fps as %s, publishing to %s%s%s", args.camera_id,
-                 source.description, args.fps, args.format, args.broker, controlled,
-                 " (paused)" if args.paused else "")  # fmt: skip
-        worker = Worker(args, socket, source, control)
+        controlled = f", control at {options.control}" if options.control else ""
+        log.info("camera %s: %s at %g fps as %s, publishing to %s%s%s", camera,
+                 source.description, options.fps, options.format, options.broker, controlled,
+                 " (paused)" if options.paused else "")  # fmt: skip
+        worker = Worker(options, socket, source, control)
         worker.run(stop)
         if worker.ended is not None:
-            log.warning("camera %s: %s; exiting", args.camera_id, worker.ended)
+            log.warning("camera %s: %s; exiting", camera, worker.ended)
         else:
-            log.info("camera %s: %s received, stopped", args.camera_id, stop.signal)
+            log.info("camera %s: %s received, stopped", camera, stop.signal)
     finally:
         if control is not None:
             control.close(linger=0)
         socket.close(linger=0)
         context.term()
-        stop.close()
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

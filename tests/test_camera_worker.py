@@ -18,18 +18,21 @@ import numpy as np
 import pytest
 import zmq
 
-from broker.protocol import stamp, wire
+from broker.protocol import control, stamp, wire
+from broker.protocol.settings import SETTINGS, SettingsError, validate
+from broker.support.backoff import Backoff
+from cameras import cli, commands
 from cameras.encoding import encode
-from cameras.sources import (
+from cameras.sources.capture import STREAM_TIMEOUT_MS
+from cameras.sources.testpattern import TestPattern
+from cameras.sources.v4l2 import (
     QUERYCTRL,
-    STREAM_TIMEOUT_MS,
     ControlRange,
     device_value,
     query_control,
     use_passthrough,
 )
-from cameras.sources.testpattern import TestPattern
-from cameras.worker import Backoff, Stop, late_slots
+from cameras.worker import Stop, late_slots
 
 
 @contextmanager
@@ -130,6 +133,60 @@ def test_stop_wakes_a_waiting_sleep_and_stays_set() -> None:
         assert stop.wait(10) is True  # at once: the pipe is never drained
     finally:
         stop.close()
+
+
+def test_every_command_has_a_handler() -> None:
+    assert set(commands.HANDLERS) == set(control.COMMANDS)
+
+
+@pytest.mark.parametrize("name", ["width", "height", "fps", "quality"])
+def test_the_cli_takes_camera_ranges_from_the_settings_table(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = SETTINGS[name]
+    assert spec.lo is not None and spec.hi is not None
+    base = ["--broker", "tcp://127.0.0.1:1", "--camera-id", "c", "--source", "test-pattern"]
+    other = {"width": "--height", "height": "--width"}.get(name)
+    for value in (spec.lo, spec.hi):
+        args = [f"--{name}", f"{value:g}", *([other, "320"] if other else [])]
+        options = cli.parse([*base, *args])
+        assert validate(options.camera_settings())  # what it reports, its checks accept
+    for value in (spec.lo - 1 if spec.kind is int else spec.lo / 2, spec.hi + 1):
+        args = [f"--{name}", f"{value:g}", *([other, "320"] if other else [])]
+        with pytest.raises(SystemExit) as exited:
+            cli.parse([*base, *args])
+        assert exited.value.code == 2
+        with pytest.raises(SettingsError) as refused:  # the number as written: 241, 0.05
+            validate({name: int(value) if float(value).is_integer() else value})
+        assert f"argument --{name}: {refused.value.errors[name]}" in capsys.readouterr().err
+
+
+def test_the_heartbeat_range_is_the_protocols(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--broker", "tcp://127.0.0.1:1", "--camera-id", "c", "--source", "test-pattern",
+            "--control", "tcp://127.0.0.1:2"]  # fmt: skip
+    lo, hi = control.HEARTBEAT_RANGE
+    assert cli.parse([*base, "--heartbeat", f"{lo:g}"]).heartbeat == lo
+    assert cli.parse([*base, "--heartbeat", f"{hi:g}"]).heartbeat == hi
+    with pytest.raises(SystemExit):
+        cli.parse([*base, "--heartbeat", f"{lo / 2:g}"])
+    assert f"must be a number from {lo:g} to {hi:g}, got {lo / 2:g}" in capsys.readouterr().err
+
+
+def test_worker_options_built_in_code_are_checked_too() -> None:
+    good = cli.WorkerOptions(broker="tcp://127.0.0.1:1", camera_id="c", source="test-pattern")
+    assert good.camera_settings() == {"fps": 15.0, "format": "jpeg", "quality": 80}
+    for bad in ({"size": (8, 8)}, {"fps": 0.0}, {"heartbeat": 0.05}, {"paused": True},
+                {"device": "/dev/video0"}, {"camera_id": "a b"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            cli.WorkerOptions(**{"broker": "tcp://127.0.0.1:1", "camera_id": "c",
+                                 "source": "test-pattern", **bad})  # fmt: skip
+
+
+def test_the_worker_imports_nothing_of_the_brokers_runtime() -> None:
+    probe = "import cameras.worker, sys; print(sorted({'trio', 'h11', 'trio_websocket'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"
 
 
 # -- real processes ---------------------------------------------------------------

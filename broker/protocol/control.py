@@ -213,3 +213,7 @@ _CHECKS = {
     "reply": _check_reply,
     "command": _check_command,
 }
+
+# Seconds between heartbeats, both ways: the worker's --heartbeat and the broker's
+# control.heartbeat_interval read this one range.
+HEARTBEAT_RANGE = (0.1, 60.0)

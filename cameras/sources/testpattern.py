@@ -21,6 +21,8 @@ import time
 import cv2
 import numpy as np
 
+from cameras.sources import Capture, Image, Size, Source
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BAND_COLOUR = 30  # the band's grey level (B = G = R)
 TEXT_COLOUR = (255, 255, 255)
@@ -47,7 +49,7 @@ class TestPattern:
         self._thickness = max(1, int(self._scale * 2))
         self._glyphs = Glyphs(self._scale, self._thickness)
 
-    def draw(self, seq: int, now: float | None = None) -> np.ndarray:
+    def draw(self, seq: int, now: float | None = None) -> Image:
         """Frame ``seq`` (a new BGR array) captured at ``now`` (Unix seconds)."""
         now = time.time() if now is None else now
         w, h, rows = self.width, self.height, self._band_rows
@@ -90,16 +92,16 @@ class Glyphs:
         self.advance = {c: cv2.getTextSize(c * 2, FONT, scale, thickness)[0][0] - size[0]
                         for c, (size, _) in sizes.items()}  # fmt: skip
         self.glyphs = {c: self._render(c) for c in GLYPHS}
-        self.heads: dict[str, np.ndarray] = {}
+        self.heads: dict[str, Image] = {}
 
-    def _render(self, text: str) -> np.ndarray:
+    def _render(self, text: str) -> Image:
         width = sum(self.advance[c] for c in text) + 2 * self.pad + self.thickness
         tile = np.full((self.tile_h, width, 3), BAND_COLOUR, np.uint8)
         cv2.putText(tile, text, (self.pad, self.pad + self.ascent), FONT, self.scale,
                     TEXT_COLOUR, self.thickness, cv2.LINE_AA)  # fmt: skip
         return tile
 
-    def paste(self, frame: np.ndarray, text: str, origin: tuple[int, int], band_rows: int) -> bool:
+    def paste(self, frame: Image, text: str, origin: tuple[int, int], band_rows: int) -> bool:
         """Paste ``text`` with its baseline starting at ``origin``; False (nothing drawn)
         when a character has no glyph or the text would leave the band or the frame."""
         x, y = origin
@@ -125,3 +127,25 @@ class Glyphs:
             np.maximum(region, tile, out=region)
             x += self.advance[c]
         return True
+
+
+class TestPatternSource(Source):
+    """`TestPattern` as a source: never fails, resized by drawing at the new size."""
+
+    __test__ = False
+
+    def __init__(self, width: int, height: int) -> None:
+        self.seq = 0
+        self.reconfigure((width, height), 0, "")
+
+    def reconfigure(self, size: Size | None, fps: float, fmt: str) -> None:
+        if size is not None and size != self.size:  # about 25 ms at 720p: one frame late
+            self.pattern = TestPattern(*size)
+            self.size = size
+            self.description = f"test pattern {size[0]}x{size[1]}"
+
+    def read(self) -> Capture:
+        now = time.time()
+        image = self.pattern.draw(self.seq, now)
+        self.seq += 1
+        return Capture(now, image)
