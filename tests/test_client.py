@@ -27,6 +27,7 @@ from broker.client import (
     Frame,
     RequestTimeout,
 )
+from broker.client.frames import FrameQueues
 from broker.protocol import control, settings, stamp
 
 TWO_CAMERAS = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
@@ -470,3 +471,19 @@ def test_decode_frame_rejects_bad_messages() -> None:
     for bad in (b"", b"\x00", b"\x00\x09{}", b"\x00\x02{}IMG", b"\x00\x02[]"):
         with pytest.raises(ValueError):
             broker_client.decode_frame(bad)
+
+
+def test_frame_queues_drop_oldest_per_camera_and_keep_arrival_order() -> None:
+    def frame(camera: str, seq: int) -> Frame:
+        return Frame(camera, seq, 0.0, "jpeg", 1, 1, b"", 0.0)
+
+    queues = FrameQueues(2)
+    queues.open("a")
+    queues.open("b")
+    for camera, seq in (("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 3)):
+        assert queues.put(frame(camera, seq))
+    assert not queues.put(frame("c", 1))  # no queue: not subscribed
+    assert (queues.dropped, queues.gaps) == (1, 1)  # a1 pushed out; b2 never came
+    taken = [queues.next(None) for _ in range(4)]
+    assert [(f.camera, f.seq) for f in taken if f] == [("b", 1), ("a", 2), ("a", 3), ("b", 3)]
+    assert queues.next(None) is None and queues.next("a") is None

@@ -82,8 +82,9 @@ def _time_of_day(value: Any) -> dt.time | None:
     if isinstance(value, dt.time):
         return value
     if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
+        hour, minute, second, *_ = [int(part) for part in value.split(":")] + [0]
         try:
-            return dt.time(*map(int, value.split(":")))
+            return dt.time(hour, minute, second)
         except ValueError:
             return None
     return None
