@@ -2,7 +2,8 @@
 for values that a kind and a range cannot describe (addresses, ids, paths).
 
 A camera's settings (width, fps, format...) take their ranges from the settings table
-(`broker.protocol.settings`), the one source the worker and the broker share.
+(`broker.protocol.settings`), and the heartbeat its range from `broker.protocol.control`:
+the sources the worker and the broker share.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from broker.config.model import (
 )
 from broker.config.show import show
 from broker.protocol import settings as camera_settings
+from broker.protocol.control import HEARTBEAT_RANGE
 from broker.protocol.wire import CAMERA_ID
 
 # --- field rules: each takes a value of the right type, returns a problem or None ---
@@ -124,7 +126,7 @@ SPECS: dict[type, dict[str, Spec]] = {
     },
     ControlConfig: {
         "endpoints": Spec(tuple, item=Spec(str, rule=_endpoint_problem)),
-        "heartbeat_interval": Spec(float, 0.1, 60),
+        "heartbeat_interval": Spec(float, *HEARTBEAT_RANGE),  # the worker's --heartbeat too
         "lost_after": Spec(float, 0.3, 600),
         "command_timeout": Spec(float, 0.1, 300),
         "command_rate": Spec(float, 0.1, 10000),
