@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         startup, other = group.split((OSError, zmq.ZMQError))
         if startup is None or other is not None:
             raise
-        while isinstance(startup, BaseExceptionGroup):
-            startup = startup.exceptions[0]
-        log.error("cannot start: %s", startup)
+        first: BaseException = startup
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        log.error("cannot start: %s", first)
         return 1
     return 0
 

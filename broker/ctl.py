@@ -6,9 +6,8 @@
     broker ctl --url ws://host:8765/ws preset front night
     broker ctl --url ws://host:8765/ws watch front --frames 10
 
-Everything goes over ``/ws`` except ``preset``, which has no WebSocket message and is
-``POST /api/cameras/{id}/presets/{name}`` on the same host and port. Exit codes: 0 done,
-1 the command failed (refused, invalid, timed out), 2 usage, connection or token errors.
+Everything goes over ``/ws``. Exit codes: 0 done, 1 the command failed (refused,
+invalid, timed out), 2 usage, connection or token errors.
 """
 
 from __future__ import annotations
@@ -18,10 +17,8 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import trio
 
@@ -34,6 +31,7 @@ from broker.client import (
     Frame,
     RequestTimeout,
 )
+from broker.protocol.results import http_status
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 AUTH_CODES = ("unauthorized", "forbidden")
@@ -149,8 +147,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))  # exits with 2
     args.token = args.token or url_token(args.url)
     try:
-        if args.action == "preset":
-            return apply_preset(args)
         return trio.run(_ws_action, args, changes)
     except CtlError as exc:
         print(f"broker ctl: {exc}", file=sys.stderr)
@@ -172,6 +168,8 @@ async def _ws_action(args: argparse.Namespace, changes: dict[str, Any]) -> int:
                 return await watch(client, args)
             if args.action == "status":
                 result = await client.command(args.camera, "get_status")
+            elif args.action == "preset":
+                result = await client.apply_preset(args.camera, args.name)
             else:
                 result = await client.command(args.camera, "update_settings", changes)
             return show_result(result, args.json)
@@ -181,8 +179,9 @@ async def _ws_action(args: argparse.Namespace, changes: dict[str, Any]) -> int:
         raise CtlError(f"{exc.message} ({args.url})", USAGE) from None
     except RequestTimeout as exc:
         raise CtlError(exc.message, FAILED) from None
-    except BrokerError as exc:
-        raise CtlError(str(exc), USAGE if exc.code in AUTH_CODES else FAILED) from None
+    except BrokerError as exc:  # the broker refused the request: say with what
+        refusal = f"{exc.code} ({http_status(exc.code)}): {exc.message}"
+        raise CtlError(refusal, USAGE if exc.code in AUTH_CODES else FAILED) from None
 
 
 async def watch(client: broker_client.Client, args: argparse.Namespace) -> int:
@@ -211,36 +210,6 @@ async def watch(client: broker_client.Client, args: argparse.Namespace) -> int:
           f"{stats.gaps} missing in sequence); {stats.reconnects} reconnects",
           file=sys.stderr)  # fmt: skip
     return OK
-
-
-def apply_preset(args: argparse.Namespace) -> int:
-    path = f"/api/cameras/{quote(args.camera, safe='')}/presets/{quote(args.name, safe='')}"
-    status, body = post(http_url(args.url, path), args.token, args.timeout)
-    if status not in (401, 403) and isinstance(body, dict) and "success" in body:
-        return show_result(CommandResult.from_json(body), args.json)
-    details = body if isinstance(body, dict) else {}
-    reason = ": ".join(str(details[key]) for key in ("error", "message") if details.get(key))
-    raise CtlError(f"POST {path}: {status}" + (f" {reason}" if reason else ""),
-                   USAGE if status in (401, 403) else FAILED)  # fmt: skip
-
-
-def post(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
-    """POST an empty body; returns the status and the JSON answer (None if not JSON)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, data = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, data = exc.code, exc.read()
-        exc.close()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CtlError(f"cannot reach {url}: {reason}", USAGE) from None
-    try:
-        return status, json.loads(data)
-    except ValueError:
-        return status, None
 
 
 # -- output ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -27,6 +28,7 @@ from broker.client import (
     Frame,
     RequestTimeout,
 )
+from broker.client.frames import FrameQueues
 from broker.protocol import control, settings, stamp
 
 TWO_CAMERAS = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
@@ -69,7 +71,9 @@ async def test_frames_carry_their_headers() -> None:
     for frame in frames:
         assert (frame.camera, frame.format, frame.width, frame.height) == ("a", "jpeg", 320, 240)
         assert not frame.placeholder
-        seq, captured_at = stamp.read(frame.data)  # what the publisher stamped in the JPEG
+        stamped = stamp.read(frame.data)  # what the publisher stamped in the JPEG
+        assert stamped is not None
+        seq, captured_at = stamped
         assert frame.seq == seq and abs(frame.captured_at - captured_at) < 1e-5
         assert 0 <= frame.latency < 2
         assert frame.header["seq"] == frame.seq
@@ -109,7 +113,7 @@ async def test_two_cameras_on_one_connection() -> None:
 
 
 async def test_handlers_run_beside_frames_and_are_counted() -> None:
-    subscribed: list[dict] = []
+    subscribed: list[dict[str, Any]] = []
     kinds: list[str] = []
     finished: list[int] = []
 
@@ -117,7 +121,7 @@ async def test_handlers_run_beside_frames_and_are_counted() -> None:
         await trio.sleep(1.0)
         finished.append(frame.seq)
 
-    def broken(message: dict) -> None:
+    def broken(message: dict[str, Any]) -> None:
         raise RuntimeError("a handler bug")
 
     async with running_broker(config()) as broker, publisher(broker) as pub:
@@ -234,7 +238,7 @@ async def test_a_request_without_answer_times_out() -> None:
                 assert 0.5 <= trio.current_time() - started < 2
                 assert isinstance(timeout.value, TimeoutError) and timeout.value.code == "timeout"
                 # The broker answers later (its own timeout); the client ignores that answer.
-                late: list[dict] = []
+                late: list[dict[str, Any]] = []
                 client.on("command_result", late.append)
                 assert await client.ping() < 2
                 await wait_until(lambda: late, within=10)
@@ -343,7 +347,7 @@ async def test_connect_errors_are_clear() -> None:
 
 
 async def test_commands_reach_a_real_worker() -> None:
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     async with running_broker(config(WORKER_CAMERA)) as broker:
         with trio.fail_after(60):
             async with broker_client.connect(ws_url(broker)) as client:
@@ -377,7 +381,7 @@ async def test_subscriptions_resume_after_the_broker_restarts(tmp_path: Path) ->
     cfg = write_config(tmp_path, synthetic_camera("cam", 160, 120, 10))
     first = BrokerProcess(cfg)
     second = BrokerProcess(cfg, port=first.port, log=tmp_path / "second.log")
-    connections: list[dict] = []
+    connections: list[dict[str, Any]] = []
     try:
         await trio.to_thread.run_sync(first.start)
         await trio.to_thread.run_sync(first.wait_online, "cam")
@@ -412,13 +416,13 @@ async def test_subscriptions_resume_after_the_broker_restarts(tmp_path: Path) ->
 async def test_a_hung_broker_is_detected_by_the_keepalive(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, synthetic_camera("cam", 160, 120, 10))
     broker = BrokerProcess(cfg)
-    connections: list[dict] = []
+    connections: list[dict[str, Any]] = []
     try:
         await trio.to_thread.run_sync(broker.start)
         await trio.to_thread.run_sync(broker.wait_online, "cam")
         assert broker.process is not None
         url = f"ws://127.0.0.1:{broker.port}/ws"
-        options = {"keepalive": 1.0, "request_timeout": 1.0, "connect_timeout": 2.0,
+        options: dict[str, Any] = {"keepalive": 1.0, "request_timeout": 1.0, "connect_timeout": 2.0,
                    "backoff_max": 1.0}  # fmt: skip
         with trio.fail_after(60):
             async with broker_client.connect(url, **options) as client:
@@ -470,3 +474,19 @@ def test_decode_frame_rejects_bad_messages() -> None:
     for bad in (b"", b"\x00", b"\x00\x09{}", b"\x00\x02{}IMG", b"\x00\x02[]"):
         with pytest.raises(ValueError):
             broker_client.decode_frame(bad)
+
+
+def test_frame_queues_drop_oldest_per_camera_and_keep_arrival_order() -> None:
+    def frame(camera: str, seq: int) -> Frame:
+        return Frame(camera, seq, 0.0, "jpeg", 1, 1, b"", 0.0)
+
+    queues = FrameQueues(2)
+    queues.open("a")
+    queues.open("b")
+    for camera, seq in (("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 3)):
+        assert queues.put(frame(camera, seq))
+    assert not queues.put(frame("c", 1))  # no queue: not subscribed
+    assert (queues.dropped, queues.gaps) == (1, 1)  # a1 pushed out; b2 never came
+    taken = [queues.next(None) for _ in range(4)]
+    assert [(f.camera, f.seq) for f in taken if f] == [("b", 1), ("a", 2), ("a", 3), ("b", 3)]
+    assert queues.next(None) is None and queues.next("a") is None

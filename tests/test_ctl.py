@@ -10,12 +10,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from helpers import config, running_broker
-from procs import BrokerProcess, free_port, synthetic_camera, write_config
+from procs import BrokerProcess, synthetic_camera, write_config
 
+from benchmarks.procs import free_port
 from broker import ctl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +105,7 @@ def test_set_and_preset(broker: BrokerProcess) -> None:
 def test_watch_prints_frames(broker: BrokerProcess) -> None:
     watched = run_ctl("--url", url(broker), "watch", "cam", "--frames", "3")
     assert watched.returncode == 0, watched.stderr
-    lines = [line for line in watched.stdout.splitlines() if not line.startswith("event ")]
+    lines: list[Any] = [line for line in watched.stdout.splitlines() if not line.startswith("event ")]
     assert len(lines) == 3 and all(line.startswith("cam seq=") for line in lines)
     assert "3 frames" in watched.stderr
 

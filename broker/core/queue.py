@@ -44,6 +44,10 @@ class DropOldestQueue(Generic[T]):
         """The oldest item, or None when empty."""
         return self._items.popleft() if self._items else None
 
+    def peek(self) -> T | None:
+        """The oldest item, left in place; None when empty."""
+        return self._items[0] if self._items else None
+
     def get_newest(self) -> T | None:
         """The newest item, dropping (and counting) everything older; None when empty."""
         if not self._items:
