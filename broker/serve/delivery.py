@@ -113,24 +113,32 @@ class Waiter:
     """How one sender task waits for its subscriber's next frame; installed as the
     subscriber's ``wake``.
 
-    A clearable event for a single waiter (a trio.Event cannot be cleared): a wait
-    costs no new object, and a wake-up costs what ``trio.Event.set`` does. It is cleared
-    only just before the sender parks, after it has looked at the queue, so no wake-up
-    is lost."""
+    A clearable event for its one task, built as ``trio.Event`` is (a trio.Event cannot
+    be cleared, so each wait would need a new one): a wait allocates nothing, a wake-up
+    costs what ``trio.Event.set`` does. It is cleared only just before the task parks,
+    after it has looked at the queue, so no wake-up is lost."""
 
-    __slots__ = ("_lot", "_woken", "direct", "subscriber")
+    __slots__ = ("_abort", "_task", "_woken", "direct", "subscriber")
 
     def __init__(self, subscriber: Subscriber, direct: DirectWriter | None = None) -> None:
         self.subscriber = subscriber
         self.direct = direct
         self._woken = False
-        self._lot = trio.lowlevel.ParkingLot()
+        self._task: trio.lowlevel.Task | None = None  # parked, until woken or cancelled
+        self._abort = self._cancelled  # bound once, not per wait
         subscriber.wake = self.wake
 
     def wake(self) -> None:
         if not self._woken:
             self._woken = True
-            self._lot.unpark_all()
+            task = self._task
+            if task is not None:
+                self._task = None
+                trio.lowlevel.reschedule(task)
+
+    def _cancelled(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def next_frame(self, newest: bool = False) -> Frame:
         """Wait for a frame: the oldest queued, or with ``newest`` the newest; a capped
@@ -148,8 +156,9 @@ class Waiter:
                     return frame
             self._woken = False
             subscriber.direct = None if subscriber.interval else self.direct
+            self._task = trio.lowlevel.current_task()
             try:
-                await self._lot.park()
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
             finally:
                 subscriber.direct = None
             direct = self.direct
