@@ -161,7 +161,7 @@ def declared_size(format: str, data: bytes) -> tuple[int, int] | None:
 
 def _png_size(data: memoryview) -> tuple[int, int] | None:
     # Signature (8), then the IHDR chunk: length (4), b"IHDR", width (4), height (4).
-    if len(data) < 24 or data[12:16] != b"IHDR":
+    if len(data) < 24 or data[12:16].tobytes() != b"IHDR":
         return None
     return _be(data[16:20]), _be(data[20:24])
 
@@ -203,7 +203,7 @@ def _webp_size(data: memoryview) -> tuple[int, int] | None:
     if len(payload) < 10:
         return None
     if chunk == b"VP8 ":  # lossy: frame tag (3), start code 9d 01 2a, 14-bit sizes
-        if payload[3:6] != b"\x9d\x01\x2a":
+        if payload[3:6].tobytes() != b"\x9d\x01\x2a":
             return None
         return _le(payload[6:8]) & 0x3FFF, _le(payload[8:10]) & 0x3FFF
     if chunk == b"VP8L":  # lossless: signature 0x2f, then 14-bit width-1 and height-1

@@ -159,8 +159,10 @@ class Handlers:
         try:
             camera_id = open_session(self.hub, self.config.ingest)
         except SessionRefused as refused:
-            headers = {"retry_after": refused.retry_after} if refused.retry_after else {}
-            return error(refused.code, str(refused), **headers)
+            response = error(refused.code, str(refused))
+            if refused.retry_after is not None:
+                response.headers.append(("retry-after", refused.retry_after))
+            return response
         base = f"/cameras/{camera_id}"
         return json_response({
             "id": camera_id, "ttl_s": self.config.ingest.session_ttl,

@@ -332,9 +332,9 @@ class ReplayStream(trio.abc.Stream):
             data, self._prefix = self._prefix[:size], self._prefix[size:]
             return data
         if self.violation is None:
-            data = self._checked(await self.stream.receive_some(max_bytes))
-            if data or self.violation is None:
-                return data
+            received = self._checked(await self.stream.receive_some(max_bytes))
+            if received or self.violation is None:
+                return received
         await self.fail()
         return b""
 
@@ -391,11 +391,14 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     socket is trio's internal ``_sock``: writing through it (never a bare fd number,
     which a new connection may reuse) fails cleanly once trio has closed the socket.
     """
-    lock = ws._stream_lock
-    if not isinstance(lock, trio.Semaphore):
-        if lock.locked():
-            return None
-        lock = ws._stream_lock = trio.Semaphore(1)
+    current: trio.Semaphore | trio.StrictFIFOLock = ws._stream_lock
+    if isinstance(current, trio.Semaphore):
+        lock = current
+    elif current.locked():
+        return None
+    else:
+        lock = trio.Semaphore(1)
+        ws._stream_lock = lock  # type: ignore[assignment]  # used alike: ``async with``
     stream = _socket_stream(ws)
     sock = getattr(getattr(stream, "socket", None), "_sock", None)
     return (lock, sock) if isinstance(sock, socket.socket) else None
