@@ -21,9 +21,10 @@ import zmq
 from broker.config import Config
 from broker.control import Control
 from broker.control.supervisor import Supervisor
-from broker.core import nodata
-from broker.core.frame import Frame
-from broker.core.hub import CameraInfo, Hub
+from broker.core.camera import CameraInfo
+from broker.core.hub import Hub
+from broker.core.watcher import Watcher
+from broker.ingest import offline
 from broker.ingest import zeromq as ingest
 from broker.serve.metrics import Metrics
 from broker.serve.server import Server
@@ -31,8 +32,6 @@ from broker.support import workdir
 from broker.support.faults import Faults
 
 log = logging.getLogger("broker")
-
-PLACEHOLDER_INTERVAL = 1.0  # seconds between "No Data" images for an offline camera
 
 
 class Broker:
@@ -53,6 +52,9 @@ class Broker:
         self.control = Control(config, self.hub, faults=self.faults)
         self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts,
                                self.control, self.faults)  # fmt: skip
+        # Offline cameras, expired sessions and retained frames; a forgotten camera's
+        # latency series goes with it.
+        self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.metrics.forget)
         self.server = Server(config, self.hub, self.health, self.metrics.exposition,
                              control=self.control, faults=self.faults)  # fmt: skip
         self.port = 0
@@ -89,8 +91,8 @@ class Broker:
                     self.config.ingest.max_width, self.config.ingest.max_height,
                     name="ingest",
                 )  # fmt: skip
-                nursery.start_soon(self.faults.keep_running, "offline", self._show_offline,
-                                   name="offline-monitor")  # fmt: skip
+                nursery.start_soon(self.faults.keep_running, "offline", offline.watch,
+                                   self.watcher, self.faults, name="offline-monitor")  # fmt: skip
                 supervised = [camera for camera in self.config.cameras if camera.supervised]
                 if supervised:
                     self.supervisor = Supervisor(
@@ -105,46 +107,6 @@ class Broker:
         finally:
             context.destroy(linger=0)
             shutil.rmtree(folder, ignore_errors=True)
-
-    async def _show_offline(self) -> None:
-        """Mark silent cameras offline and send their viewers a "No Data" image each second.
-        A camera whose image cannot be made costs its own placeholder, not the others'."""
-        while True:
-            now = time.monotonic()
-            self.hub.expire(now)
-            self._expire_cameras(now)
-            for camera in self.hub.mark_offline(now):
-                if not camera.subscribers:
-                    continue
-                with self.faults.contain("offline", "the No Data image"):
-                    image = await nodata.image(
-                        camera.info.name, *camera.size, camera.silent_for(now)
-                    )
-                    last_seq = camera.latest.seq if camera.latest is not None else 0
-                    self.hub.publish_placeholder(camera, Frame(
-                        camera.id, last_seq, time.time(), image.width, image.height, "jpeg",
-                        image.data, received_at=time.monotonic(), placeholder=True,
-                    ))  # fmt: skip
-            await trio.sleep(PLACEHOLDER_INTERVAL)
-
-    def _expire_cameras(self, now: float) -> None:
-        """Forget ad-hoc sessions, and unwatched unconfigured cameras, silent for
-        ``ingest.session_ttl``: a bounded set however many ids peers invent."""
-        ttl = self.config.ingest.session_ttl
-        for camera in list(self.hub.cameras.values()):
-            last = camera.last_frame_at or camera.created_at
-            if camera.info.configured or now - last <= ttl:
-                continue
-            if camera.info.session:
-                log.info("camera %s: ad-hoc session expired after %.0f s without frames",
-                         camera.id, now - last)  # fmt: skip
-            elif camera.subscribers:
-                continue  # an unconfigured camera someone watches stays, offline
-            else:
-                log.info("camera %s: unconfigured camera forgotten after %.0f s without "
-                         "frames", camera.id, now - last)  # fmt: skip
-            self.hub.remove_camera(camera)
-            self.metrics.forget(camera.id)
 
     def observe_latency(self, camera_id: str, seconds: float) -> None:
         self.metrics.latency.labels(camera_id).observe(seconds)

@@ -1,4 +1,5 @@
-"""Shared test helpers: a real in-process broker, a ZeroMQ publisher, realistic JPEGs."""
+"""Shared test helpers: a real in-process broker, a ZeroMQ publisher, realistic JPEGs,
+raw HTTP requests and an MJPEG reader."""
 
 from __future__ import annotations
 
@@ -95,3 +96,71 @@ async def publisher(broker: Broker) -> AsyncIterator[Publisher]:
         yield pub
     finally:
         pub.close()
+
+
+# -- raw HTTP -------------------------------------------------------------------------
+
+
+async def http(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw request bytes; returns status, headers and body of the reply."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    headers = dict(
+                        line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+                    )
+                    if len(body) >= int(headers.get("content-length", 0)):
+                        break
+    status = int(head.split(b" ")[1])
+    return status, headers, body
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+
+class MjpegReader:
+    """Reads a multipart/x-mixed-replace response part by part, at an optional pace."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    @classmethod
+    async def open(cls, port: int, path: str) -> tuple[MjpegReader, bytes]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reader = cls(stream)
+        while b"\r\n\r\n" not in reader.buffer:
+            reader.buffer += await stream.receive_some(65536)
+        head, _, rest = bytes(reader.buffer).partition(b"\r\n\r\n")
+        reader.buffer = bytearray(rest)
+        return reader, head
+
+    async def part(self, pace: float = 0.0) -> tuple[dict[str, str], bytes]:
+        while True:
+            if b"\r\n\r\n" in self.buffer:
+                head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                assert lines[0] == "--camera-broker-frame", lines
+                headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+                length = int(headers["content-length"])
+                if len(rest) >= length + 2:
+                    assert rest[length : length + 2] == b"\r\n"
+                    self.buffer = bytearray(rest[length + 2 :])
+                    return headers, rest[:length]
+            data = await self.stream.receive_some(16384)
+            if not data:
+                raise EOFError
+            self.buffer += data
+            if pace:
+                await trio.sleep(len(data) / pace)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)

@@ -4,6 +4,7 @@ port, waited for until /healthz answers, and always stopped."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from benchmarks.procs import free_port, get_json, stop_process, wait_for_health
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class BrokerProcess:
@@ -94,3 +97,14 @@ def synthetic_camera(camera_id: str, width: int, height: int, fps: float) -> str
         f'[[cameras]]\nid = "{camera_id}"\nsource = "test-pattern"\n'
         f"width = {width}\nheight = {height}\nfps = {fps}\n"
     )
+
+
+def demo_config(tmp_path: Path) -> Path:
+    """config/demo.toml, but taking no fixed ingest or control port (tests may run beside
+    a demo), with its state file in ``tmp_path``."""
+    text = (ROOT / "config" / "demo.toml").read_text()
+    text = re.sub(r"(?m)^endpoints = .*$", "endpoints = []", text)
+    assert text.count("endpoints = []") == 2
+    path = tmp_path / "demo.toml"
+    path.write_text(text)
+    return path

@@ -105,3 +105,29 @@ class RawWebSocket:
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+# Opcodes of client frames (RFC 6455).
+TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
+
+
+def client_frame(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
+    length: int | None = None, width: int | None = None,
+) -> bytes:  # fmt: skip
+    """A client frame; ``length`` declares another length, ``width`` forces 7, 16 or 64
+    bits for it."""
+    declared = len(payload) if length is None else length
+    width = width or (7 if declared < 126 else 16 if declared < 1 << 16 else 64)
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    mask_bit = 0x80 if masked else 0
+    if width == 7:
+        head += bytes([mask_bit | declared])
+    elif width == 16:
+        head += bytes([mask_bit | 126]) + declared.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + declared.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = b"\x37\xfa\x21\x3d"
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

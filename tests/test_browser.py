@@ -4,13 +4,11 @@ reconnect after a delay unless the close code is 1000."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from procs import BrokerProcess
+from procs import BrokerProcess, demo_config
 
-ROOT = Path(__file__).resolve().parent.parent
 PANEL = """
 <img id="img">
 <script>
@@ -48,17 +46,6 @@ def open_panel(page, ws_url: str, reconnect_ms: int = 500) -> None:
 def wait_for_more_images(page, count: int) -> int:
     page.wait_for_function(f"window.loaded >= {count}")
     return page.evaluate("window.loaded")
-
-
-def demo_config(tmp_path: Path) -> Path:
-    """config/demo.toml, but taking no fixed ingest or control port (tests may run beside
-    a demo), with its state file in ``tmp_path``."""
-    text = (ROOT / "config" / "demo.toml").read_text()
-    text = re.sub(r"(?m)^endpoints = .*$", "endpoints = []", text)
-    assert text.count("endpoints = []") == 2
-    path = tmp_path / "demo.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.timeout(120)

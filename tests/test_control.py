@@ -36,6 +36,7 @@ from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
 from broker.protocol import stamp
 from broker.protocol.results import CommandResult
+from broker.serve import delivery
 
 FAST = {"heartbeat_interval": 0.2, "lost_after": 0.6, "command_timeout": 3.0}
 
@@ -182,7 +183,7 @@ async def serving(control: Control, **kwargs: Any) -> AsyncIterator[FakeWorker]:
 
 async def next_event(listener: Listener, name: str, within: float = 5.0) -> dict[str, Any]:
     with trio.fail_after(within):
-        while (event := await listener.next()).event != name:
+        while (event := await delivery.next_event(listener)).event != name:
             pass
     return event
 

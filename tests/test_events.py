@@ -1,4 +1,5 @@
-"""The event bus (broker/core/events.py): per-listener drop-oldest queues, never blocking."""
+"""The event bus (broker/core/events.py): per-listener drop-oldest queues, never blocking;
+waiting for a listener's next event (broker/serve/delivery.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import trio
 
 from broker.core.events import EventBus, ListenerClosed
+from broker.serve.delivery import next_event
 
 
 def test_publish_reaches_every_listener_as_one_shared_event() -> None:
@@ -62,8 +64,8 @@ async def test_next_waits_for_an_event_and_wakes_at_once() -> None:
     got = []
 
     async def consume() -> None:
-        got.append(await listener.next())
-        got.append(await listener.next())
+        got.append(await next_event(listener))
+        got.append(await next_event(listener))
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -84,7 +86,7 @@ async def test_next_returns_queued_events_in_order_without_waiting() -> None:
     for name in ("camera_online", "stream_started", "camera_offline"):
         bus.publish(name, "a")
     with trio.fail_after(1):
-        assert [(await listener.next()).event for _ in range(3)] == [
+        assert [(await next_event(listener)).event for _ in range(3)] == [
             "camera_online", "stream_started", "camera_offline"]  # fmt: skip
 
 
@@ -97,7 +99,7 @@ async def test_unlisten_wakes_a_waiting_next_with_listener_closed() -> None:
 
             async def wait() -> None:
                 with pytest.raises(ListenerClosed):
-                    await listener.next()
+                    await next_event(listener)
 
             nursery.start_soon(wait)
             await trio.sleep(0.05)

@@ -177,7 +177,7 @@ async def test_live_urls_are_served_by_the_broker() -> None:
 async def test_mjpeg_text_panels_point_at_served_streams() -> None:
     import re
 
-    from test_outputs import MjpegReader
+    from helpers import MjpegReader
 
     cfg = config(CAMERAS)
     async with running_broker(cfg) as broker, publisher(broker) as pub, trio.open_nursery() as n:

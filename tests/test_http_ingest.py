@@ -7,8 +7,7 @@ import json
 import time
 
 import trio
-from helpers import config, publisher, running_broker, sample_jpeg
-from test_server import get, http
+from helpers import config, get, http, publisher, running_broker, sample_jpeg
 from trio_websocket import open_websocket_url
 
 from broker.protocol import stamp

@@ -1,4 +1,5 @@
-"""The fan-out core (broker/hub.py) and the shared Frame (broker/frames.py)."""
+"""The fan-out core (broker/core: hub, camera, subscriber) and the shared Frame
+(broker/core/frame.py); how a sender waits for its frames (broker/serve/delivery.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import trio
 import trio.testing
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from broker.core.camera import Camera, CameraInfo
 from broker.core.frame import Frame, websocket_binary_header
-from broker.core.hub import Camera, CameraInfo, Hub, Outcome, RateMeter, Subscriber, UnknownCamera
+from broker.core.hub import Hub, Outcome, UnknownCamera
+from broker.core.subscriber import RateMeter, Subscriber
+from broker.serve.delivery import Waiter
 
 OFFLINE_AFTER = 2.0
 CLOCK_OFFSET = 1_763_699_900.0  # a camera's Unix time minus our monotonic time
@@ -365,18 +369,20 @@ def test_rate_meter_keeps_only_its_window() -> None:
 def test_capped_subscriber_is_woken_only_by_a_frame_at_its_due_time() -> None:
     h = hub("a")
     subscriber = h.subscribe("a", "client", 2)
+    woken = trio.Event()
+    subscriber.wake = woken.set
     subscriber.cap(1.0)
     subscriber.next_due = 200.0
     h.publish(frame(seq=1, received_at=199.5))  # before the due time: queued, no wake-up
-    assert not subscriber._ready.is_set()
+    assert not woken.is_set()
     assert len(subscriber.queue) == 1
     h.publish(frame(seq=2, received_at=200.0))
-    assert subscriber._ready.is_set()
+    assert woken.is_set()
     subscriber.cap(None)
     assert subscriber.interval == 0.0
 
 
-# -- Subscriber.next_frame ------------------------------------------------------------
+# -- waiting for frames (Waiter.next_frame, in broker.serve.delivery) ------------------
 
 
 async def test_next_frame_returns_queued_frames_oldest_first() -> None:
@@ -385,18 +391,20 @@ async def test_next_frame_returns_queued_frames_oldest_first() -> None:
     frames = [frame(seq=seq) for seq in range(3)]
     for item in frames:
         h.publish(item)
+    waiter = Waiter(subscriber)
     with trio.fail_after(1):
-        assert [await subscriber.next_frame() for _ in frames] == frames
+        assert [await waiter.next_frame() for _ in frames] == frames
 
 
 async def test_waiting_subscriber_wakes_when_a_frame_is_offered() -> None:
     h = hub("a")
     subscriber = h.subscribe("a", "client", 4)
     got: list[Frame] = []
+    waiter = Waiter(subscriber)
 
     async def wait() -> None:
-        got.append(await subscriber.next_frame())
-        got.append(await subscriber.next_frame())
+        got.append(await waiter.next_frame())
+        got.append(await waiter.next_frame())
 
     with trio.fail_after(1):
         async with trio.open_nursery() as nursery:
@@ -419,7 +427,7 @@ async def test_next_frame_newest() -> None:
     for item in frames:
         h.publish(item)
     with trio.fail_after(1):
-        assert await subscriber.next_frame(newest=True) is frames[-1]
+        assert await Waiter(subscriber).next_frame(newest=True) is frames[-1]
     assert subscriber.dropped == 3
     assert len(subscriber.queue) == 0
 
@@ -430,7 +438,7 @@ async def test_next_frame_newest_waits_then_returns_the_newest() -> None:
     got: list[Frame] = []
 
     async def wait() -> None:
-        got.append(await subscriber.next_frame(newest=True))
+        got.append(await Waiter(subscriber).next_frame(newest=True))
 
     with trio.fail_after(1):
         async with trio.open_nursery() as nursery:

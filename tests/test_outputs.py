@@ -6,53 +6,11 @@ import json
 import time
 
 import trio
-from helpers import config, publisher, running_broker, sample_jpeg
+from helpers import MjpegReader, config, get, http, publisher, running_broker, sample_jpeg
 from prometheus_client.parser import text_string_to_metric_families
-from test_server import get, http
 from trio_websocket import open_websocket_url
 
 from broker.protocol import stamp
-
-
-class MjpegReader:
-    """Reads a multipart/x-mixed-replace response part by part, at an optional pace."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    @classmethod
-    async def open(cls, port: int, path: str) -> tuple[MjpegReader, bytes]:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        reader = cls(stream)
-        while b"\r\n\r\n" not in reader.buffer:
-            reader.buffer += await stream.receive_some(65536)
-        head, _, rest = bytes(reader.buffer).partition(b"\r\n\r\n")
-        reader.buffer = bytearray(rest)
-        return reader, head
-
-    async def part(self, pace: float = 0.0) -> tuple[dict[str, str], bytes]:
-        while True:
-            if b"\r\n\r\n" in self.buffer:
-                head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
-                lines = head.decode().split("\r\n")
-                assert lines[0] == "--camera-broker-frame", lines
-                headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-                length = int(headers["content-length"])
-                if len(rest) >= length + 2:
-                    assert rest[length : length + 2] == b"\r\n"
-                    self.buffer = bytearray(rest[length + 2 :])
-                    return headers, rest[:length]
-            data = await self.stream.receive_some(16384)
-            if not data:
-                raise EOFError
-            self.buffer += data
-            if pace:
-                await trio.sleep(len(data) / pace)
-
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
 
 
 async def test_snapshot_is_the_latest_frame_or_no_data() -> None:

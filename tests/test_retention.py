@@ -4,8 +4,9 @@ cap for the whole broker."""
 from __future__ import annotations
 
 from broker.config import RetentionConfig as Retention
+from broker.core.camera import CameraInfo
 from broker.core.frame import Frame
-from broker.core.hub import CameraInfo, Hub
+from broker.core.hub import Hub
 
 
 class Clock:

@@ -29,9 +29,8 @@ import trio
 import zmq
 from helpers import config, publisher, running_broker, sample_jpeg
 from procs import BrokerProcess, synthetic_camera, wait_until, write_config
-from rawws import RawWebSocket
+from rawws import BINARY, CONT, PING, TEXT, RawWebSocket, client_frame
 from survival import Viewer
-from test_wsframes import BINARY, CONT, PING, TEXT, client_frame
 
 from benchmarks.procs import free_port
 from broker.protocol import stamp
@@ -517,7 +516,7 @@ async def test_a_fault_in_a_route_is_a_500_and_counted(monkeypatch: pytest.Monke
         def broken(*args: object) -> None:
             raise Injected("a bug")
 
-        monkeypatch.setattr(broker.server.routes, "stats", broken)
+        monkeypatch.setattr(broker.server.views, "stats", broken)
         port = broker.port
         status, _, body = await exchange(port, request("GET", "/api/stats"))
         assert status == 500
@@ -538,15 +537,15 @@ async def test_a_fault_while_serving_a_camera_websocket_closes_it_with_1011(
             nursery.start_soon(pub.stream, "a", 20.0, sample_jpeg(160, 120), 160, 120)
             async with websocket(broker.port, "/cameras/a") as ws:
                 assert (await ws.receive() or (0,))[0] == 0x2  # frames flow
-                original = broker.server.streams.send_frames
+                original = broker.server.delivery.send_frames
 
                 async def broken(*args: Any, **kwargs: Any) -> None:
                     raise Injected("a bug")
 
-                monkeypatch.setattr(broker.server.streams, "send_frames", broken)
+                monkeypatch.setattr(broker.server.delivery, "send_frames", broken)
                 async with websocket(broker.port, "/cameras/a") as second:
                     assert await close_code(second) == 1011
-                monkeypatch.setattr(broker.server.streams, "send_frames", original)
+                monkeypatch.setattr(broker.server.delivery, "send_frames", original)
                 with trio.fail_after(5):  # the first client never noticed
                     for _ in range(5):
                         message = await ws.receive()
@@ -585,7 +584,7 @@ async def test_faults_on_ws_cost_an_internal_error_not_the_connection(
                 async def broken(*args: Any, **kwargs: Any) -> None:
                     raise Injected("a bug")
 
-                monkeypatch.setattr(broker.server.streams, "send_frames", broken)
+                monkeypatch.setattr(broker.server.delivery, "send_frames", broken)
                 await ws.send('{"type": "subscribe", "camera": "a", "request_id": 1}')
                 assert (await next_text())["type"] == "subscribed"
                 error = await next_text()

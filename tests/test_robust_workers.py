@@ -42,7 +42,7 @@ from test_control import make_config, running_control, serving, wait_for
 
 from broker.control import Control
 from broker.control.supervisor import lost_too_long, worker_command
-from broker.core.hub import CLOCK_SETTLE, Freshness
+from broker.core.camera import CLOCK_SETTLE, Freshness
 from broker.protocol import stamp, wire
 from broker.support import workdir
 from cameras.link import keep_connection_fresh

@@ -12,7 +12,7 @@ import h11
 import numpy as np
 import pytest
 import trio
-from helpers import config, publisher, running_broker, sample_jpeg
+from helpers import config, get, http, publisher, running_broker, sample_jpeg
 from rawws import RawWebSocket
 from trio_websocket import open_websocket_url
 
@@ -21,30 +21,6 @@ from broker.protocol import stamp, wire
 from broker.serve.http import parse_json, protocol_problem, to_json
 
 TWO_CAMERAS = '[[cameras]]\nid = "a"\nname = "Camera A"\n[[cameras]]\nid = "b"\n'
-
-
-async def http(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send raw request bytes; returns status, headers and body of the reply."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(raw)
-        data = b""
-        with trio.fail_after(5):
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-                if b"\r\n\r\n" in data:
-                    head, _, body = data.partition(b"\r\n\r\n")
-                    headers = dict(
-                        line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
-                    )
-                    if len(body) >= int(headers.get("content-length", 0)):
-                        break
-    status = int(head.split(b" ")[1])
-    return status, headers, body
-
-
-def get(path: str, method: str = "GET") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
 
 
 async def test_health_and_camera_list() -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import config, running_broker
+from helpers import config, get, http, running_broker
 from procs import BrokerProcess, synthetic_camera, wait_until, write_config
-from test_server import get, http
 
 NIGHT = "[presets.night]\nbrightness = 80\n"
 EXTERNAL = '[[cameras]]\nid = "ext"\nname = "External"\n'  # no worker: never connected

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import BrokerProcess
-from test_browser import demo_config
+from procs import BrokerProcess, demo_config
 
 DEMO = ["lobby", "yard", "garage", "desk"]
 ALL_LIVE = (

@@ -22,17 +22,17 @@ import cv2
 import numpy as np
 import pytest
 import trio
-from helpers import config, publisher, running_broker, sample_jpeg
+from helpers import config, get, http, publisher, running_broker, sample_jpeg
 from procs import BrokerProcess, synthetic_camera, write_config
 from rawws import RawWebSocket
-from test_server import get, http
 
 from broker.app import Broker
+from broker.core.camera import CameraInfo
 from broker.core.frame import Frame
-from broker.core.hub import CameraInfo, Hub
+from broker.core.hub import Hub
 from broker.protocol import stamp
 from broker.serve.server import Server
-from broker.serve.wsapi import MAX_REQUEST, RequestError, parse_request, request_id_of
+from broker.serve.wsrequests import MAX_REQUEST, RequestError, parse_request, request_id_of
 
 TWO = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
 TOKENS = (

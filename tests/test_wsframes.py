@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from rawws import BINARY, CLOSE, CONT, PING, TEXT, client_frame
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 
@@ -181,7 +182,8 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
     whole and in order with trio-websocket's own messages."""
     import socket
 
-    from broker.core.hub import Camera, CameraInfo, Subscriber
+    from broker.core.camera import Camera, CameraInfo
+    from broker.core.subscriber import Subscriber
     from broker.serve.delivery import DirectWriter
 
     big = bytes(range(256)) * 4096  # 1 MiB: more than a socket takes at once
@@ -200,9 +202,9 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
             frame = Frame("c", 0, 0.0, 1, 1, "jpeg", websocket_binary_header(len(payload))
                           + payload, 0.0)  # fmt: skip
             assert writer(frame)
-            if subscriber.inflight is not None:  # written in part: finish it, as a task does
-                await writer.finish(ws._stream, subscriber.inflight[1])
-                subscriber.inflight = None
+            if writer.inflight is not None:  # written in part: finish it, as a task does
+                await writer.finish(ws._stream, writer.inflight[1])
+                writer.inflight = None
             assert lock.value == 1
         await ws.send_message("text from trio-websocket")
         with pytest.raises(ConnectionClosed):
@@ -333,29 +335,6 @@ def test_a_post_upgrade_is_refused() -> None:
 # -- InboundFrames ------------------------------------------------------------------------
 
 
-def client_frame(
-    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
-    length: int | None = None, width: int | None = None,
-) -> bytes:  # fmt: skip
-    """A client frame; ``length`` declares another length, ``width`` forces 7, 16 or 64
-    bits for it."""
-    declared = len(payload) if length is None else length
-    width = width or (7 if declared < 126 else 16 if declared < 1 << 16 else 64)
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    mask_bit = 0x80 if masked else 0
-    if width == 7:
-        head += bytes([mask_bit | declared])
-    elif width == 16:
-        head += bytes([mask_bit | 126]) + declared.to_bytes(2, "big")
-    else:
-        head += bytes([mask_bit | 127]) + declared.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    mask = b"\x37\xfa\x21\x3d"
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 GOOD = [
     client_frame(TEXT, b"hello"),
     client_frame(TEXT, "h\u00e9".encode()[:2], fin=False) + client_frame(PING, b"p")

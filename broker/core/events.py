@@ -5,7 +5,9 @@ listener that stops reading loses its oldest events, and never holds up the publ
 or grows memory. ``publish`` is synchronous and never awaits, so the hub and the control
 channel may call it from anywhere.
 
-Listeners receive `broker.protocol.events.Event` values; ``/ws`` sends their JSON.
+Listeners receive `broker.protocol.events.Event` values; ``/ws`` sends their JSON. How
+a consumer waits for the next one is its own business (`broker.serve.delivery.next_event`):
+it installs the listener's ``wake``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-
-import trio
 
 from broker.core.queue import DropOldestQueue
 from broker.protocol.events import Event
@@ -26,15 +26,20 @@ class ListenerClosed(Exception):
     """`EventBus.unlisten` was called: this listener gets nothing more."""
 
 
-class Listener:
-    """One consumer's view of the bus: its own queue and a trio.Event to wait on."""
+def _nobody_waits() -> None:
+    pass
 
-    __slots__ = ("_ready", "closed", "queue")
+
+class Listener:
+    """One consumer's view of the bus: its own queue, and ``wake``, called when an event
+    is queued or the listener closed (installed by whoever waits)."""
+
+    __slots__ = ("closed", "queue", "wake")
 
     def __init__(self, depth: int = LISTENER_DEPTH) -> None:
         self.queue: DropOldestQueue[Event] = DropOldestQueue(depth)
         self.closed = False
-        self._ready = trio.Event()
+        self.wake: Callable[[], None] = _nobody_waits
 
     @property
     def dropped(self) -> int:
@@ -42,28 +47,16 @@ class Listener:
 
     def offer(self, event: Event) -> None:
         self.queue.put(event)
-        self._ready.set()
+        self.wake()
 
     def get_nowait(self) -> Event | None:
         """The oldest queued event, or None."""
         return self.queue.get()
 
-    async def next(self) -> Event:
-        """The oldest queued event, waiting for one; `ListenerClosed` once unlistened."""
-        while True:
-            if self.closed:
-                raise ListenerClosed
-            event = self.queue.get()
-            if event is not None:
-                await trio.lowlevel.checkpoint()
-                return event
-            self._ready = trio.Event()
-            await self._ready.wait()
-
     def close(self) -> None:
         self.closed = True
         self.queue.clear()
-        self._ready.set()
+        self.wake()
 
 
 class EventBus:

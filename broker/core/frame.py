@@ -8,6 +8,7 @@ builds its message once per frame (``websocket_message``, ``mux_message``,
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 
 from broker.protocol import mux
@@ -42,6 +43,24 @@ class Frame:
     _websocket_message: bytes | None = field(default=None, repr=False)
     _mjpeg_part: bytes | None = field(default=None, repr=False)
     _mux_message: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def received(
+        cls,
+        camera: str,
+        seq: int,
+        captured_at: float,
+        width: int,
+        height: int,
+        format: str,
+        data: Buffer,
+        *,
+        placeholder: bool = False,
+    ) -> Frame:
+        """A frame entering the broker now (from ZeroMQ, an upload or the "No Data"
+        generator): the one place a frame is made, stamped with the monotonic clock."""
+        received_at = time.monotonic()
+        return cls(camera, seq, captured_at, width, height, format, data, received_at, placeholder)
 
     @property
     def size(self) -> int:

@@ -5,7 +5,8 @@ aspect, and saying how long the camera has been silent. The size a camera declar
 not trusted: the image fits within `MAX_SIZE` (at least `MIN_SIDE` pixels a side), so
 a header claiming 16384x16384 costs what a 1080p image costs. Rendered images are kept
 in a small LRU cache (`Placeholders`) per name, size and text, so snapshot bursts and
-many offline cameras do not render again each time.
+many offline cameras do not render again each time. Rendering takes tens of ms: the
+callers run it off the event loop (`broker.ingest.offline.no_data_image`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import trio
 from PIL import Image, ImageDraw, ImageFont
 
 MAX_SIZE = (1920, 1080)  # the largest "No Data" image, whatever a camera declares
@@ -129,17 +129,5 @@ class Placeholders:
         return len(self._images)
 
 
-PLACEHOLDERS = Placeholders()  # shared by the offline loop and the HTTP routes
+PLACEHOLDERS = Placeholders()  # shared by the offline watcher and the HTTP answers
 
-
-async def image(
-    name: str, width: int, height: int, silent_for: float | None,
-    placeholders: Placeholders | None = None,
-) -> Placeholder:  # fmt: skip
-    """The "No Data" image for a camera: cached (in `PLACEHOLDERS` unless told), else
-    rendered off the event loop (rendering takes tens of ms)."""
-    placeholders = placeholders if placeholders is not None else PLACEHOLDERS
-    cached = placeholders.cached(name, width, height, silent_for)
-    if cached is not None:
-        return cached
-    return await trio.to_thread.run_sync(placeholders.render, name, width, height, silent_for)

@@ -1,4 +1,6 @@
-"""Checking images that producers upload over HTTP (seed 003's producers). Pure.
+"""Images that producers upload over HTTP (seed 003's producers): checked, then
+published as the camera's next frame (`accept_upload`). Synchronous; the HTTP edge
+only reads the body and answers.
 
 The body is either the image itself, with ``Content-Type: image/jpeg|png|webp|bmp``,
 or the one file of a ``multipart/form-data`` form. The data must be an image of the
@@ -7,17 +9,24 @@ Pillow and checked against the caps (``ingest.max_width``, ``max_height``); only
 Pillow reads the header (never the pixels) to confirm it is an image. Pillow can raise
 almost anything on hostile data (``DecompressionBombError`` is neither an ``OSError``
 nor a ``ValueError``): every exception there means "not an image".
+
+Uploaded frames are numbered per camera from 0 (``Camera.upload_seq``), counting only
+the frames the hub took.
 """
 
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image
 
-from broker.protocol.wire import FORMATS, MAX_DIMENSION, sniff_format
+from broker.core.frame import Frame
+from broker.core.hub import Hub, Outcome
+from broker.protocol.results import ERRORS
+from broker.protocol.wire import CAMERA_ID, FORMATS, MAX_DIMENSION, sniff_format
 
 PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 
@@ -31,9 +40,41 @@ class Upload:
 
 
 class UploadError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """An upload refused: ``code`` (from `broker.protocol.results.ERRORS`) and its HTTP
+    ``status``."""
+
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code = ERRORS[code].status, code
+
+
+def accept_upload(
+    hub: Hub, camera_id: str, content_type: str, body: bytes, max_width: int = MAX_DIMENSION,
+    max_height: int = MAX_DIMENSION,
+) -> Frame:  # fmt: skip
+    """Check an upload for ``camera_id`` and publish it; the frame, or `UploadError`:
+    404 ``unknown_camera`` (an unconfigured camera, unless unknown ones are accepted and
+    the id is valid), the refusals of `parse_upload`, 503 ``too_many_cameras`` and 409
+    ``stale_frame`` (`Hub.publish`)."""
+    may_appear = hub.accept_unknown and CAMERA_ID.fullmatch(camera_id)
+    if camera_id not in hub.cameras and not may_appear:
+        raise UploadError("unknown_camera", f"no camera {camera_id!r}")
+    image = parse_upload(content_type, body, max_width, max_height)
+    camera = hub.cameras.get(camera_id)
+    seq = camera.upload_seq if camera is not None else 0
+    frame = Frame.received(camera_id, seq, time.time(), image.width, image.height, image.format,
+                           image.data)  # fmt: skip
+    outcome = hub.publish(frame)
+    if outcome is Outcome.UNKNOWN:
+        raise UploadError("unknown_camera", f"no camera {camera_id!r}")
+    if outcome is Outcome.FULL:
+        raise UploadError("too_many_cameras", "the broker holds ingest.max_cameras "
+                          f"({hub.max_cameras}) cameras already; try again later")  # fmt: skip
+    if outcome is Outcome.STALE:
+        raise UploadError("stale_frame", "the frame is older than the camera's newest by "
+                          "more than ingest.offline_after; it was not shown")  # fmt: skip
+    hub.cameras[camera_id].upload_seq = seq + 1
+    return frame
 
 
 def parse_upload(
@@ -50,19 +91,19 @@ def parse_upload(
         declared = "jpeg"
     if declared not in FORMATS:
         raise UploadError(
-            415, "unsupported_media_type",
+            "unsupported_media_type",
             "Content-Type must be image/jpeg, image/png, image/webp, image/bmp or "
             f"multipart/form-data with one such file, got {media[:60] or 'none'!r}",
         )  # fmt: skip
     found = sniff_format(body)
     if found != declared:
         raise UploadError(
-            415, "not_an_image",
+            "not_an_image",
             f"declared {media[:60]} but the data is {found or 'not an image'}",
         )
     size = declared_size(declared, body)
     if size is None:
-        raise UploadError(415, "not_an_image", f"cannot read the size of the {declared} image")
+        raise UploadError("not_an_image", f"cannot read the size of the {declared} image")
     _check_size(*size, max_width, max_height)
     width, height = _pillow_size(declared, body)
     _check_size(width, height, max_width, max_height)  # Pillow may read a later header
@@ -71,10 +112,10 @@ def parse_upload(
 
 def _check_size(width: int, height: int, max_width: int, max_height: int) -> None:
     if width < 1 or height < 1:
-        raise UploadError(415, "not_an_image", f"the image declares no area ({width}x{height})")
+        raise UploadError("not_an_image", f"the image declares no area ({width}x{height})")
     if width > max_width or height > max_height:
         raise UploadError(
-            413, "image_too_large",
+            "image_too_large",
             f"the image is {width}x{height} pixels; the limit is {max_width}x{max_height} "
             "(ingest.max_width x ingest.max_height)",
         )  # fmt: skip
@@ -91,10 +132,10 @@ def _pillow_size(declared: str, body: bytes) -> tuple[int, int]:
                 width, height = image.size
     except Image.DecompressionBombError as exc:  # caps above Pillow's own limit
         message = f"the {declared} image is too large: {_brief(exc)}"
-        raise UploadError(413, "image_too_large", message) from None
+        raise UploadError("image_too_large", message) from None
     except Exception as exc:  # Pillow raises many unrelated types on hostile data
         raise UploadError(
-            415, "not_an_image", f"cannot read the {declared} image: {_brief(exc)}"
+            "not_an_image", f"cannot read the {declared} image: {_brief(exc)}"
         ) from None
     return width, height
 
@@ -120,7 +161,7 @@ def declared_size(format: str, data: bytes) -> tuple[int, int] | None:
 
 def _png_size(data: memoryview) -> tuple[int, int] | None:
     # Signature (8), then the IHDR chunk: length (4), b"IHDR", width (4), height (4).
-    if len(data) < 24 or data[12:16] != b"IHDR":
+    if len(data) < 24 or data[12:16].tobytes() != b"IHDR":
         return None
     return _be(data[16:20]), _be(data[20:24])
 
@@ -162,7 +203,7 @@ def _webp_size(data: memoryview) -> tuple[int, int] | None:
     if len(payload) < 10:
         return None
     if chunk == b"VP8 ":  # lossy: frame tag (3), start code 9d 01 2a, 14-bit sizes
-        if payload[3:6] != b"\x9d\x01\x2a":
+        if payload[3:6].tobytes() != b"\x9d\x01\x2a":
             return None
         return _le(payload[6:8]) & 0x3FFF, _le(payload[8:10]) & 0x3FFF
     if chunk == b"VP8L":  # lossless: signature 0x2f, then 14-bit width-1 and height-1
@@ -211,14 +252,14 @@ def _media_type(content_type: str) -> tuple[str, dict[str, str]]:
 def _only_file(body: bytes, boundary: str) -> tuple[str, bytes]:
     """The media type and content of the one file in a multipart/form-data body."""
     if not boundary:
-        raise UploadError(400, "bad_form", "multipart/form-data without a boundary")
+        raise UploadError("bad_form", "multipart/form-data without a boundary")
     files = []
     for part in body.split(b"--" + boundary.encode())[1:]:
         if part.startswith(b"--"):
             break  # the closing delimiter
         head, sep, content = part.partition(b"\r\n\r\n")
         if not sep:
-            raise UploadError(400, "bad_form", "a form part has no header end")
+            raise UploadError("bad_form", "a form part has no header end")
         headers = {}
         for line in head.decode("latin-1").strip().split("\r\n"):
             name, _, value = line.partition(":")
@@ -227,7 +268,7 @@ def _only_file(body: bytes, boundary: str) -> tuple[str, bytes]:
             files.append((headers.get("content-type", ""), content.removesuffix(b"\r\n")))
     if len(files) != 1:
         raise UploadError(
-            400, "bad_form", f"the form must carry exactly one file, got {len(files)}"
+            "bad_form", f"the form must carry exactly one file, got {len(files)}"
         )
     media, _ = _media_type(files[0][0])
     return media, files[0][1]

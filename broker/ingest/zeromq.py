@@ -108,16 +108,10 @@ class Intake:
                 error.reason, "ingest: rejected a malformed message (%s): %s", error.reason, error
             )
             return
-        frame = Frame(
-            camera=header.camera,
-            seq=header.seq,
-            captured_at=header.captured_at,
-            width=header.width,
-            height=header.height,
-            format=header.format,
-            data=payload,
-            received_at=time.monotonic(),
-        )
+        frame = Frame.received(
+            header.camera, header.seq, header.captured_at, header.width, header.height,
+            header.format, payload,
+        )  # fmt: skip
         outcome = self.hub.publish(frame)
         if outcome is not Outcome.LIVE:
             if outcome is not Outcome.UNKNOWN:

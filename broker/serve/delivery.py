@@ -1,15 +1,18 @@
-"""Feeding viewers: one camera per WebSocket or MJPEG response, and the send loop that
-every frame output shares (the multiplexed ``/ws`` endpoint in `broker.serve.wsapi` too).
+"""Feeding viewers: the send loop every frame output shares (one camera per WebSocket,
+MJPEG, each ``/ws`` subscription), and how a sender waits for what it sends.
 
-Each client reads from its own drop-oldest queue (`broker.core.hub.Subscriber`) in its own
-task; a client that takes no frame within ``server.send_timeout`` is cut off, since a
-frame may then be half on the wire.
+Each client reads from its own drop-oldest queue (`broker.core.subscriber.Subscriber`)
+in its own task; a client that takes no frame within ``server.send_timeout`` is cut
+off, since a frame may then be half on the wire.
+
+The core knows nothing of tasks: a sender's `Waiter` is installed as its subscriber's
+``wake``, and while the sender waits with nothing queued, its `DirectWriter` as the
+subscriber's ``direct`` (`broker.core.subscriber.DirectWrite`: `Hub.publish` writes the
+frame itself). A ``/ws`` connection waits for events the same way (`next_event`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 import socket
@@ -17,24 +20,23 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import WebSocketConnection
 
 from broker.config import ServerConfig
-from broker.core.frame import MJPEG_BOUNDARY, Frame
-from broker.core.hub import Hub, Subscriber, SubscriptionEnded
-from broker.serve.wsframes import close_going_away, direct_access, send_prebuilt
+from broker.core.events import Listener, ListenerClosed
+from broker.core.frame import Frame
+from broker.core.hub import Hub
+from broker.core.subscriber import Subscriber, SubscriptionEnded
+from broker.protocol.events import Event
+from broker.serve.wsframes import direct_access
 
 log = logging.getLogger("broker.server")
 
-MJPEG_HEAD = (
-    "HTTP/1.1 200 OK\r\n"
-    f"Content-Type: multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}\r\n"
-    "Cache-Control: no-store\r\n"
-    "Connection: close\r\n\r\n"  # the body ends when the connection does
-).encode()
 
+class Delivery:
+    """What every frame output shares: the hub, the server settings, and the count of
+    clients cut off for being too slow."""
 
-class Streams:
     def __init__(self, hub: Hub, config: ServerConfig) -> None:
         self.hub = hub
         self.config = config
@@ -60,14 +62,15 @@ class Streams:
         send_timeout = self.config.send_timeout
         subscriber.cap(max_fps)
         interval = subscriber.interval
+        waiter = Waiter(subscriber, direct)
         # One cancel scope for the whole stream, armed only while a frame is being
         # written: cheaper than a scope per frame on the hot path.
         with trio.CancelScope() as timer:
             while True:
                 timer.deadline = math.inf
-                frame = await subscriber.next_frame(newest=bool(interval), direct=direct)
-                if subscriber.inflight is not None and direct is not None:
-                    rest = subscriber.inflight[1]
+                frame = await waiter.next_frame(newest=bool(interval))
+                if direct is not None and direct.inflight is not None:
+                    rest = direct.inflight[1]
                     timer.deadline = trio.current_time() + send_timeout
                     try:
                         await direct.finish(stream, rest)
@@ -78,7 +81,7 @@ class Streams:
                             await trio.aclose_forcefully(stream)
                         raise
                     finally:
-                        subscriber.inflight = None
+                        direct.inflight = None
                     subscriber.delivered(frame)
                     continue
                 if interval:
@@ -105,91 +108,86 @@ class Streams:
         )
         await trio.aclose_forcefully(stream)
 
-    # -- MJPEG ---------------------------------------------------------------
 
-    async def mjpeg(self, stream: trio.SocketStream, camera_id: str, max_fps: float | None,
-                    client: str, head_only: bool) -> None:  # fmt: skip
-        """``multipart/x-mixed-replace`` until the client leaves: one shared, pre-built part
-        per frame, through the same drop-oldest queue and send timeout as WebSocket."""
-        with trio.move_on_after(self.config.send_timeout):
-            await stream.send_all(MJPEG_HEAD)
-        if head_only:
-            return
-        subscriber = self.hub.subscribe(camera_id, client, self.config.queue_depth, "mjpeg")
-        log.info("client %s: watching camera %s over MJPEG", client, camera_id)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_until_eof, stream, nursery.cancel_scope)
-                await self.send_frames(stream.send_all, stream, subscriber, max_fps,
-                                       Frame.mjpeg_part)  # fmt: skip
-                nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
-            pass  # the client or the camera went away (raised in a nursery: a group)
-        finally:
-            self.hub.unsubscribe(subscriber)
-            log.info("client %s: left camera %s (sent %d frames, dropped %d)", client,
-                     camera_id, subscriber.sent, subscriber.dropped)  # fmt: skip
+class Waiter:
+    """How one sender task waits for its subscriber's next frame; installed as the
+    subscriber's ``wake``.
 
-    # -- one camera per WebSocket ------------------------------------------------
+    A clearable event for its one task, built as ``trio.Event`` is (a trio.Event cannot
+    be cleared, so each wait would need a new one): a wait allocates nothing, a wake-up
+    costs what ``trio.Event.set`` does. It is cleared only just before the task parks,
+    after it has looked at the queue, so no wake-up is lost."""
 
-    async def camera_websocket(
-        self, ws: WebSocketConnection, camera_id: str, max_fps: float | None, client: str
-    ) -> None:
-        """Stream one camera's images to an accepted WebSocket until either side ends."""
-        subscriber = self.hub.subscribe(camera_id, client, self.config.queue_depth)
-        cap = f" (at most {max_fps:g} fps)" if max_fps else ""
-        log.info("client %s: watching camera %s over WebSocket%s", client, camera_id, cap)
-        try:
-            await self._stream_frames(ws, subscriber, max_fps)
-        finally:
-            self.hub.unsubscribe(subscriber)
-            log.info(
-                "client %s: left camera %s (sent %d frames, dropped %d)",
-                client,
-                camera_id,
-                subscriber.sent,
-                subscriber.dropped,
-            )
+    __slots__ = ("_abort", "_task", "_woken", "direct", "subscriber")
 
-    async def _stream_frames(
-        self, ws: WebSocketConnection, subscriber: Subscriber, max_fps: float | None
-    ) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
+    def __init__(self, subscriber: Subscriber, direct: DirectWriter | None = None) -> None:
+        self.subscriber = subscriber
+        self.direct = direct
+        self._woken = False
+        self._task: trio.lowlevel.Task | None = None  # parked, until woken or cancelled
+        self._abort = self._cancelled  # bound once, not per wait
+        subscriber.wake = self.wake
+
+    def wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            task = self._task
+            if task is not None:
+                self._task = None
+                trio.lowlevel.reschedule(task)
+
+    def _cancelled(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def next_frame(self, newest: bool = False) -> Frame:
+        """Wait for a frame: the oldest queued, or with ``newest`` the newest; a capped
+        client (``interval``) waits for its due time too. While it waits with nothing
+        queued, frames go to ``direct`` first; one it wrote only in part is returned
+        with the rest in its ``inflight``, which the caller must write before anything
+        else."""
+        subscriber = self.subscriber
+        while True:
+            if subscriber.closed:
+                raise SubscriptionEnded(subscriber.camera.id)
+            if not subscriber.interval or time.monotonic() >= subscriber.next_due:
+                frame = subscriber.queue.get_newest() if newest else subscriber.queue.get()
+                if frame is not None:
+                    return frame
+            self._woken = False
+            subscriber.direct = None if subscriber.interval else self.direct
+            self._task = trio.lowlevel.current_task()
             try:
-                await self.send_frames(
-                    functools.partial(send_prebuilt, ws), ws._stream, subscriber, max_fps,
-                    Frame.websocket_message, direct_writer(ws, subscriber, Frame.websocket_message),
-                )  # fmt: skip
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away
-            except SubscriptionEnded:
-                await close_going_away(ws)
-            except trio.Cancelled:
-                if ws.closed is None:  # we are shutting down, not the client leaving
-                    await close_going_away(ws)
-                raise
-            nursery.cancel_scope.cancel()
+                await trio.lowlevel.wait_task_rescheduled(self._abort)
+            finally:
+                subscriber.direct = None
+            direct = self.direct
+            if direct is not None and direct.inflight is not None:
+                return direct.inflight[0]
 
 
 class DirectWriter:
     """Writes a frame to an idle WebSocket client from `Hub.publish` itself: one
     non-blocking ``send`` instead of waking the client's task, the largest cost per
-    frame per client once the bytes are shared (benchmarks: saturation).
+    frame per client once the bytes are shared (benchmarks: saturation). The core's
+    `broker.core.subscriber.DirectWrite`.
 
     Only when nothing else is writing to the connection: it takes the connection's send
     lock without waiting, or leaves the frame to the queue. When the socket takes only
-    part of the frame, the lock stays taken and the client's task writes the rest
-    (`finish`) before anything else can; if that task is cancelled first, the
-    connection is aborted (in `Streams.send_frames`), since it holds half a frame. A
-    socket that refuses (full, closed, reset) leaves the frame to the queue, where the
-    task learns why.
+    part of the frame, the lock stays taken, the rest waits in `inflight` and the
+    client's task writes it (`finish`) before anything else can; if that task is
+    cancelled first, the connection is aborted (in `Delivery.send_frames`), since it
+    holds half a frame. A socket that refuses (full, closed, reset) leaves the frame to
+    the queue, where the task learns why.
     """
+
+    __slots__ = ("inflight", "lock", "message", "sock", "subscriber", "whole")
 
     def __init__(self, lock: trio.Semaphore, sock: socket.socket, subscriber: Subscriber,
                  message: Callable[[Frame], bytes], whole: bool = False) -> None:  # fmt: skip
         self.lock, self.sock, self.subscriber, self.message = lock, sock, subscriber, message
         self.whole = whole  # `finish` even when cancelled (see `write_whole`)
+        self.inflight: tuple[Frame, memoryview] | None = None  # written in part
 
     def __call__(self, frame: Frame) -> bool:
         if self.lock.value == 0:
@@ -204,8 +202,11 @@ class DirectWriter:
         if sent == len(data):
             self.lock.release()
             self.subscriber.delivered(frame)
-        else:
-            self.subscriber.written_in_part(frame, memoryview(data)[sent:])
+        else:  # the sender must write the rest next
+            subscriber = self.subscriber
+            subscriber.direct = None
+            self.inflight = (frame, memoryview(data)[sent:])
+            subscriber.wake()
         return True
 
     async def finish(self, stream: trio.abc.Stream, rest: memoryview) -> None:
@@ -219,18 +220,10 @@ class DirectWriter:
             self.lock.release()
 
 
-def direct_writer(
-    ws: WebSocketConnection, subscriber: Subscriber, message: Callable[[Frame], bytes],
-    whole: bool = False,
-) -> DirectWriter | None:  # fmt: skip
-    access = direct_access(ws)
-    return DirectWriter(*access, subscriber, message, whole) if access is not None else None
-
-
 async def write_whole(write: Callable[[bytes | memoryview], Awaitable[None]],
                       data: bytes | memoryview) -> None:  # fmt: skip
     """Write ``data`` to the end even if the caller is cancelled meanwhile, within the
-    caller's deadline (the send timeout of `Streams.send_frames`).
+    caller's deadline (the send timeout of `Delivery.send_frames`).
 
     For a connection that outlives the cancel: a ``/ws`` subscription ended while one of
     its frames is half out would leave half a frame on the wire, and every later message
@@ -241,18 +234,26 @@ async def write_whole(write: Callable[[bytes | memoryview], Awaitable[None]],
         await write(data)
 
 
-async def _until_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
-    """Read (and ignore) what a viewer sends until it closes, then stop its stream."""
-    try:
-        while True:
-            await ws.get_message()
-    except ConnectionClosed:
-        scope.cancel()
+async def next_event(listener: Listener) -> Event:
+    """The listener's oldest queued event, waiting for one; `ListenerClosed` once it is
+    unlistened."""
+    while True:
+        if listener.closed:
+            raise ListenerClosed
+        event = listener.get_nowait()
+        if event is not None:
+            await trio.lowlevel.checkpoint()
+            return event
+        ready = trio.Event()
+        listener.wake = ready.set
+        await ready.wait()
 
 
-async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
-    """Ignore what an MJPEG client sends; when it closes, stop its stream."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        while await stream.receive_some(4096):
-            pass
-    scope.cancel()
+def direct_writer(
+    ws: WebSocketConnection, subscriber: Subscriber, message: Callable[[Frame], bytes],
+    whole: bool = False,
+) -> DirectWriter | None:  # fmt: skip
+    """A `DirectWriter` for ``ws``, or None when its internals do not allow one
+    (`broker.serve.wsframes.direct_access`)."""
+    access = direct_access(ws)
+    return DirectWriter(*access, subscriber, message, whole) if access is not None else None

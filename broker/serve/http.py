@@ -1,4 +1,4 @@
-"""Small HTTP helpers over h11: responses, JSON bodies and request targets."""
+"""Small HTTP helpers over h11: responses, error answers and JSON bodies. Pure."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
+
+from broker.protocol.results import ERRORS
 
 
 @dataclass(slots=True)
@@ -50,25 +51,14 @@ def json_response(data: object, status: int = 200) -> Response:
     return Response(status, to_json(data).encode(), "application/json")
 
 
-def error(status: int, code: str, message: str, **headers: str) -> Response:
+def error(code: str, message: str, *, status: int | None = None, **headers: str) -> Response:
+    """The JSON error answer ``{"error": code, "message": message}``, with the HTTP status
+    of ``code`` in `broker.protocol.results.ERRORS` (KeyError for a code not in it), or
+    ``status`` where one code covers several (a malformed request: 400 or 431)."""
+    status = status if status is not None else ERRORS[code].status
     response = json_response({"error": code, "message": message}, status)
     response.headers.extend((name.replace("_", "-"), value) for name, value in headers.items())
     return response
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    path: str
-    query: dict[str, list[str]]
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[-1] if values else None
-
-
-def parse_target(raw: bytes) -> Target:
-    parts = urlsplit(raw.decode("ascii", "replace"))
-    return Target(unquote(parts.path) or "/", parse_qs(parts.query))
 
 
 # What h11 quotes of the client's bytes in its messages ("illegal request line: b'GET

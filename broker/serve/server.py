@@ -1,11 +1,15 @@
-"""One TCP port for HTTP and WebSocket.
+"""One TCP port for HTTP and WebSocket: the connection loop.
 
-Every connection is read with h11 and every request is checked against the tokens
-(`broker.serve.access`) before anything else. Plain requests are answered by `broker.serve.routes`;
-MJPEG and a WebSocket upgrade for one camera are fed by `broker.serve.delivery`; an upgrade
-on ``/ws`` is the multiplexed protocol of `broker.serve.wsapi`. Upgrades are handed to
-trio-websocket (see `broker.serve.wsframes`). Each connection has its own task and nursery;
-nothing a client does, or fails to do, can hold another client up.
+Every connection is read with h11; each request is parsed once into a route
+(`broker.serve.router.parse`) and authorized (`Router.authorize`) before anything else.
+Then it goes to its answer: plain requests to `broker.serve.handlers`, MJPEG to
+`broker.serve.mjpeg`, a WebSocket upgrade for one camera to `broker.serve.websocket` and
+one on ``/ws`` to `broker.serve.wsapi`. Upgrades are handed to trio-websocket (see
+`broker.serve.wsframes`). Each connection has its own task and nursery; nothing a client
+does, or fails to do, can hold another client up.
+
+Kept whole past 400 lines: it is one concern, a connection from its first byte to the
+hand-over of an upgrade, with its timeouts and error boundaries side by side.
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import socket
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,18 +29,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from broker.config import Config
 from broker.core.hub import Hub
-from broker.serve.access import Access, Grant, request_token
-from broker.serve.delivery import Streams
-from broker.serve.http import (
-    Response,
-    Target,
-    error,
-    h11_response,
-    header,
-    parse_target,
-    protocol_problem,
-)
-from broker.serve.routes import BadRequest, Routes, camera_path, forbidden_camera, fps_cap
+from broker.serve import mjpeg, websocket
+from broker.serve.access import Access, Grant
+from broker.serve.delivery import Delivery
+from broker.serve.handlers import Handlers
+from broker.serve.http import Response, error, h11_response, header, protocol_problem
+from broker.serve.router import BadRequest, CommandRate, Kind, Route, Router, fps_cap, parse
+from broker.serve.views import Views
 from broker.serve.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
 from broker.serve.wsapi import WsApi
 from broker.serve.wsframes import (
@@ -53,7 +50,6 @@ from broker.serve.wsframes import (
 )
 from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
-from broker.support.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from broker.control import Control
@@ -104,17 +100,18 @@ class Server:
         self.faults = faults if faults is not None else Faults()
         self.hub = hub
         self.http_errors: Counter[int] = Counter()
-        self.started_at = time.monotonic()
         self.port = 0
         self._complaints = LogThrottle(log)
         self._app_health = health
         self.access = Access(config.tokens)
-        # Failed tokens per client address: a burst, then a trickle (then 429).
-        self.auth_failures = RateLimiter(config.server.auth_failure_rate,
-                                         config.server.auth_failure_burst)  # fmt: skip
-        self.streams = Streams(hub, config.server)
-        self.routes = Routes(config, hub, self.health, metrics, control, self.access)
-        self.wsapi = WsApi(config, hub, self.streams, self.routes, control, self.faults)
+        self.router = Router(config, self.access, hub)
+        commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
+        self.delivery = Delivery(hub, config.server)
+        self.views = Views(config, hub, self.health, control)
+        self.handlers = Handlers(config, hub, self.views, metrics, control, self.access,
+                                 commands)  # fmt: skip
+        self.wsapi = WsApi(config, hub, self.delivery, self.views, control, commands,
+                           self.faults)  # fmt: skip
         # Its per-message debug lines would let any client flood a debug log.
         library = logging.getLogger("trio-websocket")
         if library.level == logging.NOTSET:
@@ -123,7 +120,7 @@ class Server:
     @property
     def slow_disconnects(self) -> int:
         """Clients cut off because they took no frame within ``server.send_timeout``."""
-        return self.streams.slow_disconnects
+        return self.delivery.slow_disconnects
 
     def health(self) -> dict[str, object]:
         """The application's health plus the server's own counters."""
@@ -198,7 +195,7 @@ class Server:
             if conn.our_state is h11.SEND_RESPONSE:  # nothing of a response is out yet
                 self._count(500)
                 with contextlib.suppress(*CLIENT_GONE, h11.LocalProtocolError):
-                    response = error(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+                    response = error("internal_error", INTERNAL_ERROR_MESSAGE)
                     await self._send(stream, conn, response)
         return None
 
@@ -224,7 +221,7 @@ class Server:
             self._complaints.warning(str(status), "client %s: malformed request: %s", client,
                                      problem)  # fmt: skip
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self._send(stream, conn, error(status, "bad_request", problem))
+                await self._send(stream, conn, error("bad_request", problem, status=status))
             return None
 
     async def _receive_request(
@@ -288,70 +285,51 @@ class Server:
                         ("access-control-max-age", "600")]  # fmt: skip
         return headers
 
-    def _authorize(
-        self, method: str, target: Target, request: h11.Request, client: str
-    ) -> tuple[Grant | Response, str]:
-        """The caller's grant (or the 401/403/429 refusal) and the key that its commands
-        are rate-limited by: its token, or its address when no tokens are configured.
-
-        An address that presented more than ``server.auth_failure_burst`` wrong tokens
-        may present ``server.auth_failure_rate`` more a second: until then every request
-        from it gets 429, whatever its token, so guessing is slow."""
-        address = client.rpartition(":")[0]
-        token = request_token(header(request, b"authorization"), target.param("token"))
-        if not self.access.open and method != "OPTIONS":
-            wait = self.auth_failures.wait(address)
-            if wait > 0:
-                self._complaints.warning("429", "client %s: too many wrong tokens; refused "
-                                         "for %.1f s", client, wait)  # fmt: skip
-                return auth_throttled(wait), address
-        grant = self.routes.authorize(method, target, token)
-        if isinstance(grant, Response) and grant.status == 401:
-            if token:
-                self.auth_failures.allow(address)  # spends one of the address's attempts
-            self._complaints.warning("401", "client %s: %s token for %s %s", client,
-                                     "invalid" if token else "no", method, target.path)  # fmt: skip
-        key = token if token and not self.access.open else address
-        return grant, key
-
     async def _answer(
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
     ) -> None:
         method = request.method.decode("ascii", "replace")
-        target = parse_target(request.target)
-        camera_id, output = camera_path(target.path)
-        grant, client_key = self._authorize(method, target, request, client)
+        route = parse(request.target)
+        grant, client_key = self._authorize(method, route, request, client)
         # Only uploads carry a body; anything else may bring a small one, drained.
         refused = isinstance(grant, Response)
-        limit = MAX_REQUEST_HEAD if refused or output != "frames" else (
+        limit = MAX_REQUEST_HEAD if refused or route.kind is not Kind.FRAMES else (
             self.config.ingest.max_frame_bytes)  # fmt: skip
         body = await self._read_body(stream, conn, request, limit)
         if body is None:
-            response = error(413, "too_large", f"the request body exceeds {limit} bytes")
+            response = error("too_large", f"the request body exceeds {limit} bytes")
             self._count(413)
             await self._send(stream, conn, response, origin=request)
             raise trio.ClosedResourceError  # the rest of the body is unread: close
         if isinstance(grant, Response):
             response = grant
-        elif output == "mjpeg" and method in ("GET", "HEAD") and camera_id in self.hub.cameras:
+        elif route.kind is Kind.MJPEG and method in ("GET", "HEAD") and (
+            route.camera in self.hub.cameras
+        ):
             try:
-                max_fps = fps_cap(target)
+                max_fps = fps_cap(route)
             except BadRequest as bad:
                 response = bad.response
             else:
-                await self._mjpeg(stream, camera_id, max_fps, client, method == "HEAD")
+                await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
-            response = await self.routes.route(method, target, request, body, grant, client_key)
+            response = await self.handlers.answer(method, route, request, body, grant,
+                                                  client_key)  # fmt: skip
         if response.status >= 400:
             self._count(response.status)
         await self._send(stream, conn, response, head_only=method == "HEAD", origin=request)
+
+    def _authorize(
+        self, method: str, route: Route, request: h11.Request, client: str
+    ) -> tuple[Grant | Response, str]:
+        return self.router.authorize(method, route, header(request, b"authorization"), client)
 
     async def _mjpeg(self, stream: trio.SocketStream, camera_id: str, max_fps: float | None,
                      client: str, head_only: bool) -> None:  # fmt: skip
         """An MJPEG stream; its head is out, so a fault can only end it, not answer 500."""
         try:
-            await self.streams.mjpeg(stream, camera_id, max_fps, client, head_only=head_only)
+            await mjpeg.serve(self.delivery, stream, camera_id, max_fps, client, head_only)
         except* CLIENT_GONE:
             pass
         except* Exception as group:
@@ -391,17 +369,17 @@ class Server:
     ) -> Upgrade | None:
         """The upgrade to serve, or None after refusing it at the handshake, before
         accepting: 400/426 for a malformed upgrade, then 429/401/403/404/400."""
-        target = parse_target(request.target)
+        route = parse(request.target)
         camera_id, max_fps = "", None
         try:
             problem = handshake_problem(request)
             if problem is not None:
                 raise BadRequest(problem)
-            grant, _ = self._authorize("GET", target, request, client)
+            grant, _ = self._authorize("GET", route, request, client)
             if isinstance(grant, Response):
                 raise BadRequest(grant)
-            if target.path != "/ws":
-                camera_id, max_fps = self._camera_target(target, grant)
+            if route.kind is not Kind.MUX:
+                camera_id, max_fps = self.router.stream_target(route, grant)
         except BadRequest as bad:
             self._count(bad.response.status)
             if bad.response.status in (400, 426):
@@ -410,7 +388,7 @@ class Server:
             await self._send(stream, conn, bad.response)
             return None
         return Upgrade(request_bytes(request, b""), conn.trailing_data[0], grant,
-                       target.path == "/ws", camera_id, max_fps)  # fmt: skip
+                       route.kind is Kind.MUX, camera_id, max_fps)  # fmt: skip
 
     async def _websocket(self, stream: trio.SocketStream, upgrade: Upgrade, client: str) -> None:
         """Serve ``/ws`` or one camera's stream over an accepted upgrade. A fault while
@@ -435,24 +413,13 @@ class Server:
             if upgrade.multiplexed:
                 await self.wsapi.serve(ws, upgrade.grant, client)
             else:
-                await self.streams.camera_websocket(ws, upgrade.camera, upgrade.max_fps,
-                                                    client)  # fmt: skip
+                await websocket.serve(self.delivery, ws, upgrade.camera, upgrade.max_fps,
+                                      client)  # fmt: skip
         except* CLIENT_GONE:
             pass
         except* Exception as group:
             self._fault(upgrade.where, group)
             await close_with(ws, INTERNAL_ERROR)
-
-    def _camera_target(self, target: Target, grant: Grant) -> tuple[str, float | None]:
-        """The camera and fps cap of a camera WebSocket upgrade, or BadRequest (a 403
-        before a 404, so a limited token learns nothing of cameras it may not see)."""
-        named, _ = camera_path(target.path)
-        if named and not grant.can_watch(named):
-            raise BadRequest(forbidden_camera(named))
-        camera_id, max_fps = self.routes.stream_target(target)
-        if not grant.can_watch(camera_id):
-            raise BadRequest(forbidden_camera(camera_id))
-        return camera_id, max_fps
 
     async def _accept(
         self, nursery: trio.Nursery, replay: ReplayStream, limit: int
@@ -471,13 +438,6 @@ class Server:
             replay.opened(ws)
             return ws
         return None
-
-
-def auth_throttled(wait: float) -> Response:
-    """429 for an address that presented too many wrong tokens."""
-    seconds = max(1, math.ceil(wait))
-    return error(429, "too_many_failed_tokens", "too many wrong tokens from this address; "
-                 f"retry in {seconds} s", retry_after=str(seconds))  # fmt: skip
 
 
 def _message(response: Response) -> str:

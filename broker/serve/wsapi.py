@@ -5,7 +5,7 @@ Requests and answers are JSON text messages; frames are binary messages, a small
 header then the image, built once per frame (`Frame.mux_message`) and shared by every
 client. Per connection, one task reads requests and answers them in order; each
 subscription has its own hub subscriber (drop-oldest queue) and sender task, paced and
-cut off exactly like the per-camera endpoint (`Streams.send_frames`); each command runs
+cut off exactly like the per-camera endpoint (`Delivery.send_frames`); each command runs
 in a task of its own, so a slow camera never holds up frames, pings or other requests;
 one task forwards control events. Every request gets an answer: a reply, or ``error``
 with a code, and the connection stays up: requests beyond ``server.ws_request_rate``
@@ -18,9 +18,9 @@ unsubscribe cannot flood the log.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -32,13 +32,22 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from broker.config import Config
 from broker.core.frame import Frame
-from broker.core.hub import Hub, Subscriber, SubscriptionEnded
+from broker.core.hub import Hub
+from broker.core.subscriber import Subscriber, SubscriptionEnded
 from broker.protocol.control import COMMANDS
 from broker.serve.access import Grant
-from broker.serve.delivery import Streams, direct_writer, write_whole
-from broker.serve.http import parse_json
-from broker.serve.routes import Routes
-from broker.serve.wsframes import close_going_away, send_prebuilt
+from broker.serve.delivery import Delivery, direct_writer, next_event, write_whole
+from broker.serve.router import CommandRate, may_command
+from broker.serve.views import Views
+from broker.serve.wsframes import abort, close_going_away, send_prebuilt, transport
+from broker.serve.wsrequests import (
+    RequestError,
+    echoable,
+    is_number,
+    parse_request,
+    request_id_of,
+    string_field,
+)
 from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
 from broker.support.ratelimit import RateLimiter
@@ -49,19 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.wsapi")
 
 MAX_MESSAGE = 1024 * 1024  # trio-websocket closes the connection (1009) beyond this
-MAX_REQUEST = 64 * 1024  # larger text messages are answered with error too_large
 MAX_FPS = 1000.0
 APPLY_PRESET = "apply_preset"  # a /ws command besides the worker's COMMANDS
 SUBSCRIBER_KIND = "ws-mux"
-
-
-class RequestError(Exception):
-    """A request we cannot serve: answered with an ``error`` message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(eq=False)
@@ -75,17 +74,19 @@ class WsApi:
     """What every ``/ws`` connection shares, and the counters /healthz reports."""
 
     def __init__(
-        self, config: Config, hub: Hub, streams: Streams, routes: Routes, control: Control | None,
-        faults: Faults | None = None,
+        self, config: Config, hub: Hub, delivery: Delivery, views: Views,
+        control: Control | None, commands: CommandRate, faults: Faults | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.hub = hub
-        self.streams = streams
-        self.routes = routes
+        self.delivery = delivery
+        self.views = views
         self.control = control
+        self.commands = commands  # shared with HTTP, keyed by connection here
         self.faults = faults if faults is not None else Faults()
         self.errors: Counter[str] = Counter()  # error messages sent, by code
         self.connections = 0
+        self.opened = itertools.count()  # numbers each connection: its command rate key
         self.complaints = LogThrottle(log)  # errors and subscriptions, keyed by kind
 
     async def serve(self, ws: WebSocketConnection, grant: Grant, client: str) -> None:
@@ -110,7 +111,7 @@ class Session:
         self.client = client
         self.subscriptions: dict[str, Subscription] = {}
         self.subscribed = 0  # subscribe requests served, for the log
-        self.commands = RateLimiter(api.config.control.command_rate)
+        self.key = ("ws", next(api.opened))  # never a token or an address (HTTP's keys)
         self.requests = RateLimiter(api.config.server.ws_request_rate)
         self._nursery: trio.Nursery | None = None
         self._ending = False  # we ended it (client gone or too slow): no 1001 to send
@@ -155,7 +156,7 @@ class Session:
             self.api.errors["internal_error"] += 1
             data = json.dumps({"type": "error", "code": "internal_error",
                                "message": "the broker could not encode this message",
-                               "request_id": _echoable(message.get("request_id"))})  # fmt: skip
+                               "request_id": echoable(message.get("request_id"))})  # fmt: skip
         timeout = self.api.config.server.send_timeout
         try:
             with trio.move_on_after(timeout) as timer:
@@ -164,10 +165,10 @@ class Session:
             self._end()
             return
         if timer.cancelled_caught:
-            self.api.streams.slow_disconnects += 1
+            self.api.delivery.slow_disconnects += 1
             log.warning("client %s: took no message within %.1f s on /ws; disconnected",
                         self.client, timeout)  # fmt: skip
-            await trio.aclose_forcefully(self.ws._stream)
+            await abort(self.ws)
             self._end()
 
     async def reply(self, kind: str, request_id: Any, **fields: Any) -> None:
@@ -218,7 +219,7 @@ class Session:
         camera = self._watchable(request)
         max_fps = request.get("max_fps")
         # The range check also excludes infinities (and a huge int without overflow).
-        if max_fps is not None and not (_is_number(max_fps) and 0 < max_fps <= MAX_FPS):
+        if max_fps is not None and not (is_number(max_fps) and 0 < max_fps <= MAX_FPS):
             raise RequestError("invalid_field", "field 'max_fps' must be a number above 0 and "
                                f"at most {MAX_FPS:g}, or null")  # fmt: skip
         max_fps = None if max_fps is None else float(max_fps)
@@ -245,10 +246,10 @@ class Session:
         await self.reply("pong", request_id, data=request.get("data"), time=time.time())
 
     async def list_cameras(self, request: dict[str, Any], request_id: Any) -> None:
-        await self.reply("cameras", request_id, cameras=self.api.routes.cameras(self.grant))
+        await self.reply("cameras", request_id, cameras=self.api.views.cameras(self.grant))
 
     async def get_stats(self, request: dict[str, Any], request_id: Any) -> None:
-        await self.reply("stats", request_id, **self.api.routes.stats(self.grant))
+        await self.reply("stats", request_id, **self.api.views.stats(self.grant))
 
     async def command(self, request: dict[str, Any], request_id: Any) -> None:
         camera = string_field(request, "camera")
@@ -262,13 +263,12 @@ class Session:
             raise RequestError("invalid_field", "field 'settings' must be an object")
         preset = string_field(request, "preset") if command == APPLY_PRESET else None
         # Limited before anything else is decided, so refusals cost a client too.
-        if not self.commands.allow():
-            rate = self.api.config.control.command_rate
-            raise RequestError("rate_limited", f"more than {rate:g} commands a second; "
-                               "this one was dropped")  # fmt: skip
-        if not self.grant.can_control(camera):
-            needs = "an operator token" if not self.grant.operator else "access to the camera"
-            raise RequestError("forbidden", f"commands on camera {camera!r} need {needs}")
+        if not self.api.commands.allow(self.key):
+            raise RequestError("rate_limited", f"{self.api.commands.refusal()}; this one was "
+                               "dropped")  # fmt: skip
+        refusal = may_command(self.grant, camera)
+        if refusal is not None:
+            raise RequestError("forbidden", refusal)
         control = self.api.control
         if control is None:
             raise RequestError("no_control", "the broker has no control channel")
@@ -285,9 +285,9 @@ class Session:
             try:
                 subscriber = subscription.subscriber
                 # Whole frames: an unsubscribe must not leave half of one on the wire.
-                await self.api.streams.send_frames(
+                await self.api.delivery.send_frames(
                     functools.partial(write_whole, functools.partial(send_prebuilt, ws)),
-                    ws._stream, subscriber, subscription.max_fps, Frame.mux_message,
+                    transport(ws), subscriber, subscription.max_fps, Frame.mux_message,
                     direct_writer(ws, subscriber, Frame.mux_message, whole=True),
                 )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -334,7 +334,7 @@ class Session:
         listener = control.events.listen()
         try:
             while True:
-                event = await listener.next()
+                event = await next_event(listener)
                 if self.grant.can_watch(event.camera):
                     await self.send(event.to_json())  # which answers internal_error if it must
         finally:
@@ -373,54 +373,3 @@ HANDLERS: dict[str, Handler] = {
     "get_stats": Session.get_stats,
     "command": Session.command,
 }
-
-
-# -- parsing (pure) ------------------------------------------------------------------
-
-
-def parse_request(message: str | bytes) -> dict[str, Any]:
-    """The JSON object of one client message, or RequestError."""
-    if not isinstance(message, str):
-        raise RequestError("binary_message", "requests are JSON text messages; the broker "
-                           "accepts no binary messages")  # fmt: skip
-    if len(message) > MAX_REQUEST or len(message.encode()) > MAX_REQUEST:
-        raise RequestError("too_large", f"a request may be at most {MAX_REQUEST} bytes")
-    try:
-        request = parse_json(message)
-    except ValueError as exc:
-        raise RequestError("invalid_json", f"not JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise RequestError("invalid_message", "a request must be a JSON object with a 'type'")
-    return request
-
-
-def request_id_of(request: dict[str, Any]) -> Any:
-    """The request's ``request_id`` (a string or a number), None when absent, else
-    RequestError."""
-    request_id = request.get("request_id")
-    if request_id is None or isinstance(request_id, str):
-        return request_id
-    if _is_number(request_id):
-        return request_id
-    raise RequestError("invalid_field", "field 'request_id' must be a string or a number")
-
-
-def string_field(request: dict[str, Any], name: str) -> str:
-    value = request.get(name)
-    if not isinstance(value, str) or not value:
-        problem = "is missing" if value is None else "must be a non-empty string"
-        raise RequestError("invalid_field", f"field {name!r} {problem}")
-    return value
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _echoable(request_id: object) -> str | int | float | None:
-    """``request_id`` if it can go back as JSON, else None."""
-    if isinstance(request_id, str | int) and not isinstance(request_id, bool):
-        return request_id
-    if isinstance(request_id, float) and math.isfinite(request_id):
-        return request_id
-    return None

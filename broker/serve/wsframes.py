@@ -17,7 +17,9 @@ which ``NOTES.md`` measured at 3.4x the CPU of writing one pre-built frame to ev
 client. `send_prebuilt` writes our bytes under the connection's own send lock, so they
 never interleave with a pong or close frame. That lock is an internal of
 trio-websocket: the version is pinned in pyproject.toml and tests/test_wsframes.py
-checks the assumption. This is the one module that touches trio-websocket's internals.
+checks the assumption. This is the one module that touches trio-websocket's and
+trio's internals (``_stream``, ``_stream_lock``, ``SocketType._sock``), which is why it
+is kept whole past 400 lines: everything that depends on them is in one place.
 """
 
 from __future__ import annotations
@@ -76,9 +78,9 @@ def handshake_problem(request: h11.Request) -> Response | None:
     version = values.get(b"sec-websocket-version", [])
     if version != [b"13"]:
         status, problem = (400, "missing") if not version else (426, "not 13")
-        return error(status, "unsupported_version",
+        return error("unsupported_version",
                      f"header Sec-WebSocket-Version is {problem}: this server speaks "
-                     "WebSocket version 13", sec_websocket_version="13")  # fmt: skip
+                     "WebSocket version 13", status=status, sec_websocket_version="13")  # fmt: skip
     keys = values.get(b"sec-websocket-key", [])
     if len(keys) != 1 or not _is_websocket_key(keys[0]):
         return _bad_handshake("header Sec-WebSocket-Key must be the base64 encoding of 16 "
@@ -107,7 +109,7 @@ def _is_websocket_key(key: bytes) -> bool:
 
 
 def _bad_handshake(message: str) -> Response:
-    return error(400, "bad_handshake", message)
+    return error("bad_handshake", message)
 
 
 def request_bytes(request: h11.Request, trailing: bytes) -> bytes:
@@ -330,9 +332,9 @@ class ReplayStream(trio.abc.Stream):
             data, self._prefix = self._prefix[:size], self._prefix[size:]
             return data
         if self.violation is None:
-            data = self._checked(await self.stream.receive_some(max_bytes))
-            if data or self.violation is None:
-                return data
+            received = self._checked(await self.stream.receive_some(max_bytes))
+            if received or self.violation is None:
+                return received
         await self.fail()
         return b""
 
@@ -389,11 +391,14 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     socket is trio's internal ``_sock``: writing through it (never a bare fd number,
     which a new connection may reuse) fails cleanly once trio has closed the socket.
     """
-    lock = ws._stream_lock
-    if not isinstance(lock, trio.Semaphore):
-        if lock.locked():
-            return None
-        lock = ws._stream_lock = trio.Semaphore(1)
+    current: trio.Semaphore | trio.StrictFIFOLock = ws._stream_lock
+    if isinstance(current, trio.Semaphore):
+        lock = current
+    elif current.locked():
+        return None
+    else:
+        lock = trio.Semaphore(1)
+        ws._stream_lock = lock  # type: ignore[assignment]  # used alike: ``async with``
     stream = _socket_stream(ws)
     sock = getattr(getattr(stream, "socket", None), "_sock", None)
     return (lock, sock) if isinstance(sock, socket.socket) else None
@@ -402,6 +407,18 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
 def _socket_stream(ws: WebSocketConnection) -> trio.abc.Stream:
     stream = ws._stream
     return stream.stream if isinstance(stream, ReplayStream) else stream
+
+
+def transport(ws: WebSocketConnection) -> trio.abc.Stream:
+    """The stream under ``ws``: what a sender finishes a frame on (after a
+    `broker.serve.delivery.DirectWriter` wrote part of it) and aborts."""
+    return ws._stream
+
+
+async def abort(ws: WebSocketConnection) -> None:
+    """Drop the connection at once, without a close handshake (a client too slow to
+    take one)."""
+    await trio.aclose_forcefully(ws._stream)
 
 
 async def send_prebuilt(ws: WebSocketConnection, message: bytes) -> None:
