@@ -21,7 +21,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -493,6 +493,12 @@ class Hub:
             subscriber.close()
         self.retained_bytes -= sum(frame.size for frame in camera.recent)
         camera.recent.clear()
+
+    def rename(self, camera_id: str, name: str) -> None:
+        """Show ``name`` as the camera's display name; an unknown camera is ignored."""
+        camera = self.cameras.get(camera_id)
+        if camera is not None and camera.info.name != name:
+            camera.info = replace(camera.info, name=name)
 
     def publish_placeholder(self, camera: Camera, frame: Frame) -> None:
         """Offer a generated "No Data" frame for an offline camera to its subscribers."""
