@@ -19,7 +19,7 @@ import trio
 import zmq
 
 from broker.config import Config
-from broker.control import Control
+from broker.control import Control, bridge
 from broker.control.supervisor import Supervisor
 from broker.core.camera import CameraInfo
 from broker.core.hub import Hub
@@ -50,6 +50,7 @@ class Broker:
         self.faults = Faults()  # exceptions contained at a boundary, by where
         self.supervisor: Supervisor | None = None
         self.control = Control(config, self.hub, faults=self.faults)
+        self.control.on_settings = bridge.show_names(config, self.hub)  # the name setting
         self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts,
                                self.control, self.faults)  # fmt: skip
         # Offline cameras, expired sessions and retained frames; a forgotten camera's

@@ -1,7 +1,7 @@
-"""The control plane (broker/control.py).
+"""The control plane (broker/control/).
 
-First against a worker played by the test: a real ZeroMQ DEALER in this process, so
-each message on the wire is under the test's control. Then with real camera-worker
+First against a worker played by the test (tests/controlpeer.py): a real ZeroMQ DEALER
+in this process, so each message on the wire is under the test's control. Then with real camera-worker
 processes: killed mid-command, restarted, a broker restarted, an on-demand camera.
 """
 
@@ -11,187 +11,129 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import zmq
+from controlpeer import (
+    fake_worker,
+    make_config,
+    next_event,
+    running_control,
+    serving,
+    wait_for,
+)
 from helpers import running_broker
 from procs import BrokerProcess, get_json, wait_until, write_config
 from rawws import RawWebSocket
 
 from broker import config as configuration
-from broker.control import Control
+from broker.control import Control, bridge
+from broker.control.channel import Complaints
+from broker.control.commands import Commands
+from broker.control.on_demand import OnDemand
 from broker.control.supervisor import worker_command
-from broker.core.events import Listener
-from broker.core.hub import CameraInfo, Hub
+from broker.control.workers import Workers
+from broker.core.camera import CameraInfo
+from broker.core.events import EventBus
+from broker.core.hub import Hub
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
 from broker.protocol import stamp
 from broker.protocol.results import CommandResult
-from broker.serve import delivery
 
-FAST = {"heartbeat_interval": 0.2, "lost_after": 0.6, "command_timeout": 3.0}
-
-
-def make_config(tmp_path: Path, cameras: str = '[[cameras]]\nid = "cam"\n', extra: str = "",
-                **control: Any) -> configuration.Config:  # fmt: skip
-    values = {**FAST, "state_file": str(tmp_path / "state.json"), **control}
-    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
-    return configuration.parse(f"[control]\nendpoints = []\n{lines}\n{extra}\n{cameras}")
+# -- the parts, without sockets --------------------------------------------------------
 
 
-@asynccontextmanager
-async def running_control(
-    cfg: configuration.Config, prepare: Callable[[Control], None] | None = None
-) -> AsyncIterator[Control]:
-    hub = Hub([CameraInfo(c.id, c.display_name, c.width, c.height) for c in cfg.cameras],
-              offline_after=1.0)  # fmt: skip
-    context = zmq.Context()
-    try:
-        control = Control(cfg, hub)
-        control.bind(context, ["tcp://127.0.0.1:*"])
-        if prepare is not None:
-            prepare(control)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(control.run)
-            try:
-                yield control
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        context.destroy(linger=0)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-class FakeWorker:
-    """A worker played by the test over a real DEALER socket."""
-
-    def __init__(self, endpoint: str, camera: str = "cam", pid: int = 4242,
-                 identity: str | None = None, **settings: Any) -> None:  # fmt: skip
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.ROUTING_ID, (identity or camera).encode())
-        self.socket.connect(endpoint)
-        self.camera = camera
-        self.pid = pid
-        self.settings = {**camera_settings.defaults(), **settings}
-        self.supported = camera_settings.supported()
-        self.streaming = True
-        self.received: list[dict[str, Any]] = []  # every message, heartbeats included
-        self.answer = True  # reply to commands (when serving)
-
-    def send(self, kind: str, **fields: Any) -> None:
-        self.socket.send(protocol.encode(kind, **fields), zmq.NOBLOCK)
-
-    def hello(self, **overrides: Any) -> None:
-        fields = {"camera": self.camera, "device": "fake source", "supported": self.supported,
-                  "settings": self.settings, "streaming": self.streaming, "pid": self.pid}  # fmt: skip
-        self.send("hello", **{**fields, **overrides})
-
-    def reply(self, command: dict[str, Any], success: bool = True, message: str = "ok") -> None:
-        self.send("reply", request_id=command["request_id"], success=success, message=message,
-                  settings=self.settings, streaming=self.streaming, timestamp=time.time())  # fmt: skip
-
-    async def receive(self, *kinds: str, within: float = 5.0) -> dict[str, Any]:
-        """The next message of one of ``kinds`` (any, if none given); others are skipped."""
-        with trio.fail_after(within):
-            while True:
-                try:
-                    message = protocol.decode(self.socket.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    await trio.sleep(0.005)
-                    continue
-                self.received.append(message)
-                if not kinds or message["type"] in kinds:
-                    return message
-
-    async def drain(self, seconds: float) -> list[dict[str, Any]]:
-        """Every message received within ``seconds``."""
-        start = len(self.received)
-        with trio.move_on_after(seconds):
-            while True:
-                await self.receive(within=seconds + 1)
-        return self.received[start:]
-
-    def run_command(self, command: dict[str, Any]) -> None:
-        """What a real worker does, minus the camera."""
-        name, changes = command["command"], command["settings"]
-        if name == "update_settings":
-            try:
-                self.settings.update(camera_settings.validate(changes, self.supported))
-            except camera_settings.SettingsError as bad:
-                self.reply(command, False, str(bad))
-                return
-        elif name in ("start_stream", "stop_stream"):
-            self.streaming = name == "start_stream"
-        self.reply(command)
-
-    async def serve(self, *, heartbeat: float = 0.2,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
-        """Say hello, heartbeat, answer commands (while ``answer``) until cancelled."""
-        self.hello()
-        task_status.started()
-        next_beat = trio.current_time()
-        while True:
-            if trio.current_time() >= next_beat:
-                self.send("heartbeat", streaming=self.streaming)
-                next_beat += heartbeat
-            with trio.move_on_after(0.05):
-                message = await self.receive(within=10)
-                if message["type"] == "hello_request":
-                    self.hello()
-                elif message["type"] == "command" and self.answer:
-                    self.run_command(message)
-
-    def commands(self) -> list[dict[str, Any]]:
-        return [m for m in self.received if m["type"] == "command"]
-
-    def close(self) -> None:
-        self.context.destroy(linger=0)
+def hello_message(camera: str = "cam", pid: int = 7, **settings: Any) -> dict[str, Any]:
+    return {"type": "hello", "camera": camera, "device": "fake", "pid": pid, "streaming": True,
+            "supported": camera_settings.supported(),
+            "settings": {**camera_settings.defaults(), **settings}}  # fmt: skip
 
 
-@asynccontextmanager
-async def fake_worker(control: Control, **kwargs: Any) -> AsyncIterator[FakeWorker]:
-    worker = FakeWorker(control.endpoints[0], **kwargs)
-    try:
-        yield worker
-    finally:
-        worker.close()
+def test_the_worker_registry_keeps_liveness_on_its_own_clock() -> None:
+    clock, events, gone, changed = Clock(), EventBus(), [], []
+    listener = events.listen()
+    workers = Workers(events, Complaints(), lost_after=2.0, known=lambda camera: camera == "cam",
+                      gone=lambda camera, why: gone.append((camera, why)), changed=changed.append,
+                      clock=clock)  # fmt: skip
+    assert workers.hello(b"cam", "cam", hello_message()) is not None
+    assert workers.silent_for("cam") == 0.0 and workers.connected("cam") is not None
+    clock.now += 1.5
+    assert workers.heard("cam") is not None
+    clock.now += 1.0
+    assert workers.check(clock.now) == clock.now + 1.0  # 2 s after the last word
+    clock.now += 1.0
+    assert workers.check(clock.now) == math.inf
+    assert workers.connected("cam") is None and workers.heard("cam") is None
+    assert gone == [("cam", "no word from the worker for 2 s")] and changed == ["cam"]
+    workers.hello(b"cam", "cam", hello_message(pid=8))
+    assert [event.event for event in iter(listener.get_nowait, None)] == [
+        "worker_connected", "worker_lost", "worker_restarted"]  # fmt: skip
+    # Refused: a camera not known, or a hello under another routing id.
+    assert workers.hello(b"ghost", "ghost", hello_message("ghost")) is None
+    assert workers.hello(b"cam", "cam", hello_message("other")) is None
+    assert workers.complaints.counts == {"unknown_camera": 1, "identity_mismatch": 1}
 
 
-@asynccontextmanager
-async def serving(control: Control, **kwargs: Any) -> AsyncIterator[FakeWorker]:
-    """A fake worker that says hello and serves until the block ends; waits until connected."""
-    async with fake_worker(control, **kwargs) as worker, trio.open_nursery() as nursery:
-        await nursery.start(worker.serve)
-        with trio.fail_after(5):
-            while not control.connected(worker.camera):
-                await trio.sleep(0.01)
-        try:
-            yield worker
-        finally:
-            nursery.cancel_scope.cancel()
+def test_a_reply_to_no_pending_command_is_counted_not_fatal(tmp_path: Path) -> None:
+    complaints = Complaints()
+    workers = Workers(EventBus(), complaints, lost_after=1.0, clock=Clock())
+    commands = Commands(make_config(tmp_path), workers, complaints, settings=lambda camera: None,
+                        is_camera=lambda camera: True)  # fmt: skip
+    commands.complete("cam", {"request_id": "9", "success": True})
+    assert complaints.counts == {"unknown_request": 1} and commands.waiting("cam") == 0
 
 
-async def next_event(listener: Listener, name: str, within: float = 5.0) -> dict[str, Any]:
-    with trio.fail_after(within):
-        while (event := await delivery.next_event(listener)).event != name:
-            pass
-    return event
+def test_on_demand_decides_from_viewers_streaming_and_idle_time(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, '[[cameras]]\nid = "cam"\non_demand = true\nidle_after = 5.0\n')
+    hub = Hub([CameraInfo("cam", "cam", 640, 480)], offline_after=1.0)
+    clock = Clock()
+    workers = Workers(EventBus(), Complaints(), lost_after=1.0, clock=clock)
+    commands = Commands(cfg, workers, Complaints(), settings=lambda camera: None,
+                        is_camera=lambda camera: True)  # fmt: skip
+    on_demand = OnDemand(cfg.cameras, hub, workers, commands, clock=clock)
+    camera = cfg.cameras[0]
+    assert on_demand.decide(camera, None) == (None, math.inf)
+    link = workers.hello(b"cam", "cam", hello_message())
+    on_demand.hello("cam")  # unwatched since forever: stop now
+    assert on_demand.decide(camera, link) == ("stop_stream", -math.inf)
+    assert link is not None
+    link.streaming = False
+    subscriber = hub.subscribe("cam", "viewer", 2)
+    assert on_demand.decide(camera, link) == ("start_stream", math.inf)
+    link.streaming = True
+    hub.unsubscribe(subscriber)
+    on_demand.unwatched(hub.cameras["cam"])
+    assert on_demand.decide(camera, link) == (None, clock.now + 5.0)
+    clock.now += 5.0
+    assert on_demand.decide(camera, link) == ("stop_stream", clock.now)
 
 
-async def wait_for(predicate: Callable[[], object], within: float = 10.0) -> None:
-    with trio.fail_after(within):
-        while not predicate():
-            await trio.sleep(0.02)
+def test_the_name_setting_is_shown_through_the_hub(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, '[[cameras]]\nid = "cam"\nname = "Lobby"\n')
+    hub = Hub([CameraInfo("cam", "Lobby", 640, 480)], offline_after=1.0)
+    show = bridge.show_names(cfg, hub)
+    show("cam", {"name": "Front door"})
+    assert hub.cameras["cam"].info.name == "Front door"
+    show("cam", {"name": ""})
+    assert hub.cameras["cam"].info.name == "Lobby"
+    show("ghost", {"name": "x"})  # not in the hub: nothing to show
+    assert bridge.display_name(cfg, "ghost", {}) == "ghost"
 
 
 # -- with a worker played by the test ------------------------------------------------
@@ -513,7 +455,7 @@ async def test_stored_settings_are_restored_on_hello(tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 async def test_many_commands_from_many_tasks_never_stall(tmp_path: Path) -> None:
     """Sends from other tasks must not make the receiver miss an edge of the ZMQ FD: a
-    missed edge would show as a reply waiting up to a second (FD_WAIT_BOUND)."""
+    missed edge would show as a reply waiting up to a second (zmqtrio.WAIT_BOUND)."""
     async with running_control(make_config(tmp_path)) as control, serving(control):
         slowest = 0.0
 
@@ -595,8 +537,8 @@ async def test_schedules_apply_presets_as_the_clock_crosses_them(tmp_path: Path)
     clock = WallClock(dt.datetime(2025, 6, 1, 19, 29, 58))
 
     def prepare(control: Control) -> None:
-        control.wall_clock = clock
-        control.schedule_check = 0.05
+        control.schedules.wall_clock = clock
+        control.schedules.check_every = 0.05
 
     async with running_control(make_config(tmp_path, cameras, extra), prepare) as control:
         async with serving(control) as worker:

@@ -34,14 +34,15 @@ from typing import Any
 import pytest
 import trio
 import zmq
+from controlpeer import make_config, running_control, serving, wait_for
 from helpers import sample_jpeg
 from procs import BrokerProcess, free_port, get_json, wait_until, write_config
 from rawws import RawWebSocket
 from survival import Viewer
-from test_control import make_config, running_control, serving, wait_for
 
 from broker.control import Control
 from broker.control.supervisor import lost_too_long, worker_command
+from broker.control.workers import Workers
 from broker.core.camera import CLOCK_SETTLE, Freshness
 from broker.protocol import stamp, wire
 from broker.support import workdir
@@ -599,15 +600,15 @@ async def test_a_failing_heartbeat_job_is_restarted_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failures = []
-    lose = Control._lose
+    lose = Workers.lose
 
-    def lose_once(self: Control, *args: Any) -> None:
+    def lose_once(self: Workers, *args: Any) -> None:
         if not failures:
             failures.append(args)
             raise RuntimeError("a bug in declaring a worker lost")
         lose(self, *args)
 
-    monkeypatch.setattr(Control, "_lose", lose_once)
+    monkeypatch.setattr(Workers, "lose", lose_once)
     async with running_control(make_config(tmp_path, lost_after=0.6)) as control:
         listener = control.events.listen()
         async with serving(control):

@@ -7,7 +7,11 @@ file in the same folder, then ``os.replace``) so a crash leaves the old file or 
 one, never half of one. A file that is missing, unreadable or corrupt is logged and
 ignored: it must never stop the broker from starting.
 
-Synchronous file I/O; callers on the event loop run `save` in a thread.
+`load`, `save` and `dumps` are the file, synchronous. `StateStore` is the persistence
+job around it: it remembers what was applied, writes from a thread, one writer at a
+time, retrying with backoff while the file cannot be written (the settings still apply
+live meanwhile, and ``health`` says so), and hands the stored settings back for a
+worker that says hello.
 """
 
 from __future__ import annotations
@@ -21,9 +25,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from broker.control.jobs import Jobs
 from broker.protocol import settings as camera_settings
+from broker.support.backoff import Backoff
+from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.state")
+control_log = logging.getLogger("broker.control")  # the job's lines: part of control's log
+
+RETRY, RETRY_MAX = 2.0, 60.0  # seconds before writing a failed state file again
 
 STATE_VERSION = 1
 
@@ -98,3 +110,118 @@ def save(path: str | os.PathLike[str], cameras: Mapping[str, Mapping[str, Any]])
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def unwritable(path: str) -> str | None:
+    """Why the state file at ``path`` surely cannot be written, or None (it may be: a
+    full disk, say, shows only when writing)."""
+    if not path:
+        return None
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"cannot write: {folder} is not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"cannot write: no permission to write in {folder}"
+    return None
+
+
+class StateStore:
+    """The settings operators applied, by camera, kept in the state file at ``path``
+    ("" keeps them in memory only)."""
+
+    def __init__(self, path: str, jobs: Jobs) -> None:
+        self.path = path
+        self.jobs = jobs
+        self.stored = load(path)  # camera -> settings operators applied
+        self._version = self._saved_version = 0
+        self._saving = False
+        # Why the file cannot be written (the last write failed, or it surely would);
+        # None while it can.
+        self.error: str | None = unwritable(path)
+        self._complaints = LogThrottle(control_log)
+        if self.stored:
+            control_log.info("state file %s: stored settings for %s", path,
+                             ", ".join(sorted(self.stored)))  # fmt: skip
+        if self.error is not None:
+            control_log.warning("state file %s: %s; settings will apply but not survive a "
+                                "restart", path, self.error)  # fmt: skip
+
+    def get(self, camera: str) -> dict[str, Any] | None:
+        stored = self.stored.get(camera)
+        return dict(stored) if stored else None
+
+    def to_restore(
+        self, camera: str, settings: Mapping[str, Any], supported: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The stored settings a worker reporting ``settings`` lacks and accepts."""
+        differing = {k: v for k, v in self.stored.get(camera, {}).items()
+                     if settings.get(k) != v}  # fmt: skip
+        try:
+            camera_settings.validate(differing, supported)
+        except camera_settings.SettingsError as bad:
+            control_log.warning("camera %s: stored settings the worker does not accept, not "
+                                "restored: %s", camera, bad)  # fmt: skip
+            differing = {k: v for k, v in differing.items() if k not in bad.errors}
+        return differing
+
+    def remember(self, camera: str, changes: Mapping[str, Any]) -> None:
+        """Store applied settings and write the state file soon (from a thread)."""
+        if not changes:
+            return
+        self.stored.setdefault(camera, {}).update(changes)
+        self._version += 1
+        if self.path and not self._saving and self.jobs.running:
+            self._saving = self.jobs.start("control:save-state", self._save)
+
+    async def _save(self) -> None:
+        """Write until the file holds the newest state; one writer at a time, so an older
+        snapshot can never replace a newer one. A failed write (unwritable folder, disk
+        full) is reported (log, health) and retried with backoff."""
+        retry = Backoff(RETRY, RETRY_MAX)
+        try:
+            while self._saved_version < self._version:
+                version = self._version
+                snapshot = {camera: dict(values) for camera, values in self.stored.items()}
+                try:
+                    await trio.to_thread.run_sync(save, self.path, snapshot)
+                except OSError as exc:
+                    self._failed(exc)
+                    await trio.sleep(retry.next())
+                    continue
+                self._written()
+                self._saved_version = version
+        finally:
+            self._saving = False
+
+    def save_now(self) -> None:
+        """Write synchronously (at shutdown)."""
+        try:
+            save(self.path, self.stored)
+        except OSError as exc:
+            self._failed(exc)
+        else:
+            self._written()
+            self._saved_version = self._version
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = f"cannot write: {exc.strerror or exc}"
+        self._complaints.warning("state", "state file %s: cannot write (%s); settings apply "
+                                 "but will not survive a restart", self.path, exc)  # fmt: skip
+
+    def _written(self) -> None:
+        if self.error is not None:
+            control_log.info("state file %s: written again", self.path)
+        self.error = None
+
+    @property
+    def saved(self) -> bool:
+        """True when the state file holds every change so far."""
+        return self._saved_version == self._version
+
+    def health(self) -> dict[str, Any]:
+        """``ok`` is false while the last write failed (``error`` says why); settings
+        then apply live but would not survive a restart."""
+        health: dict[str, Any] = {"path": self.path, "ok": self.error is None}
+        if self.error is not None:
+            health["error"] = self.error
+        return health

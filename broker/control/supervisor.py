@@ -75,7 +75,7 @@ def worker_command(
         "--control", control, "--heartbeat", f"{heartbeat:g}",
         *(["--paused"] if camera.on_demand else []),
         *(["--orphan-timeout", f"{orphan:g}"] if orphan else []),
-    ]  # fmt: skip
+    ] if control else []  # fmt: skip
     return [
         sys.executable, "-m", "cameras.worker",
         "--broker", endpoint,
@@ -87,7 +87,7 @@ def worker_command(
         "--format", camera.format,
         "--quality", str(camera.quality),
         "--log-level", log_level,
-        *(controlled if control else []),
+        *controlled,
         *(["--lifeline", str(lifeline)] if lifeline is not None else []),
     ]  # fmt: skip
 

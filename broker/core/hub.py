@@ -20,6 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from broker.config import RetentionConfig
 from broker.core.camera import Camera, CameraInfo
@@ -198,6 +199,12 @@ class Hub:
             subscriber.close()
         self.retained_bytes -= sum(frame.size for frame in camera.recent)
         camera.recent.clear()
+
+    def rename(self, camera_id: str, name: str) -> None:
+        """Show ``name`` as the camera's display name; an unknown camera is ignored."""
+        camera = self.cameras.get(camera_id)
+        if camera is not None and camera.info.name != name:
+            camera.info = replace(camera.info, name=name)
 
     def publish_placeholder(self, camera: Camera, frame: Frame) -> None:
         """Offer a generated "No Data" frame for an offline camera to its subscribers."""

@@ -19,7 +19,7 @@ from broker.core.hub import Hub, Outcome
 from broker.protocol import wire
 from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
-from broker.support.zmqtrio import TrioReceiver, bound_socket
+from broker.support.zmqtrio import TrioSocket, bound_socket
 
 log = logging.getLogger("broker.ingest")
 
@@ -66,7 +66,7 @@ async def run_ingest(
     """Receive frames until cancelled; closes ``socket`` on the way out. A message that
     trips a bug costs that message only (counted under ``faults`` as ``ingest``)."""
     faults = faults if faults is not None else Faults()
-    receiver = TrioReceiver(socket)
+    receiver = TrioSocket(socket)
     intake = Intake(hub, stats, max_frame_bytes, max_width, max_height, observe_latency)
     try:
         while True:
