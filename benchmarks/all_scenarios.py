@@ -33,8 +33,12 @@ def names(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--only", type=names, metavar="NAME,...",
-                   help=f"run only these scenarios (default all: {','.join(ORDER)})")  # fmt: skip
+    p.add_argument(
+        "--only",
+        type=names,
+        metavar="NAME,...",
+        help=f"run only these scenarios (default all: {','.join(ORDER)})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         argv = [name, "--out", str(out)] + (["--quick"] if args.quick else [])
         if args.duration_given:
             argv += ["--duration", f"{args.duration:g}"]
-        common.progress(f"all: {name} ({len(runs) + 1}/{len(chosen)}): "
-                        f"python -m benchmarks {shlex.join(argv)}")  # fmt: skip
+        common.progress(
+            f"all: {name} ({len(runs) + 1}/{len(chosen)}): python -m benchmarks {shlex.join(argv)}"
+        )
         before = set(out.glob(f"{name}-*.json"))
         entry: dict[str, Any] = {"scenario": name, "command": _command(argv)}
         began = time.monotonic()
@@ -66,22 +71,27 @@ def run(args: argparse.Namespace) -> int:
         entry["exit_code"] = code
         if code == 0 and new:
             result = json.loads(new[-1].read_text())
-            entry.update(json=new[-1].name, png=new[-1].with_suffix(".png").name,
-                         title=result.get("title", ""),
-                         rows=SCENARIOS[name].headline(result))  # fmt: skip
+            entry.update(
+                json=new[-1].name,
+                png=new[-1].with_suffix(".png").name,
+                title=result.get("title", ""),
+                rows=SCENARIOS[name].headline(result),
+            )
         runs.append(entry)
         print(flush=True)
     summary = {
         "started": started,
         "quick": args.quick,
         "seconds": round(time.monotonic() - t0, 1),
-        "command": _command(["all"] + (["--quick"] if args.quick else [])
-                            + (["--duration", f"{args.duration:g}"] if args.duration_given
-                               else [])),
+        "command": _command(
+            ["all"]
+            + (["--quick"] if args.quick else [])
+            + (["--duration", f"{args.duration:g}"] if args.duration_given else [])
+        ),
         "machine": common.machine_info() | {"load_average_before": load_before},
         "versions": common.versions(),
         "runs": runs,
-    }  # fmt: skip
+    }
     common.write_json(out / "summary.json", summary)
     text = markdown(summary)
     (out / "summary.md").write_text(text)
@@ -112,8 +122,10 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     if summary["quick"]:
-        lines += ["**A `--quick` run: it only shows the suite works; its figures mean nothing.**",
-                  ""]  # fmt: skip
+        lines += [
+            "**A `--quick` run: it only shows the suite works; its figures mean nothing.**",
+            "",
+        ]
     lines += ["| scenario | target | measured | met |", "| --- | --- | --- | --- |"]
     for r in summary["runs"]:
         if "rows" not in r:
@@ -122,19 +134,28 @@ def markdown(summary: dict[str, Any]) -> str:
             continue
         for i, row in enumerate(r["rows"]):
             name = r["scenario"] if i == 0 else ""
-            lines.append(f"| {name} | {_cell(row['target'])} | {_cell(row['measured'])} | "
-                         f"{'met' if row['met'] else '**not met**'} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {_cell(row['target'])} | {_cell(row['measured'])} | "
+                f"{'met' if row['met'] else '**not met**'} |"
+            )
     lines += ["", "Runs (each scenario's JSON and PNG are beside this file):", ""]
     for r in summary["runs"]:
         detail = f"{r.get('title', '')}; `{r.get('json', '-')}`" if "json" in r else "failed"
         lines.append(f"- `{r['command']}` ({r['seconds']:.0f} s): {detail}")
-    saturation = next((r for r in summary["runs"] if r["scenario"] == "saturation"
-                       and "png" in r), None)  # fmt: skip
+    saturation = next(
+        (r for r in summary["runs"] if r["scenario"] == "saturation" and "png" in r), None
+    )
     if saturation:
-        lines += ["", f"![saturation: egress vs load, broker and plain send_all]"
-                      f"({saturation['png']})"]  # fmt: skip
-    lines += ["", f"Reproduce: `{summary['command']}` from the repository root "
-                  f"(`.venv/bin/pip install matplotlib` first).", ""]  # fmt: skip
+        lines += [
+            "",
+            f"![saturation: egress vs load, broker and plain send_all]({saturation['png']})",
+        ]
+    lines += [
+        "",
+        f"Reproduce: `{summary['command']}` from the repository root "
+        f"(`.venv/bin/pip install matplotlib` first).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -165,9 +165,16 @@ class Connection:
             "closed": self.closed,
             **latency_summary_ms(self.latencies),
             "latencies_ms": [round(v * 1000, 3) for v in self.latencies],
-        } | ({"lag_series": [[round(t, 3), round(v * 1000, 3)]
-                              for t, v in zip(self.times, self.latencies, strict=True)]}
-             if series else {})  # fmt: skip
+        } | (
+            {
+                "lag_series": [
+                    [round(t, 3), round(v * 1000, 3)]
+                    for t, v in zip(self.times, self.latencies, strict=True)
+                ]
+            }
+            if series
+            else {}
+        )
 
 
 class MjpegConnection(Connection):
@@ -224,9 +231,13 @@ def part_length(head: bytes) -> int:
 
 
 def open_connection(
-    port: int, camera: str, name: str, rcvbuf: int = 0, protocol: str = "websocket",
+    port: int,
+    camera: str,
+    name: str,
+    rcvbuf: int = 0,
+    protocol: str = "websocket",
     query: str = "",
-) -> tuple[Connection, bytes]:  # fmt: skip
+) -> tuple[Connection, bytes]:
     """Connect and handshake (blocking); returns the connection and bytes already read."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
@@ -240,8 +251,10 @@ def open_connection(
     else:
         key = base64.b64encode(os.urandom(16)).decode()
         request, expect = f"GET /cameras/{camera}{suffix} HTTP/1.1\r\n", b"HTTP/1.1 101"
-        request += (f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+        request += (
+            f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
     sock.sendall(request.encode())
     buffer = b""
     while b"\r\n\r\n" not in buffer:
@@ -259,9 +272,12 @@ def open_connection(
 
 class Client:
     def __init__(
-        self, connections: list[Connection], mode: str = "fast", read_rate: float = 0.0,
+        self,
+        connections: list[Connection],
+        mode: str = "fast",
+        read_rate: float = 0.0,
         brief: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.connections = connections
         self.brief = brief
         self.mode = mode
@@ -370,8 +386,9 @@ class Client:
             self.done = True
 
     def summary(self) -> dict[str, object]:
-        connections = [c.summary(self.seconds, series=self.mode == "throttled")
-                       for c in self.connections]  # fmt: skip
+        connections = [
+            c.summary(self.seconds, series=self.mode == "throttled") for c in self.connections
+        ]
         if self.brief:
             for conn in connections:
                 del conn["latencies_ms"]
@@ -386,20 +403,47 @@ def parse_camera(text: str) -> tuple[str, int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.client", description=__doc__)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--camera", type=parse_camera, action="append", required=True,
-                   metavar="ID[:COUNT]", help="open COUNT connections to camera ID")  # fmt: skip
+    p.add_argument(
+        "--camera",
+        type=parse_camera,
+        action="append",
+        required=True,
+        metavar="ID[:COUNT]",
+        help="open COUNT connections to camera ID",
+    )
     p.add_argument("--name", default="c", help="prefix of the connection names")
-    p.add_argument("--mode", choices=MODES, default="fast",
-                   help="fast, throttled (--read-rate) or stalled (never reads)")  # fmt: skip
-    p.add_argument("--read-rate", type=float, default=1e6, metavar="BYTES",
-                   help="throttled mode: bytes/s per connection (default 1e6)")  # fmt: skip
-    p.add_argument("--rcvbuf", type=int, default=0, metavar="BYTES",
-                   help="SO_RCVBUF of each connection (default: the kernel's)")  # fmt: skip
-    p.add_argument("--protocol", choices=PROTOCOLS, default="websocket",
-                   help="websocket (/cameras/ID) or mjpeg (/cameras/ID/mjpeg)")  # fmt: skip
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="fast",
+        help="fast, throttled (--read-rate) or stalled (never reads)",
+    )
+    p.add_argument(
+        "--read-rate",
+        type=float,
+        default=1e6,
+        metavar="BYTES",
+        help="throttled mode: bytes/s per connection (default 1e6)",
+    )
+    p.add_argument(
+        "--rcvbuf",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="SO_RCVBUF of each connection (default: the kernel's)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="websocket",
+        help="websocket (/cameras/ID) or mjpeg (/cameras/ID/mjpeg)",
+    )
     p.add_argument("--query", default="", help="query string for every URL, e.g. fps=1")
-    p.add_argument("--brief", action="store_true",
-                   help="leave each connection's latency samples out of the summary")  # fmt: skip
+    p.add_argument(
+        "--brief",
+        action="store_true",
+        help="leave each connection's latency samples out of the summary",
+    )
     return p
 
 
@@ -419,8 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     for camera, count in args.camera:
         for i in range(count):
             name = f"{args.name}{camera}/{i}"
-            conn, rest = open_connection(args.port, camera, name, args.rcvbuf, args.protocol,
-                                         args.query)  # fmt: skip
+            conn, rest = open_connection(
+                args.port, camera, name, args.rcvbuf, args.protocol, args.query
+            )
             conn.feed(memoryview(rest), time.time())
             client.add(conn)
             if time.monotonic() - drained > DRAIN_INTERVAL:

@@ -39,13 +39,24 @@ def machine_info() -> dict[str, object]:
     }
 
 
-def result_head(scenario: str, started: str, title: str, args: argparse.Namespace,
-                keys: tuple[str, ...], **parameters: object) -> dict[str, object]:  # fmt: skip
+def result_head(
+    scenario: str,
+    started: str,
+    title: str,
+    args: argparse.Namespace,
+    keys: tuple[str, ...],
+    **parameters: object,
+) -> dict[str, object]:
     """The fields every scenario's JSON starts with: what ran, when, with which options
     (``keys`` of ``args``, plus ``parameters``), and on what machine."""
-    return {"scenario": scenario, "started": started, "title": title,
-            "parameters": {k: getattr(args, k) for k in keys} | parameters,
-            "machine": machine_info(), "versions": versions()}  # fmt: skip
+    return {
+        "scenario": scenario,
+        "started": started,
+        "title": title,
+        "parameters": {k: getattr(args, k) for k in keys} | parameters,
+        "machine": machine_info(),
+        "versions": versions(),
+    }
 
 
 def versions() -> dict[str, str | None]:
@@ -117,10 +128,20 @@ def load_average() -> list[float]:
 
 def _git_revision() -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=5)  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=5)  # fmt: skip
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:

@@ -51,24 +51,38 @@ def totals(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cameras", type=int, help="cameras the viewers spread over (default 2; "
-                   "--quick 1)")  # fmt: skip
-    p.add_argument("--steps", type=totals, metavar="K,K,...",
-                   help="concurrent connections at each step (default "
-                        "500,1000,2000,3000,4000,5000; --quick 50,200)")  # fmt: skip
-    p.add_argument("--client-fps", type=float, default=1.0,
-                   help="each viewer's rate cap, ?fps= on its URL (default 1)")  # fmt: skip
-    p.add_argument("--per-proc", type=int, default=1250,
-                   help="connections per client process (default 1250)")  # fmt: skip
+    p.add_argument(
+        "--cameras", type=int, help="cameras the viewers spread over (default 2; --quick 1)"
+    )
+    p.add_argument(
+        "--steps",
+        type=totals,
+        metavar="K,K,...",
+        help="concurrent connections at each step (default "
+        "500,1000,2000,3000,4000,5000; --quick 50,200)",
+    )
+    p.add_argument(
+        "--client-fps",
+        type=float,
+        default=1.0,
+        help="each viewer's rate cap, ?fps= on its URL (default 1)",
+    )
+    p.add_argument(
+        "--per-proc", type=int, default=1250, help="connections per client process (default 1250)"
+    )
     p.add_argument(
         "--settle",
         type=float,
         metavar="SECONDS",
         help="wait after each step's connections are open (default 3; --quick 0.5)",
     )
-    p.add_argument("--width", type=int, default=640,
-                   help="camera frame width (default 640: this scenario measures connections; "
-                        "saturation measures bandwidth)")  # fmt: skip
+    p.add_argument(
+        "--width",
+        type=int,
+        default=640,
+        help="camera frame width (default 640: this scenario measures connections; "
+        "saturation measures bandwidth)",
+    )
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--fps", type=float, default=15.0, help="source fps (default 15)")
     p.add_argument("--quality", type=int, default=80)
@@ -93,11 +107,14 @@ def add_clients(run: Run, count: int, first: int) -> list[Child]:
     for offset in range(0, count, a.per_proc):
         n = min(a.per_proc, count - offset)
         ids = run.camera_ids
-        share = [(cid, len(range((first + offset + i) % len(ids), n, len(ids))))
-                 for i, cid in enumerate(ids)]  # fmt: skip
+        share = [
+            (cid, len(range((first + offset + i) % len(ids), n, len(ids))))
+            for i, cid in enumerate(ids)
+        ]
         index = len(run.clients) + len(started)
-        argv = client_argv(run.broker.port, f"p{index}:", share,
-                           ["--query", f"fps={a.client_fps:g}"])  # fmt: skip
+        argv = client_argv(
+            run.broker.port, f"p{index}:", share, ["--query", f"fps={a.client_fps:g}"]
+        )
         started.append(Child(f"client {index}", argv, run.work.path / f"client-{index}.log"))
     run.clients += started  # stopped with the rest, whatever happens
     deadline = time.monotonic() + CONNECT_SECONDS + count * CONNECT_SECONDS_EACH
@@ -124,12 +141,20 @@ def window(run: Run, label: str) -> dict[str, Any]:
         cores, client_cores = broker_cpu.interval(), clients_cpu.interval()
         replays_cpu.interval()
         rss.append(common.rss_bytes(pid) or 0)
-        run.samples.append({"step": label, "t": round(time.monotonic() - started, 2),
-                            "broker_cores": cores, "client_cores": client_cores,
-                            "broker_rss_bytes": rss[-1]})  # fmt: skip
+        run.samples.append(
+            {
+                "step": label,
+                "t": round(time.monotonic() - started, 2),
+                "broker_cores": cores,
+                "client_cores": client_cores,
+                "broker_rss_bytes": rss[-1],
+            }
+        )
         frames = sum(c.latest.get("frames", 0) for c in run.clients)
-        return (f"| broker {cores:.2f} cores {rss[-1] / 2**20:.1f} MiB | clients "
-                f"{client_cores:.2f} cores | frames {frames}")  # fmt: skip
+        return (
+            f"| broker {cores:.2f} cores {rss[-1] / 2**20:.1f} MiB | clients "
+            f"{client_cores:.2f} cores | frames {frames}"
+        )
 
     wait(run.args.duration, label, tick)
     for child in run.clients:
@@ -148,16 +173,20 @@ def window(run: Run, label: str) -> dict[str, Any]:
 def execute(run: Run, warmup: float) -> dict:
     a = run.args
     limits = raise_open_files(max(a.steps) + FD_MARGIN)
-    common.progress(f"{SCENARIO}: {a.steps} connections at {a.client_fps:g} fps over "
-                    f"{a.cameras} cameras ({a.width}x{a.height} q{a.quality} {a.fps:g} fps); "
-                    f"open-files limit {limits[0]}; per step {a.settle:g} + "
-                    f"{a.duration:g} s")  # fmt: skip
+    common.progress(
+        f"{SCENARIO}: {a.steps} connections at {a.client_fps:g} fps over "
+        f"{a.cameras} cameras ({a.width}x{a.height} q{a.quality} {a.fps:g} fps); "
+        f"open-files limit {limits[0]}; per step {a.settle:g} + "
+        f"{a.duration:g} s"
+    )
     broker = start_cameras(run, write_config(run))
     broker_limit = open_files_limit(broker.pid)
     wait(warmup if a.quick else max(warmup, 3.0), "baseline warm-up")
     baseline = window(run, "baseline (no viewers)")
-    common.progress(f"baseline: broker {baseline['broker_cores']:.3f} cores, RSS "
-                    f"{baseline['rss_bytes'] / 2**20:.1f} MiB")  # fmt: skip
+    common.progress(
+        f"baseline: broker {baseline['broker_cores']:.3f} cores, RSS "
+        f"{baseline['rss_bytes'] / 2**20:.1f} MiB"
+    )
     steps_done, opened, unopened = [], 0, None
     for total in a.steps:
         t0 = time.monotonic()
@@ -165,23 +194,35 @@ def execute(run: Run, warmup: float) -> dict:
             add_clients(run, total - opened, opened)
         except RuntimeError as exc:  # the broker could not take them in time: stop here
             seconds = round(time.monotonic() - t0, 1)
-            common.progress(f"{total} connections: the new ones did not all open within "
-                            f"{seconds:g} s; the ramp stops")  # fmt: skip
+            common.progress(
+                f"{total} connections: the new ones did not all open within "
+                f"{seconds:g} s; the ramp stops"
+            )
             unopened = {"connections": total, "seconds": seconds, "error": str(exc)[:500]}
             break
         connect_s = time.monotonic() - t0
-        common.progress(f"{total} connections open in {len(run.clients)} client processes "
-                        f"({total - opened} new in {connect_s:.1f} s)")  # fmt: skip
+        common.progress(
+            f"{total} connections open in {len(run.clients)} client processes "
+            f"({total - opened} new in {connect_s:.1f} s)"
+        )
         wait(a.settle, f"{total} settle")
         measured = window(run, f"{total} connections")
         health = get_json(run.broker.url + "/healthz", timeout=30)
-        measured.update(connections=total, connect_seconds=round(connect_s, 2),
-                        sockstat=common.sockstat(),
-                        slow_client_disconnects=health.get("slow_client_disconnects"))  # fmt: skip
+        measured.update(
+            connections=total,
+            connect_seconds=round(connect_s, 2),
+            sockstat=common.sockstat(),
+            slow_client_disconnects=health.get("slow_client_disconnects"),
+        )
         steps_done.append(measured)
         opened = total
-    return {"baseline": baseline, "steps": steps_done, "unopened": unopened,
-            "broker_open_files": broker_limit, "own_open_files": limits[0]}  # fmt: skip
+    return {
+        "baseline": baseline,
+        "steps": steps_done,
+        "unopened": unopened,
+        "broker_open_files": broker_limit,
+        "own_open_files": limits[0],
+    }
 
 
 # --- analysis ------------------------------------------------------------------------
@@ -200,29 +241,32 @@ def summarise(run: Run, raw: dict) -> dict[str, Any]:
         added = k - previous[0]
         marginal = (step["rss_bytes"] - previous[1]) / added if added > 0 else None
         previous = (k, step["rss_bytes"])
-        rows.append({
-            "connections": k,
-            "reported": len(connections),
-            "closed": sum(conn["closed"] for conn in connections),
-            "receiving": sum(1 for conn in connections if conn["frames"]),
-            "fps_min": fps[0] if fps else None,
-            "fps_median": statistics.median(fps) if fps else None,
-            "fps_total": round(sum(fps), 1),
-            "egress_mb_s": round(sum(conn["bytes"] for conn in connections)
-                                 / max(1e-9, a.duration) / 1e6, 2),
-            "latency": common.latency_summary_ms(latencies),
-            "broker_cores": step["broker_cores"],
-            "client_cores": step["client_cores"],
-            "replay_cores": step["replay_cores"],
-            "rss_bytes": step["rss_bytes"],
-            "rss_mean_bytes": step["rss_mean_bytes"],
-            "rss_delta_bytes": delta,
-            "rss_per_connection_bytes": round(delta / k),
-            "marginal_rss_per_connection_bytes": None if marginal is None else round(marginal),
-            "connect_seconds": step["connect_seconds"],
-            "slow_client_disconnects": step["slow_client_disconnects"],
-            "sockstat": step["sockstat"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "connections": k,
+                "reported": len(connections),
+                "closed": sum(conn["closed"] for conn in connections),
+                "receiving": sum(1 for conn in connections if conn["frames"]),
+                "fps_min": fps[0] if fps else None,
+                "fps_median": statistics.median(fps) if fps else None,
+                "fps_total": round(sum(fps), 1),
+                "egress_mb_s": round(
+                    sum(conn["bytes"] for conn in connections) / max(1e-9, a.duration) / 1e6, 2
+                ),
+                "latency": common.latency_summary_ms(latencies),
+                "broker_cores": step["broker_cores"],
+                "client_cores": step["client_cores"],
+                "replay_cores": step["replay_cores"],
+                "rss_bytes": step["rss_bytes"],
+                "rss_mean_bytes": step["rss_mean_bytes"],
+                "rss_delta_bytes": delta,
+                "rss_per_connection_bytes": round(delta / k),
+                "marginal_rss_per_connection_bytes": None if marginal is None else round(marginal),
+                "connect_seconds": step["connect_seconds"],
+                "slow_client_disconnects": step["slow_client_disconnects"],
+                "sockstat": step["sockstat"],
+            }
+        )
     return {"baseline": {k: v for k, v in base.items() if k != "laps"}, "steps": rows}
 
 
@@ -235,13 +279,24 @@ def targets(a: argparse.Namespace, steps: list[dict]) -> dict[str, dict]:
         count = last["reported"] - last["closed"]
     per_conn = last["rss_per_connection_bytes"] if last else None
     return {
-        "connections": {"op": ">=", "limit": TARGET_CONNECTIONS, "value": count,
-                        "met": reached and alive},
-        "rss_per_connection_bytes": {"op": "<=", "limit": TARGET_BYTES_PER_CONNECTION,
-                                     "value": per_conn,
-                                     "met": bool(reached and alive and per_conn is not None
-                                                 and per_conn <= TARGET_BYTES_PER_CONNECTION)},
-    }  # fmt: skip
+        "connections": {
+            "op": ">=",
+            "limit": TARGET_CONNECTIONS,
+            "value": count,
+            "met": reached and alive,
+        },
+        "rss_per_connection_bytes": {
+            "op": "<=",
+            "limit": TARGET_BYTES_PER_CONNECTION,
+            "value": per_conn,
+            "met": bool(
+                reached
+                and alive
+                and per_conn is not None
+                and per_conn <= TARGET_BYTES_PER_CONNECTION
+            ),
+        },
+    }
 
 
 # --- output --------------------------------------------------------------------------
@@ -249,34 +304,82 @@ def targets(a: argparse.Namespace, steps: list[dict]) -> dict[str, dict]:
 
 def print_report(result: dict) -> None:
     base = result["baseline"]
-    rows = [["0", "-", "-", "-", "-", "-", "-", base["broker_cores"], "-",
-             base["rss_bytes"] / 2**20, "-", "-", "-"]]  # fmt: skip
+    rows = [
+        [
+            "0",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            base["broker_cores"],
+            "-",
+            base["rss_bytes"] / 2**20,
+            "-",
+            "-",
+            "-",
+        ]
+    ]
     for s in result["steps"]:
         lat = s["latency"]
         marginal = s["marginal_rss_per_connection_bytes"]
-        rows.append([s["connections"], s["reported"] - s["closed"], s["fps_median"],
-                     s["fps_min"], s["egress_mb_s"], lat["p50_ms"], lat["p99_ms"],
-                     s["broker_cores"], s["client_cores"], s["rss_bytes"] / 2**20,
-                     s["rss_delta_bytes"] / 2**20, s["rss_per_connection_bytes"] / 1000,
-                     None if marginal is None else marginal / 1000])  # fmt: skip
-    headers = ["K", "open", "fps med", "fps min", "MB/s", "p50 ms", "p99 ms", "broker cores",
-               "client cores", "RSS MiB", "delta MiB", "KB/conn", "marginal KB/conn"]  # fmt: skip
+        rows.append(
+            [
+                s["connections"],
+                s["reported"] - s["closed"],
+                s["fps_median"],
+                s["fps_min"],
+                s["egress_mb_s"],
+                lat["p50_ms"],
+                lat["p99_ms"],
+                s["broker_cores"],
+                s["client_cores"],
+                s["rss_bytes"] / 2**20,
+                s["rss_delta_bytes"] / 2**20,
+                s["rss_per_connection_bytes"] / 1000,
+                None if marginal is None else marginal / 1000,
+            ]
+        )
+    headers = [
+        "K",
+        "open",
+        "fps med",
+        "fps min",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "broker cores",
+        "client cores",
+        "RSS MiB",
+        "delta MiB",
+        "KB/conn",
+        "marginal KB/conn",
+    ]
     print(common.format_table(headers, rows))
     p = result["parameters"]
-    print(f"\nviewers at {p['client_fps']:g} fps (?fps=) on {p['cameras']} cameras, "
-          f"{p['width']}x{p['height']} q{p['quality']} at {p['fps']:g} fps; KB = 1000 bytes; "
-          f"KB/conn = (RSS - baseline) / K; marginal = RSS growth / connections added")  # fmt: skip
-    print(f"open-files limit: this process {result['own_open_files']}, broker "
-          f"{result['broker_open_files']}")  # fmt: skip
+    print(
+        f"\nviewers at {p['client_fps']:g} fps (?fps=) on {p['cameras']} cameras, "
+        f"{p['width']}x{p['height']} q{p['quality']} at {p['fps']:g} fps; KB = 1000 bytes; "
+        f"KB/conn = (RSS - baseline) / K; marginal = RSS growth / connections added"
+    )
+    print(
+        f"open-files limit: this process {result['own_open_files']}, broker "
+        f"{result['broker_open_files']}"
+    )
     if result["unopened"]:
         u = result["unopened"]
-        print(f"step {u['connections']}: the new connections did not all open within "
-              f"{u['seconds']:g} s (the broker did not answer their handshakes in time); "
-              f"the ramp stopped there")  # fmt: skip
+        print(
+            f"step {u['connections']}: the new connections did not all open within "
+            f"{u['seconds']:g} s (the broker did not answer their handshakes in time); "
+            f"the ramp stopped there"
+        )
     print("\ntargets:")
     for name, t in result["targets"].items():
-        print(f"  {name:25s} {common._cell(t['value']):>8}  {t['op']} {t['limit']:<6g}  "
-              f"{common.met(t['met'])}")  # fmt: skip
+        print(
+            f"  {name:25s} {common._cell(t['value']):>8}  {t['op']} {t['limit']:<6g}  "
+            f"{common.met(t['met'])}"
+        )
 
 
 def chart(result: dict, path: Path) -> None:
@@ -290,12 +393,21 @@ def chart(result: dict, path: Path) -> None:
     mem_ax.set_ylabel("MiB")
     mem_ax.legend(loc="upper left")
     per = mem_ax.twinx()
-    per.plot(x[1:], [s["rss_per_connection_bytes"] / 1000 for s in steps], "s:",
-             color="tab:green", label="KB per connection")  # fmt: skip
+    per.plot(
+        x[1:],
+        [s["rss_per_connection_bytes"] / 1000 for s in steps],
+        "s:",
+        color="tab:green",
+        label="KB per connection",
+    )
     per.set_ylabel("KB per connection", color="tab:green")
     per.set_ylim(bottom=0)
-    cpu_ax.plot(x, [result["baseline"]["broker_cores"]] + [s["broker_cores"] for s in steps],
-                "o-", label="broker cores")  # fmt: skip
+    cpu_ax.plot(
+        x,
+        [result["baseline"]["broker_cores"]] + [s["broker_cores"] for s in steps],
+        "o-",
+        label="broker cores",
+    )
     cpu_ax.plot(x[1:], [s["client_cores"] for s in steps], "o:", label="client processes cores")
     cpu_ax.set_xlabel("concurrent connections")
     cpu_ax.set_ylabel("cores")
@@ -313,12 +425,17 @@ def headline(result: dict) -> list[dict]:
     cores = f", broker {last['broker_cores']:.2f} cores" if last else ""
     per = t["rss_per_connection_bytes"]["value"]
     return [
-        {"target": f"{TARGET_CONNECTIONS:,} concurrent clients at 1 fps",
-         "measured": f"{t['connections']['value']} open{cores}", "met": t["connections"]["met"]},
-        {"target": f"<= {TARGET_BYTES_PER_CONNECTION // 1000} KB broker RSS per connection",
-         "measured": "-" if per is None else f"{per / 1000:.1f} KB",
-         "met": t["rss_per_connection_bytes"]["met"]},
-    ]  # fmt: skip
+        {
+            "target": f"{TARGET_CONNECTIONS:,} concurrent clients at 1 fps",
+            "measured": f"{t['connections']['value']} open{cores}",
+            "met": t["connections"]["met"],
+        },
+        {
+            "target": f"<= {TARGET_BYTES_PER_CONNECTION // 1000} KB broker RSS per connection",
+            "measured": "-" if per is None else f"{per / 1000:.1f} KB",
+            "met": t["rss_per_connection_bytes"]["met"],
+        },
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -333,8 +450,19 @@ def run(args: argparse.Namespace) -> int:
             f"up to {max(a.steps)} viewers at {a.client_fps:g} fps, {a.cameras} cameras "
             f"{a.width}x{a.height} q{a.quality} {a.fps:g} fps, {a.duration:g} s per step",
             a,
-            ("cameras", "steps", "client_fps", "per_proc", "settle", "width", "height", "fps",
-             "quality", "duration", "quick"),
+            (
+                "cameras",
+                "steps",
+                "client_fps",
+                "per_proc",
+                "settle",
+                "width",
+                "height",
+                "fps",
+                "quality",
+                "duration",
+                "quick",
+            ),
             warmup=warmup,
         ),
         "own_open_files": raw["own_open_files"],
@@ -344,5 +472,5 @@ def run(args: argparse.Namespace) -> int:
         "unopened": raw["unopened"],
         "targets": targets(a, summary["steps"]),
         "samples": bench.samples,
-    }  # fmt: skip
+    }
     return common.report(result, args.out, SCENARIO, started, print_report, chart)

@@ -36,8 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--quality", type=int, default=80)
-    p.add_argument("--client-procs", type=int, default=2,
-                   help="client processes sharing the connections (default 2)")  # fmt: skip
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="client processes sharing the connections (default 2)",
+    )
 
 
 def analyse(run: Run, raw: dict) -> dict[str, object]:
@@ -56,10 +60,12 @@ def analyse(run: Run, raw: dict) -> dict[str, object]:
     targets = {
         "p50_ms": {"limit": TARGET_P50_MS, "worst": _worst(connections, "p50_ms")},
         "p99_ms": {"limit": TARGET_P99_MS, "worst": _worst(connections, "p99_ms")},
-        "delivered": {"limit": TARGET_DELIVERED,
-                      "worst": min((c["delivered"] for c in connections), default=0.0)},
+        "delivered": {
+            "limit": TARGET_DELIVERED,
+            "worst": min((c["delivered"] for c in connections), default=0.0),
+        },
         "broker_cores": {"limit": TARGET_BROKER_CORES, "worst": raw["broker_cores"]},
-    }  # fmt: skip
+    }
     for name, target in targets.items():
         worst, limit = target["worst"], target["limit"]
         ok = worst is not None and (worst >= limit if name == "delivered" else worst <= limit)
@@ -74,25 +80,40 @@ def _worst(connections: list[dict], key: str) -> float | None:
 
 def print_report(result: dict) -> None:
     rows = [
-        [c["name"], c["frames"], c["fps"], c["delivered"] * 100, c["drops"], c["p50_ms"],
-         c["p99_ms"], c["max_ms"], "closed" if c["closed"] else ""]
+        [
+            c["name"],
+            c["frames"],
+            c["fps"],
+            c["delivered"] * 100,
+            c["drops"],
+            c["p50_ms"],
+            c["p99_ms"],
+            c["max_ms"],
+            "closed" if c["closed"] else "",
+        ]
         for c in result["clients"]
-    ]  # fmt: skip
+    ]
     headers = ["client", "frames", "fps", "deliv%", "drops", "p50 ms", "p99 ms", "max ms", ""]
     print(common.format_table(headers, rows))
     b, lat = result["broker"], result["latency_all"]
     src = ", ".join(f"{cid} {r['fps']}" for cid, r in result["sources"].items())
     print(f"\nsource fps: {src}")
-    print(f"all clients: latency p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
-          f"max {lat['max_ms']} ms")  # fmt: skip
-    print(f"broker: {b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.1f} MiB "
-          f"(peak {b['peak_rss_bytes'] / 2**20:.1f} MiB)")  # fmt: skip
+    print(
+        f"all clients: latency p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
+        f"max {lat['max_ms']} ms"
+    )
+    print(
+        f"broker: {b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.1f} MiB "
+        f"(peak {b['peak_rss_bytes'] / 2**20:.1f} MiB)"
+    )
     print(f"load generators (replays + clients): {result['loadgen']['cores']:.3f} cores")
     print("\ntargets:")
     for name, t in result["targets"].items():
         op = ">=" if name == "delivered" else "<="
-        print(f"  {name:13s} worst {common._cell(t['worst']):>8}  {op} {t['limit']:<5g}  "
-              f"{common.met(t['met'])}")  # fmt: skip
+        print(
+            f"  {name:13s} worst {common._cell(t['worst']):>8}  {op} {t['limit']:<5g}  "
+            f"{common.met(t['met'])}"
+        )
 
 
 def chart(result: dict, path: Path) -> None:
@@ -132,19 +153,28 @@ def headline(result: dict[str, Any]) -> list[dict[str, Any]]:
     t, b = result["targets"], result["broker"]
     lat = result["latency_all"]
     return [
-        {"target": f"every client p50 <= {TARGET_P50_MS:g} ms",
-         "measured": f"worst {common._cell(t['p50_ms']['worst'])} ms (all {lat['p50_ms']} ms)",
-         "met": t["p50_ms"]["met"]},
-        {"target": f"every client p99 <= {TARGET_P99_MS:g} ms",
-         "measured": f"worst {common._cell(t['p99_ms']['worst'])} ms (all {lat['p99_ms']} ms)",
-         "met": t["p99_ms"]["met"]},
-        {"target": f"every client >= {TARGET_DELIVERED:.0%} of the source rate",
-         "measured": f"worst {t['delivered']['worst']:.2%}", "met": t["delivered"]["met"]},
-        {"target": f"broker < {TARGET_BROKER_CORES:g} core",
-         "measured": f"{b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.0f} MiB; load "
-                     f"generators {result['loadgen']['cores']:.2f} cores",
-         "met": t["broker_cores"]["met"]},
-    ]  # fmt: skip
+        {
+            "target": f"every client p50 <= {TARGET_P50_MS:g} ms",
+            "measured": f"worst {common._cell(t['p50_ms']['worst'])} ms (all {lat['p50_ms']} ms)",
+            "met": t["p50_ms"]["met"],
+        },
+        {
+            "target": f"every client p99 <= {TARGET_P99_MS:g} ms",
+            "measured": f"worst {common._cell(t['p99_ms']['worst'])} ms (all {lat['p99_ms']} ms)",
+            "met": t["p99_ms"]["met"],
+        },
+        {
+            "target": f"every client >= {TARGET_DELIVERED:.0%} of the source rate",
+            "measured": f"worst {t['delivered']['worst']:.2%}",
+            "met": t["delivered"]["met"],
+        },
+        {
+            "target": f"broker < {TARGET_BROKER_CORES:g} core",
+            "measured": f"{b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.0f} MiB; load "
+            f"generators {result['loadgen']['cores']:.2f} cores",
+            "met": t["broker_cores"]["met"],
+        },
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,9 +191,11 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
 
     def execute(run: Run, warmup: float) -> dict:
         a = run.args
-        common.progress(f"{scenario}: {a.cameras} cameras x {a.clients} {protocol} clients, "
-                        f"{a.width}x{a.height} q{a.quality} at {a.fps:g} fps; warm-up "
-                        f"{warmup:g} s, measure {a.duration:g} s")  # fmt: skip
+        common.progress(
+            f"{scenario}: {a.cameras} cameras x {a.clients} {protocol} clients, "
+            f"{a.width}x{a.height} q{a.quality} at {a.fps:g} fps; warm-up "
+            f"{warmup:g} s, measure {a.duration:g} s"
+        )
         start_cameras(run, write_config(run))
         common.progress(f"{len(run.replays)} replay publishers online")
         start_clients(run, options=["--protocol", protocol])
@@ -181,18 +213,31 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
             f"{a.cameras} cameras x {a.clients} {protocol} clients, {a.width}x{a.height} "
             f"q{a.quality} {a.fps:g} fps, {a.duration:g} s",
             a,
-            ("cameras", "clients", "width", "height", "fps", "quality", "client_procs", "duration",
-             "quick"),
+            (
+                "cameras",
+                "clients",
+                "width",
+                "height",
+                "fps",
+                "quality",
+                "client_procs",
+                "duration",
+                "quick",
+            ),
             warmup=warmup,
             protocol=protocol,
         ),
-        "broker": {"cores": raw["broker_cores"], "rss_bytes": raw["broker_rss_bytes"],
-                   "peak_rss_bytes": raw["broker_peak_rss_bytes"], "health": raw["health"]},
+        "broker": {
+            "cores": raw["broker_cores"],
+            "rss_bytes": raw["broker_rss_bytes"],
+            "peak_rss_bytes": raw["broker_peak_rss_bytes"],
+            "health": raw["health"],
+        },
         "loadgen": {"cores": raw["loadgen_cores"]},
         "sources": raw["replays"],
         "clients": analysed["connections"],
         "latency_all": analysed["latency_all"],
         "targets": analysed["targets"],
         "samples": bench.samples,
-    }  # fmt: skip
+    }
     return common.report(result, args.out, scenario, started, print_report, chart)

@@ -51,9 +51,14 @@ def write_config(run: Run, extra: str = "") -> Path:
 
 
 def write_broker_config(
-    directory: Path, endpoint: str, camera_ids: list[str],
-    width: int = 1280, height: int = 720, fps: float = 15, extra: str = "",
-) -> Path:  # fmt: skip
+    directory: Path,
+    endpoint: str,
+    camera_ids: list[str],
+    width: int = 1280,
+    height: int = 720,
+    fps: float = 15,
+    extra: str = "",
+) -> Path:
     """A broker config for external publishers on ``endpoint``, no control socket;
     returns its path."""
     cameras = "".join(
@@ -85,16 +90,30 @@ def start_cameras(run: Run, config: Path) -> Broker:
 def start_replays(run: Run) -> None:
     a = run.args
     for cid in run.camera_ids:
-        argv = ["-m", "benchmarks.replay", "--broker", run.endpoint, "--camera", cid,
-                "--fps", str(a.fps), "--width", str(a.width), "--height", str(a.height),
-                "--quality", str(a.quality)]  # fmt: skip
+        argv = [
+            "-m",
+            "benchmarks.replay",
+            "--broker",
+            run.endpoint,
+            "--camera",
+            cid,
+            "--fps",
+            str(a.fps),
+            "--width",
+            str(a.width),
+            "--height",
+            str(a.height),
+            "--quality",
+            str(a.quality),
+        ]
         run.replays.append(Child(f"replay {cid}", argv, run.work.path / f"replay-{cid}.log"))
     for child in run.replays:
         child.expect(timeout=60)  # pre-encoding done
 
 
-def client_argv(port: int, name: str, cameras: Sequence[tuple[str, int]],
-                options: Sequence[str] = ()) -> list[str]:  # fmt: skip
+def client_argv(
+    port: int, name: str, cameras: Sequence[tuple[str, int]], options: Sequence[str] = ()
+) -> list[str]:
     argv = ["-m", "benchmarks.client", "--port", str(port), "--name", name, *options]
     for cid, count in cameras:
         if count:
@@ -103,9 +122,13 @@ def client_argv(port: int, name: str, cameras: Sequence[tuple[str, int]],
 
 
 def start_clients(
-    run: Run, per_camera: int | None = None, port: int | None = None,
-    options: Sequence[str] = (), procs: int | None = None, tag: str = "",
-) -> list[Child]:  # fmt: skip
+    run: Run,
+    per_camera: int | None = None,
+    port: int | None = None,
+    options: Sequence[str] = (),
+    procs: int | None = None,
+    tag: str = "",
+) -> list[Child]:
     """``per_camera`` (default ``--clients``) connections to each camera, split over
     ``procs`` (default ``--client-procs``) client processes; ``port`` defaults to the
     broker's. Returns the new processes, also added to ``run.clients``."""
@@ -113,8 +136,9 @@ def start_clients(
     if port is None:
         assert run.broker is not None
         port = run.broker.port
-    procs = max(1, min(run.args.client_procs if procs is None else procs,
-                       len(run.camera_ids) * per_camera))  # fmt: skip
+    procs = max(
+        1, min(run.args.client_procs if procs is None else procs, len(run.camera_ids) * per_camera)
+    )
     started = []
     for p in range(procs):
         share = [(cid, len(range(p, per_camera, procs))) for cid in run.camera_ids]
@@ -167,10 +191,18 @@ def measure(run: Run, seconds: float | None = None, label: str = "measure") -> d
         rss = common.rss_bytes(run.broker.pid) or 0
         peak_rss = max(peak_rss, rss)
         frames = sum(c.latest.get("frames", 0) for c in run.clients)
-        run.samples.append({"t": round(time.monotonic() - started, 2), "broker_cores": cores,
-                            "loadgen_cores": gen, "broker_rss_bytes": rss})  # fmt: skip
-        return (f"broker {cores:.2f} cores {rss / 2**20:.0f} MiB | load generators "
-                f"{gen:.2f} cores | frames received {frames}")  # fmt: skip
+        run.samples.append(
+            {
+                "t": round(time.monotonic() - started, 2),
+                "broker_cores": cores,
+                "loadgen_cores": gen,
+                "broker_rss_bytes": rss,
+            }
+        )
+        return (
+            f"broker {cores:.2f} cores {rss / 2**20:.0f} MiB | load generators "
+            f"{gen:.2f} cores | frames received {frames}"
+        )
 
     wait(seconds, label, tick)
     for child in run.clients + run.replays:

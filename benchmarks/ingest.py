@@ -31,11 +31,16 @@ TARGET_RATIO = 0.9
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publishers", type=int, default=3, help="publisher processes (default 3)")
-    p.add_argument("--frame-kb", type=int, default=200,
-                   help="payload size: the smallest 1280x720 test-pattern JPEG quality "
-                        "(80..100) reaching this many KB (default 200)")  # fmt: skip
-    p.add_argument("--hwm", type=int, default=16,
-                   help="publishers' SNDHWM, the bare receiver's RCVHWM (16)")  # fmt: skip
+    p.add_argument(
+        "--frame-kb",
+        type=int,
+        default=200,
+        help="payload size: the smallest 1280x720 test-pattern JPEG quality "
+        "(80..100) reaching this many KB (default 200)",
+    )
+    p.add_argument(
+        "--hwm", type=int, default=16, help="publishers' SNDHWM, the bare receiver's RCVHWM (16)"
+    )
 
 
 # --- child programs ------------------------------------------------------------------
@@ -71,8 +76,7 @@ def publish(args: argparse.Namespace) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(args.endpoint)
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
-    print(json.dumps({"ready": True, "frame_bytes": len(payload), "quality": quality}),
-          flush=True)  # fmt: skip
+    print(json.dumps({"ready": True, "frame_bytes": len(payload), "quality": quality}), flush=True)
     seq = 0
     while True:
         now = time.time()
@@ -106,10 +110,17 @@ def receive(args: argparse.Namespace) -> int:
             elif command == "stop" and window:
                 seconds = time.monotonic() - window["t"]
                 frames = state["frames"] - window["frames"]
-                print(json.dumps({"frames_received": frames, "seconds": round(seconds, 3),
-                                  "fps": round(frames / seconds, 2),
-                                  "bytes": state["bytes"] - window["bytes"]}),
-                      flush=True)  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "frames_received": frames,
+                            "seconds": round(seconds, 3),
+                            "fps": round(frames / seconds, 2),
+                            "bytes": state["bytes"] - window["bytes"],
+                        }
+                    ),
+                    flush=True,
+                )
         os._exit(0)
 
     def ticks() -> None:
@@ -145,8 +156,19 @@ class Run:
 def start_publishers(run: Run, endpoint: str, phase: str) -> list[Child]:
     a, pubs = run.args, []
     for cid in run.camera_ids:
-        argv = ["-m", "benchmarks.ingest", "publish", "--endpoint", endpoint, "--camera", cid,
-                "--frame-kb", str(a.frame_kb), "--hwm", str(a.hwm)]  # fmt: skip
+        argv = [
+            "-m",
+            "benchmarks.ingest",
+            "publish",
+            "--endpoint",
+            endpoint,
+            "--camera",
+            cid,
+            "--frame-kb",
+            str(a.frame_kb),
+            "--hwm",
+            str(a.hwm),
+        ]
         pubs.append(Child(f"publisher {cid}", argv, run.work.path / f"pub-{phase}-{cid}.log"))
     run.children += pubs
     for p in pubs:
@@ -160,8 +182,9 @@ def stop_children(run: Run) -> None:
     run.children.clear()
 
 
-def phase(run: Run, name: str, warmup: float, counter, receiver_pid: int,
-          pubs: list[Child], begin=None) -> dict[str, object]:  # fmt: skip
+def phase(
+    run: Run, name: str, warmup: float, counter, receiver_pid: int, pubs: list[Child], begin=None
+) -> dict[str, object]:
     """Warm up, then measure ``counter()`` (frames received so far) over the window."""
     wait(warmup, f"{name} warm-up")
     recv_cpu = common.CpuMeter([receiver_pid])
@@ -179,8 +202,9 @@ def phase(run: Run, name: str, warmup: float, counter, receiver_pid: int,
         fps = now_frames - last  # about one second per tick
         last = now_frames
         t = round(time.monotonic() - started, 2)
-        run.samples.append({"phase": name, "t": t, "fps": fps, "receiver_cores": cores,
-                            "publisher_cores": pcores})  # fmt: skip
+        run.samples.append(
+            {"phase": name, "t": t, "fps": fps, "receiver_cores": cores, "publisher_cores": pcores}
+        )
         return f"| {fps} frames/s | receiver {cores:.2f} cores | publishers {pcores:.2f} cores"
 
     wait(run.args.duration, f"{name} measure", tick)
@@ -191,10 +215,14 @@ def phase(run: Run, name: str, warmup: float, counter, receiver_pid: int,
     seconds = time.monotonic() - started
     recv_cpu.interval()
     pub_cpu.interval()
-    return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2),
-            "receiver_cores": round(recv_cpu.total(), 3),
-            "receiver_cpu_us_per_frame": _per_frame_us(recv_cpu.total(), seconds, frames),
-            "publisher_cores": round(pub_cpu.total(), 3)}  # fmt: skip
+    return {
+        "frames": frames,
+        "seconds": round(seconds, 3),
+        "fps": round(frames / seconds, 2),
+        "receiver_cores": round(recv_cpu.total(), 3),
+        "receiver_cpu_us_per_frame": _per_frame_us(recv_cpu.total(), seconds, frames),
+        "publisher_cores": round(pub_cpu.total(), 3),
+    }
 
 
 def _per_frame_us(cores: float, seconds: float, frames: int) -> float | None:
@@ -212,8 +240,15 @@ def bare_phase(run: Run, warmup: float) -> dict[str, object]:
     common.progress(f"bare: receiver (pid {receiver.pid}) and {len(pubs)} publishers up")
     receiver.latest = {"frames": 0}
     # The receiver reports its count once a second; start/stop give the exact window.
-    result = phase(run, "bare", warmup, lambda: receiver.latest.get("frames", 0),
-                   receiver.pid, pubs, begin=lambda: receiver.send("start"))  # fmt: skip
+    result = phase(
+        run,
+        "bare",
+        warmup,
+        lambda: receiver.latest.get("frames", 0),
+        receiver.pid,
+        pubs,
+        begin=lambda: receiver.send("start"),
+    )
     receiver.send("stop")
     exact = receiver.expect(10)
     result.update(frames=exact["frames_received"], fps=exact["fps"], seconds=exact["seconds"])
@@ -252,16 +287,24 @@ def broker_phase(run: Run, warmup: float) -> dict[str, object]:
 def print_report(result: dict) -> None:
     bare, broker = result["bare"], result["broker"]
     rows = [
-        [name, r["frames"], r["fps"], r["receiver_cores"], r["receiver_cpu_us_per_frame"],
-         r["publisher_cores"]]
+        [
+            name,
+            r["frames"],
+            r["fps"],
+            r["receiver_cores"],
+            r["receiver_cpu_us_per_frame"],
+            r["publisher_cores"],
+        ]
         for name, r in (("bare pyzmq loop", bare), ("broker", broker))
-    ]  # fmt: skip
+    ]
     headers = ["receiver", "frames", "frames/s", "recv cores", "recv us/frame", "pub cores"]
     print(common.format_table(headers, rows))
     mb = result["frame_bytes"] / 1e6
-    print(f"\nframe {result['frame_bytes']} bytes; broker {broker['fps'] * mb:.0f} MB/s, "
-          f"bare {bare['fps'] * mb:.0f} MB/s; broker ingest errors "
-          f"{broker['health']['ingest']['errors'] or 'none'}")  # fmt: skip
+    print(
+        f"\nframe {result['frame_bytes']} bytes; broker {broker['fps'] * mb:.0f} MB/s, "
+        f"bare {bare['fps'] * mb:.0f} MB/s; broker ingest errors "
+        f"{broker['health']['ingest']['errors'] or 'none'}"
+    )
     t = result["targets"]["ratio"]
     print("\ntargets:")
     value = common.ratio_text(t["value"])
@@ -275,12 +318,23 @@ def chart(result: dict, path: Path) -> None:
         t = [s["t"] for s in samples]
         fps_ax.plot(t, [s["fps"] for s in samples], color=color, label=f"{name} frames/s")
         fps_ax.axhline(result[name]["fps"], color=color, ls="--", lw=1)
-        cpu_ax.plot(t, [s["receiver_cores"] for s in samples], color=color,
-                    label=f"{name}: receiver cores")  # fmt: skip
-        cpu_ax.plot(t, [s["publisher_cores"] for s in samples], color=color, ls=":",
-                    label=f"{name}: publisher cores")  # fmt: skip
-    fps_ax.axhline(result["bare"]["fps"] * TARGET_RATIO, color="tab:red", ls="--", lw=1,
-                   label=f"target {TARGET_RATIO:g} x bare")  # fmt: skip
+        cpu_ax.plot(
+            t, [s["receiver_cores"] for s in samples], color=color, label=f"{name}: receiver cores"
+        )
+        cpu_ax.plot(
+            t,
+            [s["publisher_cores"] for s in samples],
+            color=color,
+            ls=":",
+            label=f"{name}: publisher cores",
+        )
+    fps_ax.axhline(
+        result["bare"]["fps"] * TARGET_RATIO,
+        color="tab:red",
+        ls="--",
+        lw=1,
+        label=f"target {TARGET_RATIO:g} x bare",
+    )
     fps_ax.set_ylabel("frames/s received")
     fps_ax.set_ylim(bottom=0)
     fps_ax.legend(loc="lower right")
@@ -294,18 +348,24 @@ def headline(result: dict) -> list[dict]:
     """The target as a row of the suite's summary (``python -m benchmarks all``)."""
     bare, broker = result["bare"], result["broker"]
     t = result["targets"]["ratio"]
-    return [{"target": f"broker ingest >= {TARGET_RATIO:g} x a bare pyzmq receive loop",
-             "measured": f"{common.ratio_text(t['value'])} ({broker['fps']:.0f} vs "
-                         f"{bare['fps']:.0f} frames/s of {result['frame_bytes'] / 1000:.0f} KB)",
-             "met": t["met"]}]  # fmt: skip
+    return [
+        {
+            "target": f"broker ingest >= {TARGET_RATIO:g} x a bare pyzmq receive loop",
+            "measured": f"{common.ratio_text(t['value'])} ({broker['fps']:.0f} vs "
+            f"{bare['fps']:.0f} frames/s of {result['frame_bytes'] / 1000:.0f} KB)",
+            "met": t["met"],
+        }
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     warmup = common.QUICK_WARMUP if args.quick else common.WARMUP
     bench = Run(args, Workspace())
     started = time.strftime("%Y%m%d-%H%M%S")
-    common.progress(f"ingest: {args.publishers} publishers, ~{args.frame_kb} KB frames; "
-                    f"warm-up {warmup:g} s, measure {args.duration:g} s per phase")  # fmt: skip
+    common.progress(
+        f"ingest: {args.publishers} publishers, ~{args.frame_kb} KB frames; "
+        f"warm-up {warmup:g} s, measure {args.duration:g} s per phase"
+    )
     try:
         frame_bytes = len(build_payload(args.frame_kb * 1000)[0])
         bare = bare_phase(bench, warmup)
@@ -334,10 +394,15 @@ def run(args: argparse.Namespace) -> int:
         "bare": bare,
         "broker": broker,
         "ratio": ratio,
-        "targets": {"ratio": {"limit": TARGET_RATIO, "value": ratio,
-                              "met": ratio is not None and ratio >= TARGET_RATIO}},
+        "targets": {
+            "ratio": {
+                "limit": TARGET_RATIO,
+                "value": ratio,
+                "met": ratio is not None and ratio >= TARGET_RATIO,
+            }
+        },
         "samples": bench.samples,
-    }  # fmt: skip
+    }
     return common.report(result, args.out, "ingest", started, print_report, chart)
 
 

@@ -36,8 +36,11 @@ def get_json(url: str, timeout: float = 5) -> object:
 
 def _env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}  # fmt: skip
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""),
+    }
 
 
 def wait_for_health(
@@ -82,9 +85,13 @@ class Child:
         self.log = log
         with open(log, "ab") as err:
             self.process = subprocess.Popen(
-                [sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=err, cwd=ROOT, env=_env(),
-            )  # fmt: skip
+                [sys.executable, *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=ROOT,
+                env=_env(),
+            )
         self.lines: queue.Queue[dict] = queue.Queue()
         self.latest: dict = {}
         threading.Thread(target=self._read, daemon=True).start()
@@ -142,11 +149,23 @@ class Broker:
         self.log = log
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "broker", "run", str(config),
-                 "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=ROOT, env=_env(),
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "broker",
+                    "run",
+                    str(config),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=_env(),
+            )
 
     @property
     def pid(self) -> int:

@@ -54,18 +54,30 @@ def steps(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cameras", type=int, help="cameras (default 4; --quick 1)")
-    p.add_argument("--steps", type=steps, metavar="S,S,...",
-                   help="clients per camera at each step (default "
-                        "4,8,16,24,32,48,64,96,128,192,256; --quick 1,2)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=steps,
+        metavar="S,S,...",
+        help="clients per camera at each step (default "
+        "4,8,16,24,32,48,64,96,128,192,256; --quick 1,2)",
+    )
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--quality", type=int, default=80)
-    p.add_argument("--client-procs", type=int, default=2,
-                   help="client processes sharing the connections, in both phases (2)")  # fmt: skip
-    p.add_argument("--patience", type=int, default=1,
-                   help="unsustained steps tolerated before the ramp stops (default 1: it "
-                        "stops after two in a row; a busy machine can spoil one step)")  # fmt: skip
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="client processes sharing the connections, in both phases (2)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=1,
+        help="unsustained steps tolerated before the ramp stops (default 1: it "
+        "stops after two in a row; a busy machine can spoil one step)",
+    )
 
 
 def _defaults(a: argparse.Namespace) -> None:
@@ -97,8 +109,10 @@ def ceiling_phase(run: Run, sender: Child, port: int, per_camera: int, warmup: f
 
     def tick() -> str:
         frames = sum(c.latest.get("frames", 0) for c in run.clients)
-        return (f"| sender {cpu.interval():.2f} cores | clients {clients_cpu.interval():.2f} "
-                f"cores | frames received {frames}")  # fmt: skip
+        return (
+            f"| sender {cpu.interval():.2f} cores | clients {clients_cpu.interval():.2f} "
+            f"cores | frames received {frames}"
+        )
 
     wait(run.args.duration, f"{per_camera}/camera ceiling", tick)
     for child in run.clients:
@@ -110,12 +124,22 @@ def ceiling_phase(run: Run, sender: Child, port: int, per_camera: int, warmup: f
 
 def execute(run: Run, warmup: float) -> dict:
     a = run.args
-    common.progress(f"{SCENARIO}: {a.cameras} cameras, {a.width}x{a.height} q{a.quality} "
-                    f"{a.fps:g} fps; clients per camera {a.steps}; each step {warmup:g} + "
-                    f"{a.duration:g} s broker, then the same for the send_all ceiling")  # fmt: skip
+    common.progress(
+        f"{SCENARIO}: {a.cameras} cameras, {a.width}x{a.height} q{a.quality} "
+        f"{a.fps:g} fps; clients per camera {a.steps}; each step {warmup:g} + "
+        f"{a.duration:g} s broker, then the same for the send_all ceiling"
+    )
     start_cameras(run, write_config(run))
-    argv = ["-m", "benchmarks.sendall", "--width", str(a.width), "--height", str(a.height),
-            "--quality", str(a.quality)]  # fmt: skip
+    argv = [
+        "-m",
+        "benchmarks.sendall",
+        "--width",
+        str(a.width),
+        "--height",
+        str(a.height),
+        "--quality",
+        str(a.quality),
+    ]
     sender = Child("send_all ceiling", argv, run.work.path / "sendall.log")
     run.replays.append(sender)  # stopped with the load generators
     ready = sender.expect(timeout=60)
@@ -124,8 +148,10 @@ def execute(run: Run, warmup: float) -> dict:
     failed_in_a_row = 0
     try:
         for per_camera in a.steps:
-            common.progress(f"step {per_camera} clients per camera "
-                            f"({per_camera * a.cameras} connections): broker")  # fmt: skip
+            common.progress(
+                f"step {per_camera} clients per camera "
+                f"({per_camera * a.cameras} connections): broker"
+            )
             run.samples = []
             start_clients(run, per_camera, tag=f"-broker{per_camera}")
             wait(warmup, f"{per_camera}/camera broker warm-up")
@@ -143,8 +169,10 @@ def execute(run: Run, warmup: float) -> dict:
             done.append(step)
             b, c = step["broker"], step["ceiling"]
             verdict = "sustained" if b["sustained"] else "NOT sustained: " + "; ".join(b["reasons"])
-            common.progress(f"step {per_camera}/camera: broker {b['egress_mb_s']:.0f} MB/s "
-                            f"({verdict}), ceiling {c['egress_mb_s']:.0f} MB/s")  # fmt: skip
+            common.progress(
+                f"step {per_camera}/camera: broker {b['egress_mb_s']:.0f} MB/s "
+                f"({verdict}), ceiling {c['egress_mb_s']:.0f} MB/s"
+            )
             failed_in_a_row = 0 if b["sustained"] else failed_in_a_row + 1
             if failed_in_a_row > a.patience:
                 break
@@ -173,14 +201,16 @@ def summarise_broker(run: Run, raw: dict, per_camera: int) -> dict[str, Any]:
     a = run.args
     connections = [conn for c in raw["clients"] for conn in c["connections"]]
     samples = [v / 1000 for conn in connections for v in conn["latencies_ms"]]
-    delivered = [conn["frames"] / conn["seq_span"] if conn["seq_span"] else 0.0
-                 for conn in connections]  # fmt: skip
+    delivered = [
+        conn["frames"] / conn["seq_span"] if conn["seq_span"] else 0.0 for conn in connections
+    ]
     mb_s, fps, frames, size = _egress(raw["clients"])
     latency = common.latency_summary_ms(samples)
     interval_ms = 1000 / a.fps
     sources = raw["replays"]
-    skipped = max((r["skipped_slots"] / max(1, r["published"]) for r in sources.values()),
-                  default=0.0)  # fmt: skip
+    skipped = max(
+        (r["skipped_slots"] / max(1, r["published"]) for r in sources.values()), default=0.0
+    )
     closed = sum(conn["closed"] for conn in connections)
     reasons = []
     worst = min(delivered, default=0.0)
@@ -249,35 +279,73 @@ def print_report(result: dict) -> None:
     for s in result["steps"]:
         b, c = s["broker"], s["ceiling"]
         ratio = b["egress_mb_s"] / c["egress_mb_s"] if c["egress_mb_s"] else None
-        rows.append([s["per_camera"], b["connections"], b["egress_mb_s"], b["frames_per_s"],
-                     b["min_delivered"] * 100, b["latency"]["p50_ms"], b["latency"]["p99_ms"],
-                     b["broker_cores"], b.get("broker_us_per_frame"), b["loadgen_cores"],
-                     c["egress_mb_s"], c["frames_per_s"], c["sender_cores"],
-                     c.get("sender_us_per_frame"), c["client_cores"], ratio,
-                     "yes" if b["sustained"] else "no: " + "; ".join(b["reasons"])])  # fmt: skip
-    headers = ["per cam", "conns", "MB/s", "frames/s", "min deliv%", "p50 ms", "p99 ms",
-               "broker cores", "broker us/f", "loadgen cores", "ceiling MB/s", "ceiling f/s",
-               "sender cores", "sender us/f", "ceiling client cores", "ratio",
-               "sustained"]  # fmt: skip
+        rows.append(
+            [
+                s["per_camera"],
+                b["connections"],
+                b["egress_mb_s"],
+                b["frames_per_s"],
+                b["min_delivered"] * 100,
+                b["latency"]["p50_ms"],
+                b["latency"]["p99_ms"],
+                b["broker_cores"],
+                b.get("broker_us_per_frame"),
+                b["loadgen_cores"],
+                c["egress_mb_s"],
+                c["frames_per_s"],
+                c["sender_cores"],
+                c.get("sender_us_per_frame"),
+                c["client_cores"],
+                ratio,
+                "yes" if b["sustained"] else "no: " + "; ".join(b["reasons"]),
+            ]
+        )
+    headers = [
+        "per cam",
+        "conns",
+        "MB/s",
+        "frames/s",
+        "min deliv%",
+        "p50 ms",
+        "p99 ms",
+        "broker cores",
+        "broker us/f",
+        "loadgen cores",
+        "ceiling MB/s",
+        "ceiling f/s",
+        "sender cores",
+        "sender us/f",
+        "ceiling client cores",
+        "ratio",
+        "sustained",
+    ]
     print(common.format_table(headers, rows))
     best, t = result["best"], result["targets"]["ratio"]
     frame = result["frame_bytes"] / 1000
-    print(f"\nframes {frame:.0f} KB; sustained = every client >= {TARGET_DELIVERED:.0%} of its "
-          f"frames, p99 <= {1000 / result['parameters']['fps']:.1f} ms (one frame interval), "
-          f"none closed, publishers on time")  # fmt: skip
+    print(
+        f"\nframes {frame:.0f} KB; sustained = every client >= {TARGET_DELIVERED:.0%} of its "
+        f"frames, p99 <= {1000 / result['parameters']['fps']:.1f} ms (one frame interval), "
+        f"none closed, publishers on time"
+    )
     if best:
         b, c = best["broker"], best["ceiling"]
-        print(f"highest sustained egress: {b['egress_mb_s']:.0f} MB/s, {b['frames_per_s']:.0f} "
-              f"frames/s ({best['per_camera']} clients per camera, {b['connections']} "
-              f"connections; broker {b['broker_cores']:.2f} cores)")  # fmt: skip
-        print(f"send_all ceiling at {c['connections']} connections: {c['egress_mb_s']:.0f} "
-              f"MB/s, {c['frames_per_s']:.0f} frames/s (sender {c['sender_cores']:.2f} "
-              f"cores)")  # fmt: skip
+        print(
+            f"highest sustained egress: {b['egress_mb_s']:.0f} MB/s, {b['frames_per_s']:.0f} "
+            f"frames/s ({best['per_camera']} clients per camera, {b['connections']} "
+            f"connections; broker {b['broker_cores']:.2f} cores)"
+        )
+        print(
+            f"send_all ceiling at {c['connections']} connections: {c['egress_mb_s']:.0f} "
+            f"MB/s, {c['frames_per_s']:.0f} frames/s (sender {c['sender_cores']:.2f} "
+            f"cores)"
+        )
     else:
         print("no step was sustained")
     print("\ntargets:")
-    print(f"  egress/ceiling {common.ratio_text(t['value']):>8}  >= {t['limit']:<5g}  "
-          f"{common.met(t['met'])}")  # fmt: skip
+    print(
+        f"  egress/ceiling {common.ratio_text(t['value']):>8}  >= {t['limit']:<5g}  "
+        f"{common.met(t['met'])}"
+    )
 
 
 def chart(result: dict, path: Path) -> None:
@@ -287,30 +355,59 @@ def chart(result: dict, path: Path) -> None:
     broker = [s["broker"]["egress_mb_s"] for s in steps_done]
     ceiling = [s["ceiling"]["egress_mb_s"] for s in steps_done]
     egress_ax.plot(x, ceiling, "o-", color="tab:gray", label="plain trio send_all (ceiling)")
-    egress_ax.plot(x, [v * TARGET_RATIO for v in ceiling], ":", color="tab:red",
-                   label=f"target: {TARGET_RATIO:g} x ceiling")  # fmt: skip
+    egress_ax.plot(
+        x,
+        [v * TARGET_RATIO for v in ceiling],
+        ":",
+        color="tab:red",
+        label=f"target: {TARGET_RATIO:g} x ceiling",
+    )
     egress_ax.plot(x, broker, "o-", color="tab:blue", label="broker (WebSocket)")
-    bad = [(xi, v) for xi, v, s in zip(x, broker, steps_done, strict=True)
-           if not s["broker"]["sustained"]]  # fmt: skip
+    bad = [
+        (xi, v)
+        for xi, v, s in zip(x, broker, steps_done, strict=True)
+        if not s["broker"]["sustained"]
+    ]
     if bad:
-        egress_ax.plot(*zip(*bad, strict=True), "x", color="tab:red", ms=12, mew=2,
-                       label="broker: not sustained")  # fmt: skip
+        egress_ax.plot(
+            *zip(*bad, strict=True),
+            "x",
+            color="tab:red",
+            ms=12,
+            mew=2,
+            label="broker: not sustained",
+        )
     best = result["best"]
     if best:
-        egress_ax.annotate(f"{best['broker']['egress_mb_s']:.0f} MB/s",
-                           (best["broker"]["connections"], best["broker"]["egress_mb_s"]),
-                           textcoords="offset points", xytext=(0, 8), ha="center")  # fmt: skip
+        egress_ax.annotate(
+            f"{best['broker']['egress_mb_s']:.0f} MB/s",
+            (best["broker"]["connections"], best["broker"]["egress_mb_s"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+        )
     _connections_axis(egress_ax, x)
-    egress_ax.set_xlabel(f"connections ({result['parameters']['cameras']} cameras x clients "
-                         "per camera)")  # fmt: skip
+    egress_ax.set_xlabel(
+        f"connections ({result['parameters']['cameras']} cameras x clients per camera)"
+    )
     egress_ax.set_ylabel("payload MB/s received")
     egress_ax.set_ylim(bottom=0)
     egress_ax.legend(loc="upper left")
     for key, color in (("p50_ms", "tab:blue"), ("p99_ms", "tab:orange"), ("max_ms", "tab:gray")):
-        lat_ax.plot(x, [s["broker"]["latency"][key] or 0 for s in steps_done], "o-",
-                    color=color, label=f"broker {key[:-3]}")  # fmt: skip
-    lat_ax.axhline(1000 / result["parameters"]["fps"], color="tab:red", ls="--", lw=1,
-                   label="one frame interval")  # fmt: skip
+        lat_ax.plot(
+            x,
+            [s["broker"]["latency"][key] or 0 for s in steps_done],
+            "o-",
+            color=color,
+            label=f"broker {key[:-3]}",
+        )
+    lat_ax.axhline(
+        1000 / result["parameters"]["fps"],
+        color="tab:red",
+        ls="--",
+        lw=1,
+        label="one frame interval",
+    )
     _connections_axis(lat_ax, x)
     lat_ax.set_yscale("log")
     lat_ax.set_ylabel("latency ms")
@@ -340,13 +437,20 @@ def headline(result: dict) -> list[dict]:
     t, best = result["targets"]["ratio"], result["best"]
     if best:
         b, c = best["broker"], best["ceiling"]
-        measured = (f"{common.ratio_text(t['value'])}: {b['egress_mb_s']:.0f} MB/s "
-                    f"({b['frames_per_s']:.0f} frames/s, {b['connections']} clients) vs "
-                    f"{c['egress_mb_s']:.0f} MB/s")  # fmt: skip
+        measured = (
+            f"{common.ratio_text(t['value'])}: {b['egress_mb_s']:.0f} MB/s "
+            f"({b['frames_per_s']:.0f} frames/s, {b['connections']} clients) vs "
+            f"{c['egress_mb_s']:.0f} MB/s"
+        )
     else:
         measured = "no load step sustained"
-    return [{"target": f"sustained egress >= {TARGET_RATIO:g} x plain send_all ceiling",
-             "measured": measured, "met": t["met"]}]  # fmt: skip
+    return [
+        {
+            "target": f"sustained egress >= {TARGET_RATIO:g} x plain send_all ceiling",
+            "measured": measured,
+            "met": t["met"],
+        }
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -364,15 +468,30 @@ def run(args: argparse.Namespace) -> int:
             f"{a.cameras} cameras, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
             f"{a.duration:g} s per step",
             a,
-            ("cameras", "steps", "width", "height", "fps", "quality", "client_procs", "patience",
-             "duration", "quick"),
+            (
+                "cameras",
+                "steps",
+                "width",
+                "height",
+                "fps",
+                "quality",
+                "client_procs",
+                "patience",
+                "duration",
+                "quick",
+            ),
             warmup=warmup,
         ),
         "frame_bytes": raw["frame_bytes"],
         "steps": raw["steps"],
         "best": best,
         "ratio": ratio,
-        "targets": {"ratio": {"limit": TARGET_RATIO, "value": ratio,
-                              "met": ratio is not None and ratio >= TARGET_RATIO}},
-    }  # fmt: skip
+        "targets": {
+            "ratio": {
+                "limit": TARGET_RATIO,
+                "value": ratio,
+                "met": ratio is not None and ratio >= TARGET_RATIO,
+            }
+        },
+    }
     return common.report(result, args.out, SCENARIO, started, print_report, chart)

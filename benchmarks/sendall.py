@@ -30,8 +30,10 @@ SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 def messages(width: int, height: int, quality: int, count: int) -> list[bytes]:
     from benchmarks.replay import prepare
 
-    return [struct.pack(">BBQ", 0x82, 127, len(f.data)) + bytes(f.data)
-            for f in prepare(width, height, quality, count)]  # fmt: skip
+    return [
+        struct.pack(">BBQ", 0x82, 127, len(f.data)) + bytes(f.data)
+        for f in prepare(width, height, quality, count)
+    ]
 
 
 async def serve(frames: list[bytes]) -> None:

@@ -41,26 +41,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, help="fast clients per camera (default 4; --quick 2)")
     p.add_argument("--throttled", type=int, help="throttled readers per camera (2; --quick 1)")
     p.add_argument("--stalled", type=int, help="never-reading clients per camera (2; --quick 1)")
-    p.add_argument("--read-rate", type=float, default=1e6, metavar="BYTES",
-                   help="throttled readers' bytes per second (default 1e6)")  # fmt: skip
-    p.add_argument("--send-timeout", type=float, metavar="SECONDS",
-                   help="broker server.send_timeout (default 5; --quick 1)")  # fmt: skip
+    p.add_argument(
+        "--read-rate",
+        type=float,
+        default=1e6,
+        metavar="BYTES",
+        help="throttled readers' bytes per second (default 1e6)",
+    )
+    p.add_argument(
+        "--send-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="broker server.send_timeout (default 5; --quick 1)",
+    )
     p.add_argument("--queue-depth", type=int, default=2, help="broker server.queue_depth (2)")
-    p.add_argument("--rcvbuf", type=int, default=0, metavar="BYTES",
-                   help="SO_RCVBUF of the slow clients' sockets (default 0: the kernel's own, "
-                        "autotuned, as a browser has; 65536 leaves little kernel buffer to "
-                        "hide behind)")  # fmt: skip
+    p.add_argument(
+        "--rcvbuf",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="SO_RCVBUF of the slow clients' sockets (default 0: the kernel's own, "
+        "autotuned, as a browser has; 65536 leaves little kernel buffer to "
+        "hide behind)",
+    )
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--quality", type=int, default=80)
-    p.add_argument("--client-procs", type=int, default=2,
-                   help="processes sharing the fast connections (default 2)")  # fmt: skip
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="processes sharing the fast connections (default 2)",
+    )
 
 
 def _defaults(a: argparse.Namespace) -> None:
-    for name, normal, quick in (("cameras", 2, 1), ("clients", 4, 2), ("throttled", 2, 1),
-                                ("stalled", 2, 1), ("send_timeout", 5.0, 1.0)):  # fmt: skip
+    for name, normal, quick in (
+        ("cameras", 2, 1),
+        ("clients", 4, 2),
+        ("throttled", 2, 1),
+        ("stalled", 2, 1),
+        ("send_timeout", 5.0, 1.0),
+    ):
         if getattr(a, name) is None:
             setattr(a, name, quick if a.quick else normal)
 
@@ -99,9 +122,20 @@ def start_slow_clients(run: Run) -> None:
     for mode, count in (("throttled", a.throttled), ("stalled", a.stalled)):
         if count <= 0:
             continue
-        argv = ["-m", "benchmarks.client", "--port", str(run.broker.port), "--mode", mode,
-                "--name", f"{mode}:", "--read-rate", str(a.read_rate),
-                "--rcvbuf", str(a.rcvbuf)]  # fmt: skip
+        argv = [
+            "-m",
+            "benchmarks.client",
+            "--port",
+            str(run.broker.port),
+            "--mode",
+            mode,
+            "--name",
+            f"{mode}:",
+            "--read-rate",
+            str(a.read_rate),
+            "--rcvbuf",
+            str(a.rcvbuf),
+        ]
         for cid in run.camera_ids:
             argv += ["--camera", f"{cid}:{count}"]
         child = Child(f"{mode} clients", argv, run.work.path / f"client-{mode}.log")
@@ -132,28 +166,36 @@ def phase(run: Run, name: str, warmup: float, slow: bool) -> dict:
 
 def execute(run: Run, warmup: float) -> dict[str, dict]:
     a = run.args
-    common.progress(f"{SCENARIO}: {a.cameras} cameras, per camera {a.clients} fast + "
-                    f"{a.throttled} throttled ({a.read_rate:g} B/s) + {a.stalled} stalled "
-                    f"clients, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, send_timeout "
-                    f"{a.send_timeout:g} s, slow clients' SO_RCVBUF "
-                    f"{a.rcvbuf or 'kernel default'}; 2 phases of {warmup:g} + "
-                    f"{a.duration:g} s")  # fmt: skip
+    common.progress(
+        f"{SCENARIO}: {a.cameras} cameras, per camera {a.clients} fast + "
+        f"{a.throttled} throttled ({a.read_rate:g} B/s) + {a.stalled} stalled "
+        f"clients, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, send_timeout "
+        f"{a.send_timeout:g} s, slow clients' SO_RCVBUF "
+        f"{a.rcvbuf or 'kernel default'}; 2 phases of {warmup:g} + "
+        f"{a.duration:g} s"
+    )
     start_cameras(run, write_config(run))
     common.progress(f"broker up on port {run.broker.port}, {len(run.replays)} replays online")
-    return {"alone": phase(run, "alone", warmup, False),
-            "with_slow": phase(run, "with slow", warmup, True)}  # fmt: skip
+    return {
+        "alone": phase(run, "alone", warmup, False),
+        "with_slow": phase(run, "with slow", warmup, True),
+    }
 
 
 # --- analysis ------------------------------------------------------------------------
 
 
 def _connections(raw: dict, mode: str) -> list[dict]:
-    found = [conn for c in raw["clients"] if c.get("mode", "fast") == mode
-             for conn in c["connections"]]  # fmt: skip
+    found = [
+        conn for c in raw["clients"] if c.get("mode", "fast") == mode for conn in c["connections"]
+    ]
     for conn in found:
         conn["source_fps"] = raw["replays"][conn["camera"]]["fps"]
-        conn["fps_ratio"] = round(conn["fps"] / conn["source_fps"], 4) if conn["fps"] and conn[
-            "source_fps"] else 0.0  # fmt: skip
+        conn["fps_ratio"] = (
+            round(conn["fps"] / conn["source_fps"], 4)
+            if conn["fps"] and conn["source_fps"]
+            else 0.0
+        )
     return sorted(found, key=lambda conn: conn["name"])
 
 
@@ -187,14 +229,19 @@ def summarise(run: Run, raw: dict) -> dict:
         "throttled": throttled,
         "stalled": stalled,
         "sources": raw["replays"],
-        "broker": {"cores": raw["broker_cores"], "rss_bytes": raw["broker_rss_bytes"],
-                   "peak_rss_bytes": raw["broker_peak_rss_bytes"], "health": health},
+        "broker": {
+            "cores": raw["broker_cores"],
+            "rss_bytes": raw["broker_rss_bytes"],
+            "peak_rss_bytes": raw["broker_peak_rss_bytes"],
+            "health": health,
+        },
         "loadgen": {"cores": raw["loadgen_cores"]},
-        "slow_client_disconnects": None if before is None
+        "slow_client_disconnects": None
+        if before is None
         else health["slow_client_disconnects"] - before,
         "disconnect_timeline": raw["disconnect_timeline"],
         "samples": raw["samples"],
-    }  # fmt: skip
+    }
 
 
 def targets(run: Run, phases: dict[str, dict], frame_bytes: float) -> dict[str, dict]:
@@ -211,19 +258,38 @@ def targets(run: Run, phases: dict[str, dict], frame_bytes: float) -> dict[str, 
         (a.queue_depth + 1) * frame_bytes * slow_count + RSS_ALLOWANCE
     )
     found = {
-        "fast_fps_ratio": (">=", TARGET_FPS_RATIO,
-                           min((c["fps_ratio"] for c in slow["fast"]), default=0.0), fast_ok),
-        "fast_p99_ms": ("<=", round(p99_alone * TARGET_P99_RATIO, 3) if p99_alone else None,
-                        p99_slow, fast_ok),
-        "throttled_lag_p99_ms": ("<=", TARGET_LAG_MS,
-                                 None if None in lags or not lags else max(lags), slow_ok),
-        "throttled_lag_growth_ms": ("<=", TARGET_LAG_GROWTH_MS,
-                                    None if None in growths or not growths else max(growths),
-                                    slow_ok),
-        "stalled_disconnected": (">=", a.cameras * a.stalled, slow["slow_client_disconnects"],
-                                 True),
+        "fast_fps_ratio": (
+            ">=",
+            TARGET_FPS_RATIO,
+            min((c["fps_ratio"] for c in slow["fast"]), default=0.0),
+            fast_ok,
+        ),
+        "fast_p99_ms": (
+            "<=",
+            round(p99_alone * TARGET_P99_RATIO, 3) if p99_alone else None,
+            p99_slow,
+            fast_ok,
+        ),
+        "throttled_lag_p99_ms": (
+            "<=",
+            TARGET_LAG_MS,
+            None if None in lags or not lags else max(lags),
+            slow_ok,
+        ),
+        "throttled_lag_growth_ms": (
+            "<=",
+            TARGET_LAG_GROWTH_MS,
+            None if None in growths or not growths else max(growths),
+            slow_ok,
+        ),
+        "stalled_disconnected": (
+            ">=",
+            a.cameras * a.stalled,
+            slow["slow_client_disconnects"],
+            True,
+        ),
         "broker_peak_rss_bytes": ("<=", int(rss_limit), slow["broker"]["peak_rss_bytes"], slow_ok),
-    }  # fmt: skip
+    }
     result = {}
     for name, (op, limit, worst, counted) in found.items():
         ok = worst is not None and limit is not None and counted
@@ -241,20 +307,71 @@ def print_report(result: dict) -> None:
     rows = []
     for c in phases["with_slow"]["fast"]:
         a = by_name.get(c["name"], {})
-        rows.append([c["name"], a.get("fps"), c["fps"], a.get("p50_ms"), c["p50_ms"],
-                     a.get("p99_ms"), c["p99_ms"], c["drops"],
-                     "closed" if c["closed"] else ""])  # fmt: skip
+        rows.append(
+            [
+                c["name"],
+                a.get("fps"),
+                c["fps"],
+                a.get("p50_ms"),
+                c["p50_ms"],
+                a.get("p99_ms"),
+                c["p99_ms"],
+                c["drops"],
+                "closed" if c["closed"] else "",
+            ]
+        )
     print("fast clients (alone | with slow clients):")
-    print(common.format_table(["client", "fps", "fps+slow", "p50 ms", "p50+slow", "p99 ms",
-                               "p99+slow", "drops+slow", ""], rows))  # fmt: skip
+    print(
+        common.format_table(
+            [
+                "client",
+                "fps",
+                "fps+slow",
+                "p50 ms",
+                "p50+slow",
+                "p99 ms",
+                "p99+slow",
+                "drops+slow",
+                "",
+            ],
+            rows,
+        )
+    )
     slow = phases["with_slow"]
-    rows = [[c["name"], c["frames"], c["fps"], c["p50_ms"], c["p99_ms"], c["max_ms"],
-             c["lag_first_third_ms"], c["lag_last_third_ms"], "closed" if c["closed"] else ""]
-            for c in slow["throttled"]]  # fmt: skip
-    print(f"\nthrottled readers ({result['parameters']['read_rate']:g} B/s), lag = receipt of "
-          f"the frame's last byte minus capture:")  # fmt: skip
-    print(common.format_table(["client", "frames", "fps", "p50 ms", "p99 ms", "max ms",
-                               "1st third", "last third", ""], rows))  # fmt: skip
+    rows = [
+        [
+            c["name"],
+            c["frames"],
+            c["fps"],
+            c["p50_ms"],
+            c["p99_ms"],
+            c["max_ms"],
+            c["lag_first_third_ms"],
+            c["lag_last_third_ms"],
+            "closed" if c["closed"] else "",
+        ]
+        for c in slow["throttled"]
+    ]
+    print(
+        f"\nthrottled readers ({result['parameters']['read_rate']:g} B/s), lag = receipt of "
+        f"the frame's last byte minus capture:"
+    )
+    print(
+        common.format_table(
+            [
+                "client",
+                "frames",
+                "fps",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "1st third",
+                "last third",
+                "",
+            ],
+            rows,
+        )
+    )
     print(
         f"\nframe size {result['frame_bytes'] / 1024:.0f} KiB; source fps: "
         + ", ".join(f"{cid} {r['fps']}" for cid, r in slow["sources"].items())
@@ -262,26 +379,32 @@ def print_report(result: dict) -> None:
     for name in PHASES:
         p = phases[name]
         b, lat = p["broker"], p["fast_latency"]
-        print(f"{name:9s}: fast p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms | broker "
-              f"{b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.1f} MiB (peak "
-              f"{b['peak_rss_bytes'] / 2**20:.1f}) | load generators {p['loadgen']['cores']:.3f}"
-              f" cores")  # fmt: skip
+        print(
+            f"{name:9s}: fast p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms | broker "
+            f"{b['cores']:.3f} cores, RSS {b['rss_bytes'] / 2**20:.1f} MiB (peak "
+            f"{b['peak_rss_bytes'] / 2**20:.1f}) | load generators {p['loadgen']['cores']:.3f}"
+            f" cores"
+        )
     stalled = len(slow["stalled"])
     timeline = slow["disconnect_timeline"]
     base = slow["broker"]["health"]["slow_client_disconnects"] - slow["slow_client_disconnects"]
     seen = next((t for t, n in timeline if n - base >= stalled), None) if stalled else None
-    print(f"stalled clients: {stalled}; broker slow_client_disconnects in the phase "
-          f"{slow['slow_client_disconnects']} (send_timeout "
-          f"{result['parameters']['send_timeout']:g} s; all seen "
-          f"{'-' if seen is None else f'{seen:g} s'} after they connected)")  # fmt: skip
+    print(
+        f"stalled clients: {stalled}; broker slow_client_disconnects in the phase "
+        f"{slow['slow_client_disconnects']} (send_timeout "
+        f"{result['parameters']['send_timeout']:g} s; all seen "
+        f"{'-' if seen is None else f'{seen:g} s'} after they connected)"
+    )
     print("\ntargets:")
     for name, t in result["targets"].items():
         worst, limit = t["worst"], t["limit"]
         if name.endswith("bytes"):
             worst = None if worst is None else f"{worst / 2**20:.1f}M"
             limit = None if limit is None else f"{limit / 2**20:.1f}M"
-        print(f"  {name:24s} worst {common._cell(worst):>8}  {t['op']} "
-              f"{common._cell(limit):<8}  {common.met(t['met'])}")  # fmt: skip
+        print(
+            f"  {name:24s} worst {common._cell(worst):>8}  {t['op']} "
+            f"{common._cell(limit):<8}  {common.met(t['met'])}"
+        )
 
 
 def chart(result: dict, path: Path) -> None:
@@ -290,10 +413,18 @@ def chart(result: dict, path: Path) -> None:
     fast = phases["with_slow"]["fast"]
     alone = {c["name"]: c for c in phases["alone"]["fast"]}
     x = list(range(len(fast)))
-    lat_ax.bar([i - 0.2 for i in x], [alone.get(c["name"], {}).get("p99_ms") or 0 for c in fast],
-               width=0.4, label="p99 alone")  # fmt: skip
-    lat_ax.bar([i + 0.2 for i in x], [c["p99_ms"] or 0 for c in fast], width=0.4,
-               label="p99 with slow clients")  # fmt: skip
+    lat_ax.bar(
+        [i - 0.2 for i in x],
+        [alone.get(c["name"], {}).get("p99_ms") or 0 for c in fast],
+        width=0.4,
+        label="p99 alone",
+    )
+    lat_ax.bar(
+        [i + 0.2 for i in x],
+        [c["p99_ms"] or 0 for c in fast],
+        width=0.4,
+        label="p99 with slow clients",
+    )
     limit = result["targets"]["fast_p99_ms"]["limit"]
     if limit:
         lat_ax.axhline(limit, color="tab:red", ls="--", lw=1, label="1.2 x p99 alone")
@@ -310,17 +441,26 @@ def chart(result: dict, path: Path) -> None:
     lag_ax.legend(loc="upper right", fontsize=7)
     for name in PHASES:
         samples = phases[name]["samples"]
-        rss_ax.plot([s["t"] for s in samples], [s["broker_rss_bytes"] / 2**20 for s in samples],
-                    label=f"broker RSS, {name}")  # fmt: skip
-    rss_ax.axhline(result["targets"]["broker_peak_rss_bytes"]["limit"] / 2**20, color="tab:red",
-                   ls="--", lw=1, label="RSS limit")  # fmt: skip
+        rss_ax.plot(
+            [s["t"] for s in samples],
+            [s["broker_rss_bytes"] / 2**20 for s in samples],
+            label=f"broker RSS, {name}",
+        )
+    rss_ax.axhline(
+        result["targets"]["broker_peak_rss_bytes"]["limit"] / 2**20,
+        color="tab:red",
+        ls="--",
+        lw=1,
+        label="RSS limit",
+    )
     rss_ax.set_xlabel("s")
     rss_ax.set_ylabel("MiB")
     rss_ax.legend(loc="lower right")
     timeline = phases["with_slow"]["disconnect_timeline"]
     disc_ax.step([t for t, _ in timeline], [n for _, n in timeline], where="post")
-    disc_ax.axvline(result["parameters"]["send_timeout"], color="tab:red", ls="--", lw=1,
-                    label="send_timeout")  # fmt: skip
+    disc_ax.axvline(
+        result["parameters"]["send_timeout"], color="tab:red", ls="--", lw=1, label="send_timeout"
+    )
     disc_ax.set_xlabel("s since the slow clients connected")
     disc_ax.set_ylabel("slow_client_disconnects")
     disc_ax.legend(loc="lower right")
@@ -333,14 +473,14 @@ def headline(result: dict) -> list[dict]:
     rcvbuf = result["parameters"]["slow_rcvbuf"]
     texts = {
         "fast_fps_ratio": f"fast clients >= {TARGET_FPS_RATIO:.0%} of the source fps with slow "
-                          "clients",
+        "clients",
         "fast_p99_ms": f"fast p99 with slow clients <= {TARGET_P99_RATIO:g} x alone",
         "throttled_lag_p99_ms": f"1 MB/s reader's p99 lag <= {TARGET_LAG_MS:g} ms "
-                                f"(SO_RCVBUF {rcvbuf})",
+        f"(SO_RCVBUF {rcvbuf})",
         "throttled_lag_growth_ms": f"its lag does not grow (<= {TARGET_LAG_GROWTH_MS:g} ms)",
         "stalled_disconnected": "stalled clients disconnected after send_timeout",
         "broker_peak_rss_bytes": "broker RSS <= alone + (depth + 1) x frame x slow + 5 MiB",
-    }  # fmt: skip
+    }
     alone = result["phases"]["alone"]["fast_latency"]["p99_ms"]
     rows = []
     for name, text in texts.items():
@@ -375,15 +515,28 @@ def run(args: argparse.Namespace) -> int:
             f"{a.stalled} stalled), {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
             f"2 x {a.duration:g} s, slow clients' SO_RCVBUF {a.rcvbuf or 'kernel default'}",
             a,
-            ("cameras", "clients", "throttled", "stalled", "read_rate", "send_timeout",
-             "queue_depth", "width", "height", "fps", "quality", "client_procs", "duration",
-             "quick"),
+            (
+                "cameras",
+                "clients",
+                "throttled",
+                "stalled",
+                "read_rate",
+                "send_timeout",
+                "queue_depth",
+                "width",
+                "height",
+                "fps",
+                "quality",
+                "client_procs",
+                "duration",
+                "quick",
+            ),
             warmup=warmup,
             slow_rcvbuf=a.rcvbuf or "kernel default",
             tcp_rmem=common.sysctl("net/ipv4/tcp_rmem"),
         ),
         "frame_bytes": round(frame_bytes),
         "phases": phases,
-    }  # fmt: skip
+    }
     result["targets"] = targets(bench, phases, frame_bytes)
     return common.report(result, args.out, SCENARIO, started, print_report, chart)

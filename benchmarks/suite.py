@@ -55,8 +55,13 @@ def parser() -> argparse.ArgumentParser:
         seconds = getattr(module, "DEFAULT_SECONDS", DEFAULT_SECONDS)
         duration = f"measured seconds, after the warm-up (default {seconds:g})"
         s.add_argument("--duration", type=positive, metavar="SECONDS", help=duration)
-        s.add_argument("--out", type=Path, default=Path("benchmarks/results"), metavar="DIR",
-                       help="where the JSON and PNG go (default benchmarks/results)")  # fmt: skip
+        s.add_argument(
+            "--out",
+            type=Path,
+            default=Path("benchmarks/results"),
+            metavar="DIR",
+            help="where the JSON and PNG go (default benchmarks/results)",
+        )
         module.add_arguments(s)
     return p
 

@@ -39,8 +39,13 @@ def resolutions(text: str) -> list[tuple[int, int]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resolutions", type=resolutions, default=[(1280, 720), (1920, 1080)],
-                   metavar="WxH,...", help="frame sizes (default 1280x720,1920x1080)")  # fmt: skip
+    p.add_argument(
+        "--resolutions",
+        type=resolutions,
+        default=[(1280, 720), (1920, 1080)],
+        metavar="WxH,...",
+        help="frame sizes (default 1280x720,1920x1080)",
+    )
     p.add_argument("--fps", type=float, default=15.0, help="the worker's --fps (default 15)")
     p.add_argument("--quality", type=int, default=80)
 
@@ -69,11 +74,14 @@ def bare(args: argparse.Namespace) -> int:
             draw_s, encode_s, stamp_s = draw_s + t1 - t0, encode_s + t2 - t1, stamp_s + t3 - t2
             size += len(data)
     n = args.frames
-    result = {"frames": n, "draw_ms": round(draw_s / n * 1000, 3),
-              "encode_ms": round(encode_s / n * 1000, 3),
-              "stamp_ms": round(stamp_s / n * 1000, 3),
-              "pipeline_ms": round((draw_s + encode_s + stamp_s) / n * 1000, 3),
-              "mean_frame_bytes": size // n}  # fmt: skip
+    result = {
+        "frames": n,
+        "draw_ms": round(draw_s / n * 1000, 3),
+        "encode_ms": round(encode_s / n * 1000, 3),
+        "stamp_ms": round(stamp_s / n * 1000, 3),
+        "pipeline_ms": round((draw_s + encode_s + stamp_s) / n * 1000, 3),
+        "mean_frame_bytes": size // n,
+    }
     if args.paced_frames:  # the same steps at the worker's rate: caches go cold in between
         draw_s = encode_s = 0.0
         interval, due = 1 / args.paced_fps, time.monotonic()
@@ -87,8 +95,11 @@ def bare(args: argparse.Namespace) -> int:
             t2 = time.process_time()
             draw_s, encode_s = draw_s + t1 - t0, encode_s + t2 - t1
         n = args.paced_frames
-        result |= {"paced_frames": n, "paced_draw_ms": round(draw_s / n * 1000, 3),
-                   "paced_encode_ms": round(encode_s / n * 1000, 3)}  # fmt: skip
+        result |= {
+            "paced_frames": n,
+            "paced_draw_ms": round(draw_s / n * 1000, 3),
+            "paced_encode_ms": round(encode_s / n * 1000, 3),
+        }
     print(json.dumps(result), flush=True)
     return 0
 
@@ -116,10 +127,26 @@ def measure_worker(run: Run, width: int, height: int, warmup: float) -> dict[str
     receiver = Child(f"receiver {label}", argv, run.work.path / f"receiver-{label}.log")
     run.children.append(receiver)
     receiver.expect(timeout=20)
-    argv = ["-m", "cameras.worker", "--broker", endpoint, "--camera-id", "bench",
-            "--source", "test-pattern", "--width", str(width), "--height", str(height),
-            "--fps", f"{a.fps:g}", "--quality", str(a.quality),
-            "--log-level", "warning"]  # fmt: skip
+    argv = [
+        "-m",
+        "cameras.worker",
+        "--broker",
+        endpoint,
+        "--camera-id",
+        "bench",
+        "--source",
+        "test-pattern",
+        "--width",
+        str(width),
+        "--height",
+        str(height),
+        "--fps",
+        f"{a.fps:g}",
+        "--quality",
+        str(a.quality),
+        "--log-level",
+        "warning",
+    ]
     worker = Child(f"camera-worker {label}", argv, run.work.path / f"worker-{label}.log")
     run.children.append(worker)
     deadline = time.monotonic() + 30
@@ -136,8 +163,9 @@ def measure_worker(run: Run, width: int, height: int, warmup: float) -> dict[str
 
     def tick() -> str:
         cores = cpu.interval()
-        run.samples.append({"resolution": label, "t": round(time.monotonic() - started, 2),
-                            "worker_cores": cores})  # fmt: skip
+        run.samples.append(
+            {"resolution": label, "t": round(time.monotonic() - started, 2), "worker_cores": cores}
+        )
         return f"| camera-worker {cores:.3f} cores"
 
     wait(a.duration, f"{label} measure", tick)
@@ -149,18 +177,37 @@ def measure_worker(run: Run, width: int, height: int, warmup: float) -> dict[str
     run.stop_children()
     frames, seconds = counted["frames_received"], counted["seconds"]
     cpu_s = cpu.total() * (cpu.last_wall - cpu.started_wall)
-    return {"frames": frames, "seconds": seconds, "fps": counted["fps"],
-            "cores": round(cpu.total(), 4), "cpu_s": round(cpu_s, 3),
-            "mean_frame_bytes": counted["bytes"] // frames if frames else None,
-            "cpu_ms_per_frame": round(cpu_s / frames * 1000, 3) if frames else None}  # fmt: skip
+    return {
+        "frames": frames,
+        "seconds": seconds,
+        "fps": counted["fps"],
+        "cores": round(cpu.total(), 4),
+        "cpu_s": round(cpu_s, 3),
+        "mean_frame_bytes": counted["bytes"] // frames if frames else None,
+        "cpu_ms_per_frame": round(cpu_s / frames * 1000, 3) if frames else None,
+    }
 
 
 def measure_bare(run: Run, width: int, height: int, frames: int) -> dict[str, object]:
     label = f"{width}x{height}"
     paced = 0 if run.args.quick else min(frames, PACED_FRAMES)
-    argv = ["-m", "benchmarks.worker", "bare", "--width", str(width), "--height", str(height),
-            "--quality", str(run.args.quality), "--frames", str(frames),
-            "--paced-frames", str(paced), "--paced-fps", f"{run.args.fps:g}"]  # fmt: skip
+    argv = [
+        "-m",
+        "benchmarks.worker",
+        "bare",
+        "--width",
+        str(width),
+        "--height",
+        str(height),
+        "--quality",
+        str(run.args.quality),
+        "--frames",
+        str(frames),
+        "--paced-frames",
+        str(paced),
+        "--paced-fps",
+        f"{run.args.fps:g}",
+    ]
     child = Child(f"bare encode {label}", argv, run.work.path / f"bare-{label}.log")
     run.children.append(child)
     common.progress(f"{label}: bare draw + encode + stamp of {frames} frames")
@@ -177,21 +224,43 @@ def print_report(result: dict) -> None:
     rows = []
     for r in result["results"]:
         w, b = r["worker"], r["bare"]
-        rows.append([r["resolution"], w["frames"], w["fps"], w["cores"], w["cpu_ms_per_frame"],
-                     b["encode_ms"], b["pipeline_ms"], r["ratio"], r["ratio_pipeline"],
-                     common.met(r["met"])])  # fmt: skip
-    headers = ["resolution", "frames", "fps", "worker cores", "worker ms/f", "encode ms/f",
-               "draw+enc+stamp ms/f", "ratio", "ratio vs pipeline",
-               f"<= {TARGET_RATIO:g}"]  # fmt: skip
+        rows.append(
+            [
+                r["resolution"],
+                w["frames"],
+                w["fps"],
+                w["cores"],
+                w["cpu_ms_per_frame"],
+                b["encode_ms"],
+                b["pipeline_ms"],
+                r["ratio"],
+                r["ratio_pipeline"],
+                common.met(r["met"]),
+            ]
+        )
+    headers = [
+        "resolution",
+        "frames",
+        "fps",
+        "worker cores",
+        "worker ms/f",
+        "encode ms/f",
+        "draw+enc+stamp ms/f",
+        "ratio",
+        "ratio vs pipeline",
+        f"<= {TARGET_RATIO:g}",
+    ]
     print(common.format_table(headers, rows))
     print("\nratio = camera-worker CPU per frame / bare JPEG encode CPU per frame (the target);")
     print("ratio vs pipeline = the same / bare draw + encode + stamp (information only)")
     for r in result["results"]:
         b = r["bare"]
         if "paced_encode_ms" in b:
-            print(f"{r['resolution']}: bare at {result['parameters']['fps']:g} fps (cold caches "
-                  f"between frames): draw {b['paced_draw_ms']} ms, encode {b['paced_encode_ms']}"
-                  f" ms; worker / paced encode {r['ratio_paced']} (information only)")  # fmt: skip
+            print(
+                f"{r['resolution']}: bare at {result['parameters']['fps']:g} fps (cold caches "
+                f"between frames): draw {b['paced_draw_ms']} ms, encode {b['paced_encode_ms']}"
+                f" ms; worker / paced encode {r['ratio_paced']} (information only)"
+            )
     t = result["targets"]["ratio"]
     print("\ntargets:")
     worst = common.ratio_text(t["worst"])
@@ -203,12 +272,19 @@ def chart(result: dict, path: Path) -> None:
     res = result["results"]
     x = list(range(len(res)))
     width = 0.2
-    series = (("camera-worker", lambda r: r["worker"]["cpu_ms_per_frame"], "tab:blue"),
-              ("bare draw+encode+stamp", lambda r: r["bare"]["pipeline_ms"], "tab:orange"),
-              ("bare encode", lambda r: r["bare"]["encode_ms"], "tab:gray"))  # fmt: skip
+    series = (
+        ("camera-worker", lambda r: r["worker"]["cpu_ms_per_frame"], "tab:blue"),
+        ("bare draw+encode+stamp", lambda r: r["bare"]["pipeline_ms"], "tab:orange"),
+        ("bare encode", lambda r: r["bare"]["encode_ms"], "tab:gray"),
+    )
     for i, (name, get, color) in enumerate(series):
-        bar_ax.bar([v + (i - 1) * width for v in x], [get(r) or 0 for r in res], width,
-                   color=color, label=name)  # fmt: skip
+        bar_ax.bar(
+            [v + (i - 1) * width for v in x],
+            [get(r) or 0 for r in res],
+            width,
+            color=color,
+            label=name,
+        )
     for v, r in zip(x, res, strict=True):
         limit = r["bare"]["encode_ms"] * TARGET_RATIO
         bar_ax.hlines(limit, v - 1.5 * width, v + 1.5 * width, colors="tab:red", linestyles="--")
@@ -217,8 +293,11 @@ def chart(result: dict, path: Path) -> None:
     bar_ax.legend(loc="upper left")
     for r in res:
         samples = [s for s in result["samples"] if s["resolution"] == r["resolution"]]
-        cpu_ax.plot([s["t"] for s in samples], [s["worker_cores"] for s in samples],
-                    label=f"camera-worker {r['resolution']}")  # fmt: skip
+        cpu_ax.plot(
+            [s["t"] for s in samples],
+            [s["worker_cores"] for s in samples],
+            label=f"camera-worker {r['resolution']}",
+        )
     cpu_ax.set_xlabel("s into the measured window")
     cpu_ax.set_ylabel("cores")
     cpu_ax.set_ylim(bottom=0)
@@ -228,11 +307,16 @@ def chart(result: dict, path: Path) -> None:
 
 def headline(result: dict) -> list[dict]:
     """The target as rows of the suite's summary (``python -m benchmarks all``)."""
-    return [{"target": f"camera-worker CPU/frame <= {TARGET_RATIO:g} x bare encode, "
-                       f"{r['resolution']}",
-             "measured": f"{common.ratio_text(r['ratio'])} ({r['worker']['cpu_ms_per_frame']} vs "
-                         f"{r['bare']['encode_ms']} ms)",
-             "met": r["met"]} for r in result["results"]]  # fmt: skip
+    return [
+        {
+            "target": f"camera-worker CPU/frame <= {TARGET_RATIO:g} x bare encode, "
+            f"{r['resolution']}",
+            "measured": f"{common.ratio_text(r['ratio'])} ({r['worker']['cpu_ms_per_frame']} vs "
+            f"{r['bare']['encode_ms']} ms)",
+            "met": r["met"],
+        }
+        for r in result["results"]
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,8 +324,10 @@ def run(args: argparse.Namespace) -> int:
     bench = Run(args, Workspace())
     started = time.strftime("%Y%m%d-%H%M%S")
     sizes = ", ".join(f"{w}x{h}" for w, h in args.resolutions)
-    common.progress(f"worker: {sizes} q{args.quality} at {args.fps:g} fps; warm-up "
-                    f"{warmup:g} s, measure {args.duration:g} s each")  # fmt: skip
+    common.progress(
+        f"worker: {sizes} q{args.quality} at {args.fps:g} fps; warm-up "
+        f"{warmup:g} s, measure {args.duration:g} s each"
+    )
     results = []
     try:
         for w, h in args.resolutions:
@@ -249,13 +335,17 @@ def run(args: argparse.Namespace) -> int:
             frames = max(30, int(measured["frames"]))
             base = measure_bare(bench, w, h, frames)
             r = ratio(measured["cpu_ms_per_frame"], base["encode_ms"])
-            results.append({"resolution": f"{w}x{h}", "worker": measured, "bare": base,
-                            "ratio": r,
-                            "ratio_pipeline": ratio(measured["cpu_ms_per_frame"],
-                                                    base["pipeline_ms"]),
-                            "ratio_paced": ratio(measured["cpu_ms_per_frame"],
-                                                 base.get("paced_encode_ms")),
-                            "met": r is not None and r <= TARGET_RATIO})  # fmt: skip
+            results.append(
+                {
+                    "resolution": f"{w}x{h}",
+                    "worker": measured,
+                    "bare": base,
+                    "ratio": r,
+                    "ratio_pipeline": ratio(measured["cpu_ms_per_frame"], base["pipeline_ms"]),
+                    "ratio_paced": ratio(measured["cpu_ms_per_frame"], base.get("paced_encode_ms")),
+                    "met": r is not None and r <= TARGET_RATIO,
+                }
+            )
     except BaseException:
         common.progress(f"failed; logs kept in {bench.work.keep_logs(args.out)}")
         raise
@@ -276,10 +366,11 @@ def run(args: argparse.Namespace) -> int:
             warmup=warmup,
         ),
         "results": results,
-        "targets": {"ratio": {"limit": TARGET_RATIO, "worst": worst,
-                              "met": all(r["met"] for r in results)}},
+        "targets": {
+            "ratio": {"limit": TARGET_RATIO, "worst": worst, "met": all(r["met"] for r in results)}
+        },
         "samples": bench.samples,
-    }  # fmt: skip
+    }
     return common.report(result, args.out, "worker", started, print_report, chart)
 
 
@@ -291,8 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--height", type=int, required=True)
     b.add_argument("--quality", type=int, default=80)
     b.add_argument("--frames", type=int, default=100)
-    b.add_argument("--paced-frames", type=int, default=0,
-                   help="then draw and encode this many at --paced-fps (a comparison)")  # fmt: skip
+    b.add_argument(
+        "--paced-frames",
+        type=int,
+        default=0,
+        help="then draw and encode this many at --paced-fps (a comparison)",
+    )
     b.add_argument("--paced-fps", type=float, default=15.0)
     return bare(p.parse_args(argv))
 

@@ -51,13 +51,20 @@ class Broker:
         self.supervisor: Supervisor | None = None
         self.control = Control(config, self.hub, faults=self.faults)
         self.control.on_settings = bridge.show_names(config, self.hub)  # the name setting
-        self.metrics = Metrics(self.hub, self.ingest_stats.errors, self.worker_restarts,
-                               self.control, self.faults)  # fmt: skip
+        self.metrics = Metrics(
+            self.hub, self.ingest_stats.errors, self.worker_restarts, self.control, self.faults
+        )
         # Offline cameras, expired sessions and retained frames; a forgotten camera's
         # latency series goes with it.
         self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.metrics.forget)
-        self.server = Server(config, self.hub, self.health, self.metrics.exposition,
-                             control=self.control, faults=self.faults)  # fmt: skip
+        self.server = Server(
+            config,
+            self.hub,
+            self.health,
+            self.metrics.exposition,
+            control=self.control,
+            faults=self.faults,
+        )
         self.port = 0
         self.ingest_endpoints: list[str] = []
         self.control_endpoints: list[str] = []
@@ -87,22 +94,38 @@ class Broker:
                 await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
-                    ingest.run_ingest, socket, self.hub, self.ingest_stats,
-                    self.config.ingest.max_frame_bytes, self.observe_latency, self.faults,
-                    self.config.ingest.max_width, self.config.ingest.max_height,
+                    ingest.run_ingest,
+                    socket,
+                    self.hub,
+                    self.ingest_stats,
+                    self.config.ingest.max_frame_bytes,
+                    self.observe_latency,
+                    self.faults,
+                    self.config.ingest.max_width,
+                    self.config.ingest.max_height,
                     name="ingest",
-                )  # fmt: skip
-                nursery.start_soon(self.faults.keep_running, "offline", offline.watch,
-                                   self.watcher, self.faults, name="offline-monitor")  # fmt: skip
+                )
+                nursery.start_soon(
+                    self.faults.keep_running,
+                    "offline",
+                    offline.watch,
+                    self.watcher,
+                    self.faults,
+                    name="offline-monitor",
+                )
                 supervised = [camera for camera in self.config.cameras if camera.supervised]
                 if supervised:
                     self.supervisor = Supervisor(
-                        self.config.workers, local, self.log_level,
-                        control=control_local, on_exit=self.control.worker_exited,
+                        self.config.workers,
+                        local,
+                        self.log_level,
+                        control=control_local,
+                        on_exit=self.control.worker_exited,
                         heartbeat=self.config.control.heartbeat_interval,
                         silent_for=self.control.silent_for,
-                        lost_after=self.config.control.lost_after, faults=self.faults,
-                    )  # fmt: skip
+                        lost_after=self.config.control.lost_after,
+                        faults=self.faults,
+                    )
                     nursery.start_soon(self.supervisor.run, supervised, name="supervisor")
                 task_status.started(self)
         finally:

@@ -56,10 +56,12 @@ def add_parser(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, suppress=True)
     ctl = commands.add_parser(
-        "ctl", help="watch and control a running broker",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        "ctl",
+        help="watch and control a running broker",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="The token may also come from CAMERA_BROKER_TOKEN, the URL from CAMERA_BROKER_URL.",
-    )  # fmt: skip
+    )
     _common_options(ctl, suppress=False)
     actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", parents=[common], help="list the cameras")
@@ -96,8 +98,12 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="machine-readable output"
     )
-    parser.add_argument("--timeout", type=float, default=default(10.0),
-                        help="seconds to wait for the broker (default 10)")  # fmt: skip
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(10.0),
+        help="seconds to wait for the broker (default 10)",
+    )
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
@@ -156,8 +162,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 async def _ws_action(args: argparse.Namespace, changes: dict[str, Any]) -> int:
-    options = {"request_timeout": args.timeout, "connect_timeout": args.timeout,
-               "reconnect": args.action == "watch"}  # fmt: skip
+    options = {
+        "request_timeout": args.timeout,
+        "connect_timeout": args.timeout,
+        "reconnect": args.action == "watch",
+    }
     try:
         async with broker_client.connect(args.url, args.token, **options) as client:
             if args.action == "list":
@@ -206,9 +215,11 @@ async def watch(client: broker_client.Client, args: argparse.Namespace) -> int:
         if args.frames is not None and count >= args.frames:
             break
     stats = client.stats
-    print(f"{count} frames; {stats.drops} not seen ({stats.dropped} dropped here, "
-          f"{stats.gaps} missing in sequence); {stats.reconnects} reconnects",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{count} frames; {stats.drops} not seen ({stats.dropped} dropped here, "
+        f"{stats.gaps} missing in sequence); {stats.reconnects} reconnects",
+        file=sys.stderr,
+    )
     return OK
 
 
@@ -224,8 +235,7 @@ def show_result(result: CommandResult, as_json: bool) -> int:
         for key, value in result.settings.items():
             print(f"  {key} = {json.dumps(value)}")
         return OK
-    print(f"{result.camera}: failed ({result.error or 'error'}): {result.message}",
-          file=sys.stderr)  # fmt: skip
+    print(f"{result.camera}: failed ({result.error or 'error'}): {result.message}", file=sys.stderr)
     for key, problem in (result.errors or {}).items():
         print(f"  {key}: {problem}", file=sys.stderr)
     return FAILED
@@ -237,13 +247,16 @@ def camera_table(cameras: list[dict[str, Any]]) -> str:
     rows = [("ID", "NAME", "ONLINE", "FPS", "SIZE", "CLIENTS")]
     for camera in cameras:
         fps = camera.get("fps")
-        rows.append((
-            str(camera.get("id", "")), str(camera.get("name", "")),
-            "yes" if camera.get("online") else "no",
-            f"{fps:.1f}" if isinstance(fps, int | float) else "-",
-            f"{camera.get('width', '?')}x{camera.get('height', '?')}",
-            str(camera.get("clients", "-")),
-        ))  # fmt: skip
+        rows.append(
+            (
+                str(camera.get("id", "")),
+                str(camera.get("name", "")),
+                "yes" if camera.get("online") else "no",
+                f"{fps:.1f}" if isinstance(fps, int | float) else "-",
+                f"{camera.get('width', '?')}x{camera.get('height', '?')}",
+                str(camera.get("clients", "-")),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -252,15 +265,24 @@ def camera_table(cameras: list[dict[str, Any]]) -> str:
 
 
 def frame_summary(frame: Frame) -> dict[str, Any]:
-    return {"camera": frame.camera, "seq": frame.seq, "captured_at": frame.captured_at,
-            "format": frame.format, "width": frame.width, "height": frame.height,
-            "bytes": len(frame.data), "latency_ms": round(frame.latency * 1000, 1),
-            "placeholder": frame.placeholder}  # fmt: skip
+    return {
+        "camera": frame.camera,
+        "seq": frame.seq,
+        "captured_at": frame.captured_at,
+        "format": frame.format,
+        "width": frame.width,
+        "height": frame.height,
+        "bytes": len(frame.data),
+        "latency_ms": round(frame.latency * 1000, 1),
+        "placeholder": frame.placeholder,
+    }
 
 
 def frame_line(frame: Frame) -> str:
     captured = time.strftime("%H:%M:%S", time.localtime(frame.captured_at))
     note = " (no data)" if frame.placeholder else ""
-    return (f"{frame.camera} seq={frame.seq} {frame.width}x{frame.height} {frame.format} "
-            f"{len(frame.data) / 1024:.1f} KiB captured {captured} "
-            f"latency {frame.latency * 1000:.0f} ms{note}")  # fmt: skip
+    return (
+        f"{frame.camera} seq={frame.seq} {frame.width}x{frame.height} {frame.format} "
+        f"{len(frame.data) / 1024:.1f} KiB captured {captured} "
+        f"latency {frame.latency * 1000:.0f} ms{note}"
+    )

@@ -45,10 +45,12 @@ def exposure_gain(settings: Mapping[str, Any]) -> float:
 def is_neutral(settings: Mapping[str, Any]) -> bool:
     """Would `adjust` leave the image unchanged?"""
     return (
-        all(settings.get(key, 50) == 50 for key in ("brightness", "contrast", "saturation",
-                                                    "sharpness"))
+        all(
+            settings.get(key, 50) == 50
+            for key in ("brightness", "contrast", "saturation", "sharpness")
+        )
         and exposure_gain(settings) == 1.0
-    )  # fmt: skip
+    )
 
 
 def adjust(image: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:

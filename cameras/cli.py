@@ -84,36 +84,74 @@ class WorkerOptions:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="camera-worker", description=DESCRIPTION)
-    p.add_argument("--broker", required=True, metavar="ENDPOINT",
-                   help="the broker's ZeroMQ ingest endpoint, e.g. tcp://host:5555")  # fmt: skip
+    p.add_argument(
+        "--broker",
+        required=True,
+        metavar="ENDPOINT",
+        help="the broker's ZeroMQ ingest endpoint, e.g. tcp://host:5555",
+    )
     p.add_argument("--camera-id", required=True, type=camera_id)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--device", help="V4L2 device, e.g. /dev/video0")
     where.add_argument("--source", help="test-pattern, a video file, an image folder, or a URL")
     width, height, fps, quality = (SETTINGS[k] for k in ("width", "height", "fps", "quality"))
-    p.add_argument("--width", type=setting("width"), help=f"frame width, "
-                   f"{width.lo:g}..{width.hi:g} (default: the source's)")  # fmt: skip
-    p.add_argument("--height", type=setting("height"), help=f"frame height, "
-                   f"{height.lo:g}..{height.hi:g} (default: the source's)")  # fmt: skip
-    p.add_argument("--fps", type=setting("fps"), default=fps.default,
-                   help=f"{want(float, fps.lo, fps.hi)} (default {fps.default:g})")  # fmt: skip
-    p.add_argument("--format", choices=SETTINGS["format"].choices,
-                   default=SETTINGS["format"].default)  # fmt: skip
-    p.add_argument("--quality", type=setting("quality"), default=quality.default,
-                   help=f"{quality.lo:g}..{quality.hi:g} (default {quality.default})")  # fmt: skip
-    p.add_argument("--control", metavar="ENDPOINT",
-                   help="the broker's control endpoint (ROUTER), e.g. tcp://host:5556; "
-                        "without it the worker only streams")  # fmt: skip
-    p.add_argument("--heartbeat", type=bounded(*HEARTBEAT_RANGE), default=1.0,
-                   metavar="SECONDS", help="control heartbeat interval (default 1.0)")  # fmt: skip
-    p.add_argument("--paused", action="store_true",
-                   help="start with streaming off (source closed) until start_stream")  # fmt: skip
-    p.add_argument("--lifeline", type=lifeline, metavar="FD",
-                   help="read end of a pipe the broker holds open: exit when it closes "
-                        "(set by the broker for the workers it starts)")  # fmt: skip
-    p.add_argument("--orphan-timeout", type=orphan_timeout, metavar="SECONDS",
-                   help="exit after this long without a word from the broker on the "
-                        "control channel (needs --control; default: wait forever)")  # fmt: skip
+    p.add_argument(
+        "--width",
+        type=setting("width"),
+        help=f"frame width, {width.lo:g}..{width.hi:g} (default: the source's)",
+    )
+    p.add_argument(
+        "--height",
+        type=setting("height"),
+        help=f"frame height, {height.lo:g}..{height.hi:g} (default: the source's)",
+    )
+    p.add_argument(
+        "--fps",
+        type=setting("fps"),
+        default=fps.default,
+        help=f"{want(float, fps.lo, fps.hi)} (default {fps.default:g})",
+    )
+    p.add_argument(
+        "--format", choices=SETTINGS["format"].choices, default=SETTINGS["format"].default
+    )
+    p.add_argument(
+        "--quality",
+        type=setting("quality"),
+        default=quality.default,
+        help=f"{quality.lo:g}..{quality.hi:g} (default {quality.default})",
+    )
+    p.add_argument(
+        "--control",
+        metavar="ENDPOINT",
+        help="the broker's control endpoint (ROUTER), e.g. tcp://host:5556; "
+        "without it the worker only streams",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=bounded(*HEARTBEAT_RANGE),
+        default=1.0,
+        metavar="SECONDS",
+        help="control heartbeat interval (default 1.0)",
+    )
+    p.add_argument(
+        "--paused",
+        action="store_true",
+        help="start with streaming off (source closed) until start_stream",
+    )
+    p.add_argument(
+        "--lifeline",
+        type=lifeline,
+        metavar="FD",
+        help="read end of a pipe the broker holds open: exit when it closes "
+        "(set by the broker for the workers it starts)",
+    )
+    p.add_argument(
+        "--orphan-timeout",
+        type=orphan_timeout,
+        metavar="SECONDS",
+        help="exit after this long without a word from the broker on the "
+        "control channel (needs --control; default: wait forever)",
+    )
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p
 
@@ -126,12 +164,21 @@ def parse(argv: Sequence[str] | None = None) -> WorkerOptions:
         p.error("--width and --height go together")
     try:
         return WorkerOptions(
-            broker=args.broker, camera_id=args.camera_id, source=args.source,
-            device=args.device, size=(args.width, args.height) if args.width else None,
-            fps=args.fps, format=args.format, quality=args.quality, control=args.control,
-            heartbeat=args.heartbeat, paused=args.paused, lifeline=args.lifeline,
-            orphan_timeout=args.orphan_timeout or 0.0, log_level=args.log_level,
-        )  # fmt: skip
+            broker=args.broker,
+            camera_id=args.camera_id,
+            source=args.source,
+            device=args.device,
+            size=(args.width, args.height) if args.width else None,
+            fps=args.fps,
+            format=args.format,
+            quality=args.quality,
+            control=args.control,
+            heartbeat=args.heartbeat,
+            paused=args.paused,
+            lifeline=args.lifeline,
+            orphan_timeout=args.orphan_timeout or 0.0,
+            log_level=args.log_level,
+        )
     except ValueError as exc:
         p.error(str(exc))
 

@@ -43,8 +43,9 @@ def update_settings(worker: Worker, changes: Settings) -> Reply:
             size = worker.output_size()
             if size is None:
                 missing = "height" if "width" in clean else "width"
-                raise SettingsError({missing: "not known before the first frame: "
-                                              "give width and height together"})  # fmt: skip
+                raise SettingsError(
+                    {missing: "not known before the first frame: give width and height together"}
+                )
             clean = {**dict(zip(SIZE_KEYS, size, strict=True)), **clean}
     except SettingsError as exc:
         return False, f"invalid settings, nothing changed: {exc}", {"errors": exc.errors}

@@ -104,9 +104,14 @@ class ControlLink:
     """``hello`` gives the hello's fields, ``streaming`` whether frames flow (sent with
     each heartbeat). ``clock`` is injectable for tests."""
 
-    def __init__(self, socket: zmq.Socket[bytes], interval: float,
-                 hello: Callable[[], dict[str, Any]], streaming: Callable[[], bool],
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        socket: zmq.Socket[bytes],
+        interval: float,
+        hello: Callable[[], dict[str, Any]],
+        streaming: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.socket = socket
         self.hello = hello
         self.streaming = streaming
@@ -129,17 +134,32 @@ class ControlLink:
         """Send the heartbeat when due; notice a silent broker."""
         now = self.clock()
         if self.liveness.check(now):
-            log.info("broker silent for %.1f s: will say hello when it speaks again",
-                     now - self.liveness.last_heard)  # fmt: skip
+            log.info(
+                "broker silent for %.1f s: will say hello when it speaks again",
+                now - self.liveness.last_heard,
+            )
         if self.liveness.beat_due(now):
             self.send("heartbeat", streaming=self.streaming())
 
-    def reply(self, request_id: str, success: bool, message: str, settings: dict[str, Any],
-              streaming: bool, **extra: Any) -> None:  # fmt: skip
+    def reply(
+        self,
+        request_id: str,
+        success: bool,
+        message: str,
+        settings: dict[str, Any],
+        streaming: bool,
+        **extra: Any,
+    ) -> None:
         self.send(
-            "reply", request_id=request_id, success=success, message=message,
-            settings=settings, streaming=streaming, timestamp=time.time(), **extra,
-        )  # fmt: skip
+            "reply",
+            request_id=request_id,
+            success=success,
+            message=message,
+            settings=settings,
+            streaming=streaming,
+            timestamp=time.time(),
+            **extra,
+        )
 
     def send(self, kind: str, **fields: Any) -> bool:
         try:
@@ -164,19 +184,20 @@ class ControlLink:
                 log.info("broker speaks again: saying hello")
                 self.send_hello()
             if len(parts) != 1:
-                self.throttle.warning("parts", "control: ignoring a message of %d parts "
-                                      "(expected 1)", len(parts))  # fmt: skip
+                self.throttle.warning(
+                    "parts", "control: ignoring a message of %d parts (expected 1)", len(parts)
+                )
                 continue
             try:
                 message = control.decode(parts[0])
             except control.ControlError as exc:
-                self.throttle.warning("malformed", "control: ignoring a malformed message: %s",
-                                      exc)  # fmt: skip
+                self.throttle.warning("malformed", "control: ignoring a malformed message: %s", exc)
                 request_id = salvage_request_id(parts[0])
                 if request_id is not None:
                     error = f"malformed command: {exc}"
-                    commands.append({"request_id": request_id, "command": "", "settings": {},
-                                     "error": error})  # fmt: skip
+                    commands.append(
+                        {"request_id": request_id, "command": "", "settings": {}, "error": error}
+                    )
                 continue
             kind = message["type"]
             if kind == "command":
@@ -184,8 +205,11 @@ class ControlLink:
             elif kind == "hello_request" and not owed:
                 self.send_hello()
             elif kind not in ("heartbeat", "hello_request"):
-                self.throttle.warning("direction", "control: ignoring a %r from the broker "
-                                      "(a worker sends those)", kind)  # fmt: skip
+                self.throttle.warning(
+                    "direction",
+                    "control: ignoring a %r from the broker (a worker sends those)",
+                    kind,
+                )
 
 
 def salvage_request_id(data: bytes) -> str | None:

@@ -103,15 +103,19 @@ class Worker:
     ``socket`` is the PUB socket frames go out on; ``control`` the DEALER socket of the
     control channel, or None for a worker that just streams."""
 
-    def __init__(self, options: WorkerOptions, socket: zmq.Socket[bytes], source: Source,
-                 control: zmq.Socket[bytes] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        options: WorkerOptions,
+        socket: zmq.Socket[bytes],
+        source: Source,
+        control: zmq.Socket[bytes] | None = None,
+    ) -> None:
         self.camera = options.camera_id
         self.socket = socket
         self.source = source
         # Every setting but width/height, which `output_size` knows.
         self.settings: Settings = {k: v for k, v in defaults().items() if k not in SIZE_KEYS}
-        self.settings.update(fps=float(options.fps), format=options.format,
-                             quality=options.quality)  # fmt: skip
+        self.settings.update(fps=float(options.fps), format=options.format, quality=options.quality)
         self.size: Size | None = options.size
         self.last_size: Size | None = None  # of the last frame published
         self.supported = supported()  # every source can apply every setting, in software
@@ -127,8 +131,7 @@ class Worker:
         self.reported_at, self.dropped_at_report = time.monotonic(), 0
         self.link: ControlLink | None = None
         if control is not None:
-            self.link = ControlLink(control, options.heartbeat, self.hello,
-                                    lambda: self.streaming)  # fmt: skip
+            self.link = ControlLink(control, options.heartbeat, self.hello, lambda: self.streaming)
         self.lifeline = options.lifeline  # read end of a pipe the broker holds
         self.orphan_timeout = options.orphan_timeout  # 0: wait forever
         self.ended: str | None = None  # why the worker stopped on its own (its broker is gone)
@@ -179,8 +182,10 @@ class Worker:
             return
         silent = self.link.liveness.silent_for(self.link.clock())
         if silent > self.orphan_timeout:
-            self.ended = (f"no word from its broker for {silent:.1f} s "
-                          f"(orphan timeout {self.orphan_timeout:g} s)")  # fmt: skip
+            self.ended = (
+                f"no word from its broker for {silent:.1f} s "
+                f"(orphan timeout {self.orphan_timeout:g} s)"
+            )
 
     def step(self) -> None:
         """Whatever is due now: a heartbeat, opening the source, a frame."""
@@ -247,9 +252,12 @@ class Worker:
                 log.warning(
                     "camera %s: fell behind %g fps (the last frame took %.0f ms to "
                     "capture and encode); dropped %d frames in the last %.0f s",
-                    self.camera, fps, (now - started) * 1000,
-                    self.dropped - self.dropped_at_report, now - self.reported_at,
-                )  # fmt: skip
+                    self.camera,
+                    fps,
+                    (now - started) * 1000,
+                    self.dropped - self.dropped_at_report,
+                    now - self.reported_at,
+                )
             self.reported_at, self.dropped_at_report = now, self.dropped
 
     def publish(self, capture: Capture) -> None:
@@ -275,8 +283,9 @@ class Worker:
         self.send(capture.captured_at, width, height, payload)
 
     def send(self, captured_at: float, width: int, height: int, payload: bytes) -> None:
-        header = wire.FrameHeader(self.camera, self.seq, captured_at, width, height,
-                                  self.settings["format"])  # fmt: skip
+        header = wire.FrameHeader(
+            self.camera, self.seq, captured_at, width, height, self.settings["format"]
+        )
         # copy=True: for a frame of ~100 KB, cheaper than the zero-copy bookkeeping.
         self.socket.send_multipart(wire.encode(header, payload), copy=True)
         self.last_size = (width, height)
@@ -292,8 +301,11 @@ class Worker:
         from its first frame)."""
         size = self.output_size()
         known = dict(zip(SIZE_KEYS, size, strict=True)) if size else {}
-        return {key: known[key] if key in SIZE_KEYS else self.settings[key]
-                for key in SETTINGS if key in known or key in self.settings}  # fmt: skip
+        return {
+            key: known[key] if key in SIZE_KEYS else self.settings[key]
+            for key in SETTINGS
+            if key in known or key in self.settings
+        }
 
     def apply(self, changed: Settings) -> str | None:
         """Apply validated changes live; the error text if the source failed meanwhile."""
@@ -324,9 +336,14 @@ class Worker:
     # -- the control channel --------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
-        return {"camera": self.camera, "device": self.source.description,
-                "supported": self.supported, "settings": self.current_settings(),
-                "streaming": self.streaming, "pid": os.getpid()}  # fmt: skip
+        return {
+            "camera": self.camera,
+            "device": self.source.description,
+            "supported": self.supported,
+            "settings": self.current_settings(),
+            "streaming": self.streaming,
+            "pid": os.getpid(),
+        }
 
     def handle(self, command: Mapping[str, Any]) -> None:
         """Run one command and send its one reply."""
@@ -335,8 +352,14 @@ class Worker:
         name = command["command"]
         level = logging.DEBUG if name == "get_status" else logging.INFO
         log.log(level, "camera %s: %s: %s", self.camera, name or "command", message)
-        self.link.reply(command["request_id"], success, message, self.current_settings(),
-                        self.streaming, **extra)  # fmt: skip
+        self.link.reply(
+            command["request_id"],
+            success,
+            message,
+            self.current_settings(),
+            self.streaming,
+            **extra,
+        )
 
     def retry_wait(self) -> float:
         return max(0.0, self.retry_at - time.monotonic())
@@ -344,9 +367,12 @@ class Worker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = cli.parse(argv)
-    logging.basicConfig(level=options.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")  # fmt: skip
+    logging.basicConfig(
+        level=options.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
     stop = Stop()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -366,8 +392,7 @@ def serve(options: WorkerOptions, stop: Stop) -> int:
     """Open the sockets, run the worker until ``stop`` or until its broker is gone, close
     them; the exit status (2: a bad endpoint)."""
     camera = options.camera_id
-    source = make_source(options.source, options.device, options.size, options.fps,
-                         options.format)  # fmt: skip
+    source = make_source(options.source, options.device, options.size, options.fps, options.format)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     socket: zmq.Socket[bytes] = context.socket(zmq.PUB)
     control = None
@@ -387,9 +412,16 @@ def serve(options: WorkerOptions, stop: Stop) -> int:
                 log.error("camera %s: bad --control %s: %s", camera, options.control, exc)
                 return 2
         controlled = f", control at {options.control}" if options.control else ""
-        log.info("camera %s: %s at %g fps as %s, publishing to %s%s%s", camera,
-                 source.description, options.fps, options.format, options.broker, controlled,
-                 " (paused)" if options.paused else "")  # fmt: skip
+        log.info(
+            "camera %s: %s at %g fps as %s, publishing to %s%s%s",
+            camera,
+            source.description,
+            options.fps,
+            options.format,
+            options.broker,
+            controlled,
+            " (paused)" if options.paused else "",
+        )
         worker = Worker(options, socket, source, control)
         worker.run(stop)
         if worker.ended is not None:

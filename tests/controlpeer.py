@@ -27,8 +27,9 @@ from broker.serve import delivery
 FAST = {"heartbeat_interval": 0.2, "lost_after": 0.6, "command_timeout": 3.0}
 
 
-def make_config(tmp_path: Path, cameras: str = '[[cameras]]\nid = "cam"\n', extra: str = "",
-                **control: Any) -> configuration.Config:  # fmt: skip
+def make_config(
+    tmp_path: Path, cameras: str = '[[cameras]]\nid = "cam"\n', extra: str = "", **control: Any
+) -> configuration.Config:
     values = {**FAST, "state_file": str(tmp_path / "state.json"), **control}
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
     return configuration.parse(f"[control]\nendpoints = []\n{lines}\n{extra}\n{cameras}")
@@ -38,8 +39,10 @@ def make_config(tmp_path: Path, cameras: str = '[[cameras]]\nid = "cam"\n', extr
 async def running_control(
     cfg: configuration.Config, prepare: Callable[[Control], None] | None = None
 ) -> AsyncIterator[Control]:
-    hub = Hub([CameraInfo(c.id, c.display_name, c.width, c.height) for c in cfg.cameras],
-              offline_after=1.0)  # fmt: skip
+    hub = Hub(
+        [CameraInfo(c.id, c.display_name, c.width, c.height) for c in cfg.cameras],
+        offline_after=1.0,
+    )
     context = zmq.Context()
     try:
         control = Control(cfg, hub)
@@ -60,8 +63,14 @@ async def running_control(
 class FakeWorker:
     """A worker played by the test over a real DEALER socket."""
 
-    def __init__(self, endpoint: str, camera: str = "cam", pid: int = 4242,
-                 identity: str | None = None, **settings: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str,
+        camera: str = "cam",
+        pid: int = 4242,
+        identity: str | None = None,
+        **settings: Any,
+    ) -> None:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -79,13 +88,26 @@ class FakeWorker:
         self.socket.send(protocol.encode(kind, **fields), zmq.NOBLOCK)
 
     def hello(self, **overrides: Any) -> None:
-        fields = {"camera": self.camera, "device": "fake source", "supported": self.supported,
-                  "settings": self.settings, "streaming": self.streaming, "pid": self.pid}  # fmt: skip
+        fields = {
+            "camera": self.camera,
+            "device": "fake source",
+            "supported": self.supported,
+            "settings": self.settings,
+            "streaming": self.streaming,
+            "pid": self.pid,
+        }
         self.send("hello", **{**fields, **overrides})
 
     def reply(self, command: dict[str, Any], success: bool = True, message: str = "ok") -> None:
-        self.send("reply", request_id=command["request_id"], success=success, message=message,
-                  settings=self.settings, streaming=self.streaming, timestamp=time.time())  # fmt: skip
+        self.send(
+            "reply",
+            request_id=command["request_id"],
+            success=success,
+            message=message,
+            settings=self.settings,
+            streaming=self.streaming,
+            timestamp=time.time(),
+        )
 
     async def receive(self, *kinds: str, within: float = 5.0) -> dict[str, Any]:
         """The next message of one of ``kinds`` (any, if none given); others are skipped."""
@@ -121,8 +143,12 @@ class FakeWorker:
             self.streaming = name == "start_stream"
         self.reply(command)
 
-    async def serve(self, *, heartbeat: float = 0.2,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    async def serve(
+        self,
+        *,
+        heartbeat: float = 0.2,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Say hello, heartbeat, answer commands (while ``answer``) until cancelled."""
         self.hello()
         task_status.started()

@@ -54,12 +54,16 @@ def run(argv: Sequence[str], stdin: str | None = None) -> str:
 
 def free_subnet() -> ipaddress.IPv4Network:
     """A random /30 in `RANGE` that no address or route of this host overlaps."""
-    used = [ipaddress.ip_interface(word).network
-            for line in run(["ip", "-o", "-4", "addr", "show"]).splitlines()
-            for word in line.split()[3:4]]  # fmt: skip
-    used += [ipaddress.ip_network(line.split()[0])
-             for line in run(["ip", "-4", "route", "show"]).splitlines()
-             if line.split()[0][0].isdigit()]  # fmt: skip
+    used = [
+        ipaddress.ip_interface(word).network
+        for line in run(["ip", "-o", "-4", "addr", "show"]).splitlines()
+        for word in line.split()[3:4]
+    ]
+    used += [
+        ipaddress.ip_network(line.split()[0])
+        for line in run(["ip", "-4", "route", "show"]).splitlines()
+        if line.split()[0][0].isdigit()
+    ]
     for _ in range(100):
         offset = random.randrange(RANGE.num_addresses // 4) * 4
         subnet = ipaddress.ip_network(f"{RANGE.network_address + offset}/30")
@@ -87,8 +91,21 @@ class Peer:
             undo.callback(self._quietly, ["ip", "netns", "delete", self.namespace])
             run(["ip", "netns", "add", self.namespace])
             undo.callback(self._quietly, ["ip", "link", "delete", self.host_link])
-            run(["ip", "link", "add", self.host_link, "type", "veth",
-                 "peer", "name", self.peer_link, "netns", self.namespace])  # fmt: skip
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    self.host_link,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.peer_link,
+                    "netns",
+                    self.namespace,
+                ]
+            )
             run(["ip", "addr", "add", f"{self.host_ip}/{self.prefix}", "dev", self.host_link])
             run(["ip", "link", "set", self.host_link, "up"])
             inside = ["ip", "-n", self.namespace]
@@ -140,6 +157,8 @@ class Peer:
 
 
 def _table(name: str, device: str) -> str:
-    return (f"table netdev {name} {{\n  chain {CHAIN} {{\n"
-            f'    type filter hook ingress device "{device}" priority 0; policy accept;\n'
-            "  }\n}\n")  # fmt: skip
+    return (
+        f"table netdev {name} {{\n  chain {CHAIN} {{\n"
+        f'    type filter hook ingress device "{device}" priority 0; policy accept;\n'
+        "  }\n}\n"
+    )

@@ -21,9 +21,12 @@ class BrokerProcess:
     """``token``: for a config with [[tokens]], what `cameras` and `wait_online` ask with."""
 
     def __init__(
-        self, config: Path, port: int | None = None, log: Path | None = None,
+        self,
+        config: Path,
+        port: int | None = None,
+        log: Path | None = None,
         token: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         self.port = port or free_port()
         self.log = log or config.with_suffix(".log")
@@ -37,11 +40,22 @@ class BrokerProcess:
     def start(self, timeout: float = 20) -> BrokerProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "broker", "run", str(self.config),
-                 "--listen", f"127.0.0.1:{self.port}", "--log-level", "debug"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "broker",
+                    "run",
+                    str(self.config),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--log-level",
+                    "debug",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            )
         wait_for_health(self.process, self.url, self.logs, timeout)
         return self
 
@@ -87,8 +101,10 @@ def wait_until(predicate: Callable[[], object], within: float, what: str) -> Non
 def write_config(tmp_path: Path, cameras: str, extra: str = "", control: str = "") -> Path:
     """A config taking no fixed port; its state file goes beside it in ``tmp_path``."""
     path = tmp_path / "broker.toml"
-    path.write_text(f"[ingest]\nendpoints = []\noffline_after = 1.0\n{extra}\n"
-                    f"[control]\nendpoints = []\n{control}\n{cameras}")  # fmt: skip
+    path.write_text(
+        f"[ingest]\nendpoints = []\noffline_after = 1.0\n{extra}\n"
+        f"[control]\nendpoints = []\n{control}\n{cameras}"
+    )
     return path
 
 

@@ -112,9 +112,15 @@ TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 
 
 def client_frame(
-    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
-    length: int | None = None, width: int | None = None,
-) -> bytes:  # fmt: skip
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    length: int | None = None,
+    width: int | None = None,
+) -> bytes:
     """A client frame; ``length`` declares another length, ``width`` forces 7, 16 or 64
     bits for it."""
     declared = len(payload) if length is None else length

@@ -105,8 +105,10 @@ class Viewer(threading.Thread):
             if self.error is not None or self.closed_at is not None:
                 raise AssertionError(f"viewer of {self.camera} ended: {self.error}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"viewer of {self.camera}: {len(self.arrivals)} frames, "
-                                     f"expected {count} within {within} s")  # fmt: skip
+                raise AssertionError(
+                    f"viewer of {self.camera}: {len(self.arrivals)} frames, "
+                    f"expected {count} within {within} s"
+                )
             time.sleep(0.05)
 
     def frames_between(self, start: float, end: float) -> int:

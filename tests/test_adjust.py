@@ -38,8 +38,13 @@ def test_neutral_settings_return_the_same_array(image: np.ndarray, neutral: dict
 
 
 def test_each_setting_is_not_neutral_off_its_neutral_value() -> None:
-    for change in ({"brightness": 51}, {"contrast": 49}, {"saturation": 0}, {"sharpness": 100},
-                   {"auto_exposure": False, "exposure_time": 200}):  # fmt: skip
+    for change in (
+        {"brightness": 51},
+        {"contrast": 49},
+        {"saturation": 0},
+        {"sharpness": 100},
+        {"auto_exposure": False, "exposure_time": 200},
+    ):
         assert not is_neutral({**NEUTRAL, **change}), change
     assert is_neutral({"auto_exposure": False, "exposure_time": 100})  # gain 1
 
@@ -97,8 +102,14 @@ def test_manual_exposure_is_a_gain_that_saturates() -> None:
 
 
 def test_shape_and_type_are_kept_and_tables_are_shared(image: np.ndarray) -> None:
-    every = {"brightness": 60, "contrast": 70, "saturation": 30, "sharpness": 80,
-             "auto_exposure": False, "exposure_time": 150}  # fmt: skip
+    every = {
+        "brightness": 60,
+        "contrast": 70,
+        "saturation": 30,
+        "sharpness": 80,
+        "auto_exposure": False,
+        "exposure_time": 150,
+    }
     result = adjust(image, every)
     assert result.shape == image.shape and result.dtype == np.uint8
     assert tone_table(60, 70, 1.5) is tone_table(60, 70, 1.5)
@@ -107,8 +118,14 @@ def test_shape_and_type_are_kept_and_tables_are_shared(image: np.ndarray) -> Non
 
 def test_every_adjustment_at_720p_costs_a_few_milliseconds() -> None:
     frame = TestPattern(1280, 720).draw(0, 1000.0)
-    every = {"brightness": 60, "contrast": 70, "saturation": 30, "sharpness": 80,
-             "auto_exposure": False, "exposure_time": 150}  # fmt: skip
+    every = {
+        "brightness": 60,
+        "contrast": 70,
+        "saturation": 30,
+        "sharpness": 80,
+        "auto_exposure": False,
+        "exposure_time": 150,
+    }
     adjust(frame, every)
     timings = []
     for _ in range(15):

@@ -16,8 +16,12 @@ JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" +
 
 def frames(count: int) -> list[bytes]:
     """Stamped JPEG-like payloads of several sizes (the 2- and 4-byte length forms)."""
-    return [stamp.stamp(JPEG[: 20 + seq * 9] + bytes(seq * 97 + (seq == 11) * 70_000), seq,
-                        1000.0 + seq) for seq in range(count)]  # fmt: skip
+    return [
+        stamp.stamp(
+            JPEG[: 20 + seq * 9] + bytes(seq * 97 + (seq == 11) * 70_000), seq, 1000.0 + seq
+        )
+        for seq in range(count)
+    ]
 
 
 def websocket(payload: bytes) -> bytes:  # as the broker writes it: unmasked binary frame

@@ -24,9 +24,22 @@ TIMEOUT = 300  # the first test waits for the whole suite (about a minute)
 def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "all", "--quick", "--duration", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT - 30,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "all",
+            "--quick",
+            "--duration",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT - 30,
+    )
     return result, out
 
 
@@ -117,9 +130,13 @@ def test_slow_clients(suite) -> None:
     assert len(slow["stalled"]) == p["cameras"] * p["stalled"]
     assert slow["slow_client_disconnects"] is not None
     assert set(data["targets"]) == {
-        "fast_fps_ratio", "fast_p99_ms", "throttled_lag_p99_ms", "throttled_lag_growth_ms",
-        "stalled_disconnected", "broker_peak_rss_bytes",
-    }  # fmt: skip
+        "fast_fps_ratio",
+        "fast_p99_ms",
+        "throttled_lag_p99_ms",
+        "throttled_lag_growth_ms",
+        "stalled_disconnected",
+        "broker_peak_rss_bytes",
+    }
 
 
 @pytest.mark.timeout(TIMEOUT)

@@ -49,9 +49,7 @@ def wait_for_more_images(page, count: int) -> int:
 
 
 @pytest.mark.timeout(120)
-def test_panel_shows_live_frames_and_recovers_after_broker_restart(
-    tmp_path: Path, page
-) -> None:
+def test_panel_shows_live_frames_and_recovers_after_broker_restart(tmp_path: Path, page) -> None:
     broker = BrokerProcess(demo_config(tmp_path))
     with broker:
         broker.wait_online("lobby", "yard", "garage", "desk")

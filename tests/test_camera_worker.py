@@ -52,8 +52,9 @@ def subscriber() -> Iterator[tuple[zmq.Socket, str]]:
 def worker(endpoint: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "cameras.worker", "--broker", endpoint, "--camera-id", "cam", *args],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         yield process
     finally:
@@ -162,8 +163,16 @@ def test_the_cli_takes_camera_ranges_from_the_settings_table(
 
 
 def test_the_heartbeat_range_is_the_protocols(capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["--broker", "tcp://127.0.0.1:1", "--camera-id", "c", "--source", "test-pattern",
-            "--control", "tcp://127.0.0.1:2"]  # fmt: skip
+    base = [
+        "--broker",
+        "tcp://127.0.0.1:1",
+        "--camera-id",
+        "c",
+        "--source",
+        "test-pattern",
+        "--control",
+        "tcp://127.0.0.1:2",
+    ]
     lo, hi = control.HEARTBEAT_RANGE
     assert cli.parse([*base, "--heartbeat", f"{lo:g}"]).heartbeat == lo
     assert cli.parse([*base, "--heartbeat", f"{hi:g}"]).heartbeat == hi
@@ -175,17 +184,25 @@ def test_the_heartbeat_range_is_the_protocols(capsys: pytest.CaptureFixture[str]
 def test_worker_options_built_in_code_are_checked_too() -> None:
     good = cli.WorkerOptions(broker="tcp://127.0.0.1:1", camera_id="c", source="test-pattern")
     assert good.camera_settings() == {"fps": 15.0, "format": "jpeg", "quality": 80}
-    for bad in ({"size": (8, 8)}, {"fps": 0.0}, {"heartbeat": 0.05}, {"paused": True},
-                {"device": "/dev/video0"}, {"camera_id": "a b"}):  # fmt: skip
+    for bad in (
+        {"size": (8, 8)},
+        {"fps": 0.0},
+        {"heartbeat": 0.05},
+        {"paused": True},
+        {"device": "/dev/video0"},
+        {"camera_id": "a b"},
+    ):
         with pytest.raises(ValueError):
-            cli.WorkerOptions(**{"broker": "tcp://127.0.0.1:1", "camera_id": "c",
-                                 "source": "test-pattern", **bad})  # fmt: skip
+            cli.WorkerOptions(
+                **{"broker": "tcp://127.0.0.1:1", "camera_id": "c", "source": "test-pattern", **bad}
+            )
 
 
 def test_the_worker_imports_nothing_of_the_brokers_runtime() -> None:
     probe = "import cameras.worker, sys; print(sorted({'trio', 'h11', 'trio_websocket'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=60, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -294,15 +311,29 @@ def test_signals_stop_the_worker_cleanly(signum: int) -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    for args in (["--source", "test-pattern", "--quality", "101"], ["--fps", "0", "--source", "x"],
-                 ["--source", "a", "--device", "b"], ["--source", "test-pattern", "--width", "10"],
-                 ["--source", "test-pattern", "--paused"],  # nothing could ever start it
-                 ["--source", "test-pattern", "--control", "tcp://127.0.0.1:1", "--heartbeat", "0"],
-                 ["--source", "test-pattern", "--control", "nonsense://x"]):  # fmt: skip
+    for args in (
+        ["--source", "test-pattern", "--quality", "101"],
+        ["--fps", "0", "--source", "x"],
+        ["--source", "a", "--device", "b"],
+        ["--source", "test-pattern", "--width", "10"],
+        ["--source", "test-pattern", "--paused"],  # nothing could ever start it
+        ["--source", "test-pattern", "--control", "tcp://127.0.0.1:1", "--heartbeat", "0"],
+        ["--source", "test-pattern", "--control", "nonsense://x"],
+    ):
         result = subprocess.run(
-            [sys.executable, "-m", "cameras.worker", "--broker", "tcp://127.0.0.1:1", "--camera-id", "c", *args],
-            capture_output=True, timeout=20,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cameras.worker",
+                "--broker",
+                "tcp://127.0.0.1:1",
+                "--camera-id",
+                "c",
+                *args,
+            ],
+            capture_output=True,
+            timeout=20,
+        )
         assert result.returncode == 2, args
 
 

@@ -34,9 +34,9 @@ from broker.protocol import control, settings, stamp
 TWO_CAMERAS = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
 SMALL = sample_jpeg(320, 240)
 WORKER_CAMERA = (
-    '[presets.night]\nbrightness = 30\ncontrast = 60\n'
+    "[presets.night]\nbrightness = 30\ncontrast = 60\n"
     '[[cameras]]\nid = "cam"\nsource = "test-pattern"\nwidth = 160\nheight = 120\nfps = 10\n'
-)  # fmt: skip
+)
 
 
 def ws_url(broker: Broker) -> str:
@@ -207,10 +207,17 @@ async def silent_worker(broker: Broker, camera: str) -> AsyncIterator[None]:
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.setsockopt(zmq.ROUTING_ID, camera.encode())
     dealer.connect(broker.control_endpoints[-1])
-    dealer.send(control.encode(
-        "hello", camera=camera, device="silent", supported=settings.supported(),
-        settings=settings.defaults(), streaming=True, pid=os.getpid(),
-    ))  # fmt: skip
+    dealer.send(
+        control.encode(
+            "hello",
+            camera=camera,
+            device="silent",
+            supported=settings.supported(),
+            settings=settings.defaults(),
+            streaming=True,
+            pid=os.getpid(),
+        )
+    )
 
     async def heartbeats() -> None:
         while True:
@@ -422,8 +429,12 @@ async def test_a_hung_broker_is_detected_by_the_keepalive(tmp_path: Path) -> Non
         await trio.to_thread.run_sync(broker.wait_online, "cam")
         assert broker.process is not None
         url = f"ws://127.0.0.1:{broker.port}/ws"
-        options: dict[str, Any] = {"keepalive": 1.0, "request_timeout": 1.0, "connect_timeout": 2.0,
-                   "backoff_max": 1.0}  # fmt: skip
+        options: dict[str, Any] = {
+            "keepalive": 1.0,
+            "request_timeout": 1.0,
+            "connect_timeout": 2.0,
+            "backoff_max": 1.0,
+        }
         with trio.fail_after(60):
             async with broker_client.connect(url, **options) as client:
                 client.on("disconnected", connections.append)

@@ -32,8 +32,10 @@ CAMERA_KEYS = "id, name, source, device, width, height, fps, format, quality"
 BAD_CONFIGS = [
     pytest.param(
         "[control]\nheartbeat_interval = 5\nlost_after = 10\n[workers]\norphan_timeout = 8",
-        ["workers.orphan_timeout: must be at least twice control.heartbeat_interval (5.0), "
-         "got 8.0"],
+        [
+            "workers.orphan_timeout: must be at least twice control.heartbeat_interval (5.0), "
+            "got 8.0"
+        ],
         id="orphan-timeout-too-short",
     ),
     pytest.param(
@@ -67,8 +69,7 @@ BAD_CONFIGS = [
         id="schedule-bad-entries",
     ),
     pytest.param(
-        '[[cameras]]\nid = "a"\n[[tokens]]\ntoken = "short"\nrole = "admin"\n'
-        'cameras = ["b"]',
+        '[[cameras]]\nid = "a"\n[[tokens]]\ntoken = "short"\nrole = "admin"\ncameras = ["b"]',
         [
             "tokens[0].token: must be at least 8 characters without spaces "
             "(e.g. from `openssl rand -hex 16`)",
@@ -479,7 +480,8 @@ def test_control_presets_schedule_tokens(tmp_path: Path) -> None:
     camera = config.cameras[0]
     assert (camera.on_demand, camera.idle_after) == (True, 5.0)
     assert [(e.at.hour, e.at.minute, e.preset) for e in camera.schedule] == [
-        (19, 30, "night"), (6, 15, "night"),
+        (19, 30, "night"),
+        (6, 15, "night"),
     ]
     assert config.tokens[0].cameras == ("a",)
     assert config.tokens[0].label.startswith("token ") and "oper" not in config.tokens[0].label
@@ -601,7 +603,7 @@ def test_example_config_has_every_key() -> None:
     text = (CONFIG_DIR / "example.toml").read_text(encoding="utf-8")
     start, end = text.index("# [presets.day]"), text.index("# One [[cameras]]")
     block = re.sub(r"(?m)^# (\[presets|\[\[tokens|[a-z_]+ = )", r"\1", text[start:end])
-    config = parse(text[:start] + text[end:] + "\n" + block.replace('cameras = []', ''))
+    config = parse(text[:start] + text[end:] + "\n" + block.replace("cameras = []", ""))
     assert set(config.presets) == {"day", "night"}
     assert config.tokens[0].role == "operator"
 

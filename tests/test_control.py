@@ -60,17 +60,29 @@ class Clock:
 
 
 def hello_message(camera: str = "cam", pid: int = 7, **settings: Any) -> dict[str, Any]:
-    return {"type": "hello", "camera": camera, "device": "fake", "pid": pid, "streaming": True,
-            "supported": camera_settings.supported(),
-            "settings": {**camera_settings.defaults(), **settings}}  # fmt: skip
+    return {
+        "type": "hello",
+        "camera": camera,
+        "device": "fake",
+        "pid": pid,
+        "streaming": True,
+        "supported": camera_settings.supported(),
+        "settings": {**camera_settings.defaults(), **settings},
+    }
 
 
 def test_the_worker_registry_keeps_liveness_on_its_own_clock() -> None:
     clock, events, gone, changed = Clock(), EventBus(), [], []
     listener = events.listen()
-    workers = Workers(events, Complaints(), lost_after=2.0, known=lambda camera: camera == "cam",
-                      gone=lambda camera, why: gone.append((camera, why)), changed=changed.append,
-                      clock=clock)  # fmt: skip
+    workers = Workers(
+        events,
+        Complaints(),
+        lost_after=2.0,
+        known=lambda camera: camera == "cam",
+        gone=lambda camera, why: gone.append((camera, why)),
+        changed=changed.append,
+        clock=clock,
+    )
     assert workers.hello(b"cam", "cam", hello_message()) is not None
     assert workers.silent_for("cam") == 0.0 and workers.connected("cam") is not None
     clock.now += 1.5
@@ -83,7 +95,10 @@ def test_the_worker_registry_keeps_liveness_on_its_own_clock() -> None:
     assert gone == [("cam", "no word from the worker for 2 s")] and changed == ["cam"]
     workers.hello(b"cam", "cam", hello_message(pid=8))
     assert [event.event for event in iter(listener.get_nowait, None)] == [
-        "worker_connected", "worker_lost", "worker_restarted"]  # fmt: skip
+        "worker_connected",
+        "worker_lost",
+        "worker_restarted",
+    ]
     # Refused: a camera not known, or a hello under another routing id.
     assert workers.hello(b"ghost", "ghost", hello_message("ghost")) is None
     assert workers.hello(b"cam", "cam", hello_message("other")) is None
@@ -93,8 +108,13 @@ def test_the_worker_registry_keeps_liveness_on_its_own_clock() -> None:
 def test_a_reply_to_no_pending_command_is_counted_not_fatal(tmp_path: Path) -> None:
     complaints = Complaints()
     workers = Workers(EventBus(), complaints, lost_after=1.0, clock=Clock())
-    commands = Commands(make_config(tmp_path), workers, complaints, settings=lambda camera: None,
-                        is_camera=lambda camera: True)  # fmt: skip
+    commands = Commands(
+        make_config(tmp_path),
+        workers,
+        complaints,
+        settings=lambda camera: None,
+        is_camera=lambda camera: True,
+    )
     commands.complete("cam", {"request_id": "9", "success": True})
     assert complaints.counts == {"unknown_request": 1} and commands.waiting("cam") == 0
 
@@ -104,8 +124,9 @@ def test_on_demand_decides_from_viewers_streaming_and_idle_time(tmp_path: Path) 
     hub = Hub([CameraInfo("cam", "cam", 640, 480)], offline_after=1.0)
     clock = Clock()
     workers = Workers(EventBus(), Complaints(), lost_after=1.0, clock=clock)
-    commands = Commands(cfg, workers, Complaints(), settings=lambda camera: None,
-                        is_camera=lambda camera: True)  # fmt: skip
+    commands = Commands(
+        cfg, workers, Complaints(), settings=lambda camera: None, is_camera=lambda camera: True
+    )
     on_demand = OnDemand(cfg.cameras, hub, workers, commands, clock=clock)
     camera = cfg.cameras[0]
     assert on_demand.decide(camera, None) == (None, math.inf)
@@ -277,10 +298,23 @@ async def test_invalid_settings_are_rejected_without_reaching_the_worker(tmp_pat
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.serve)
             await wait_for(lambda: control.connected("cam"), 5)
-            result = await control.command("cam", "update_settings", {
-                "brightness": 500, "width": 1280, "sharpness": 60, "colour": 1, "contrast": 70,
-            }, "bad")  # fmt: skip
-            assert (result.success, result.error, result.request_id) == (False, "invalid_settings", "bad")
+            result = await control.command(
+                "cam",
+                "update_settings",
+                {
+                    "brightness": 500,
+                    "width": 1280,
+                    "sharpness": 60,
+                    "colour": 1,
+                    "contrast": 70,
+                },
+                "bad",
+            )
+            assert (result.success, result.error, result.request_id) == (
+                False,
+                "invalid_settings",
+                "bad",
+            )
             assert set(result.errors) == {"brightness", "width", "sharpness", "colour"}
             assert result.errors["width"] == "must be an integer from 16 to 640, got 1280"
             assert result.errors["sharpness"] == "not supported by this camera"
@@ -316,17 +350,26 @@ async def test_errors_without_a_worker(tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 async def test_apply_preset_sends_the_presets_settings(tmp_path: Path) -> None:
     extra = "[presets.night]\nbrightness = 30\nauto_exposure = false\nexposure_time = 300\n"
-    async with running_control(make_config(tmp_path, extra=extra)) as control, serving(control) as worker:
+    async with (
+        running_control(make_config(tmp_path, extra=extra)) as control,
+        serving(control) as worker,
+    ):
         result = await control.apply_preset("cam", "night", "p1")
         assert result.success and result.message == "preset night applied", result
         assert worker.commands()[-1]["settings"] == {
-            "brightness": 30, "auto_exposure": False, "exposure_time": 300}  # fmt: skip
+            "brightness": 30,
+            "auto_exposure": False,
+            "exposure_time": 300,
+        }
         assert result.settings["exposure_time"] == 300
 
 
 @pytest.mark.timeout(30)
 async def test_an_unanswered_command_times_out_with_a_clear_error(tmp_path: Path) -> None:
-    async with running_control(make_config(tmp_path, command_timeout=0.5)) as control, serving(control) as worker:
+    async with (
+        running_control(make_config(tmp_path, command_timeout=0.5)) as control,
+        serving(control) as worker,
+    ):
         worker.answer = False  # it heartbeats, so it is not lost, but never replies
         started = trio.current_time()
         result = await control.command("cam", "restart_camera", None, "slow")
@@ -394,10 +437,16 @@ async def test_a_worker_error_is_reported_as_such(tmp_path: Path) -> None:
                 command = await worker.receive("command")
                 worker.reply(command, success=False, message="the device is busy")
                 command = await worker.receive("command")
-                worker.send("reply", request_id=command["request_id"], success=False,
-                            message="invalid settings, nothing changed: width: too wide",
-                            errors={"width": "too wide"}, settings=worker.settings,
-                            streaming=True, timestamp=time.time())  # fmt: skip
+                worker.send(
+                    "reply",
+                    request_id=command["request_id"],
+                    success=False,
+                    message="invalid settings, nothing changed: width: too wide",
+                    errors={"width": "too wide"},
+                    settings=worker.settings,
+                    streaming=True,
+                    timestamp=time.time(),
+                )
 
             nursery.start_soon(refuse)
             result = await control.command("cam", "restart_camera")
@@ -424,9 +473,16 @@ async def test_malformed_messages_are_counted_and_never_crash(tmp_path: Path) ->
         async with fake_worker(control, identity="bad id!") as stranger:
             stranger.send("heartbeat")
             await wait_for(lambda: control.health()["errors"].get("bad_identity"), 5)
-        expected = {"not_msgpack": 1, "unknown_type": 1, "bad_field": 1, "bad_frames": 1,
-                    "unexpected_type": 1, "identity_mismatch": 1, "unknown_camera": 1,
-                    "bad_identity": 1}  # fmt: skip
+        expected = {
+            "not_msgpack": 1,
+            "unknown_type": 1,
+            "bad_field": 1,
+            "bad_frames": 1,
+            "unexpected_type": 1,
+            "identity_mismatch": 1,
+            "unknown_camera": 1,
+            "bad_identity": 1,
+        }
         await wait_for(lambda: control.health()["errors"] == expected, 5)
         assert control.connected("cam")
         assert (await control.command("cam", "get_status")).success
@@ -435,15 +491,19 @@ async def test_malformed_messages_are_counted_and_never_crash(tmp_path: Path) ->
 @pytest.mark.timeout(30)
 async def test_stored_settings_are_restored_on_hello(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    Path(cfg.control.state_file).write_text(json.dumps(
-        {"version": 1, "cameras": {"cam": {"brightness": 70, "fps": 15.0}}}))  # fmt: skip
+    Path(cfg.control.state_file).write_text(
+        json.dumps({"version": 1, "cameras": {"cam": {"brightness": 70, "fps": 15.0}}})
+    )
     async with running_control(cfg) as control:
         assert control.settings("cam") == {"brightness": 70, "fps": 15.0}  # before any worker
         async with serving(control) as worker:
             await wait_for(lambda: worker.commands(), 5)
             (command,) = worker.commands()
             # fps already matches; only what differs is sent.
-            assert (command["command"], command["settings"]) == ("update_settings", {"brightness": 70})
+            assert (command["command"], command["settings"]) == (
+                "update_settings",
+                {"brightness": 70},
+            )
             await wait_for(lambda: control.settings("cam")["brightness"] == 70, 5)
             # A hello again (the worker restarted) restores again.
             worker.settings["brightness"] = 50
@@ -463,7 +523,9 @@ async def test_many_commands_from_many_tasks_never_stall(tmp_path: Path) -> None
             nonlocal slowest
             for i in range(25):
                 started = trio.current_time()
-                result = await control.command("cam", "update_settings", {"brightness": (n * 25 + i) % 101})
+                result = await control.command(
+                    "cam", "update_settings", {"brightness": (n * 25 + i) % 101}
+                )
                 assert result.success, result
                 slowest = max(slowest, trio.current_time() - started)
 
@@ -477,7 +539,10 @@ async def test_many_commands_from_many_tasks_never_stall(tmp_path: Path) -> None
 @pytest.mark.timeout(30)
 async def test_on_demand_streams_only_while_watched(tmp_path: Path) -> None:
     cameras = '[[cameras]]\nid = "cam"\non_demand = true\nidle_after = 1.0\n'
-    async with running_control(make_config(tmp_path, cameras)) as control, fake_worker(control) as worker:
+    async with (
+        running_control(make_config(tmp_path, cameras)) as control,
+        fake_worker(control) as worker,
+    ):
         listener = control.events.listen()
         worker.streaming = True  # not paused, and nobody watches: stopped at once
         async with trio.open_nursery() as nursery:
@@ -516,8 +581,14 @@ async def test_on_demand_streams_only_while_watched(tmp_path: Path) -> None:
             worker.hello(pid=1)
             await wait_for(lambda: len(worker.commands()) == 7, 2)
             assert [c["command"] for c in worker.commands()] == [
-                "stop_stream", "start_stream", "stop_stream", "start_stream", "stop_stream",
-                "start_stream", "start_stream"]  # fmt: skip
+                "stop_stream",
+                "start_stream",
+                "stop_stream",
+                "start_stream",
+                "stop_stream",
+                "start_stream",
+                "start_stream",
+            ]
             nursery.cancel_scope.cancel()
 
 
@@ -532,8 +603,10 @@ class WallClock:
 @pytest.mark.timeout(30)
 async def test_schedules_apply_presets_as_the_clock_crosses_them(tmp_path: Path) -> None:
     extra = "[presets.day]\nbrightness = 50\n[presets.night]\nbrightness = 20\n"
-    cameras = ('[[cameras]]\nid = "cam"\nschedule = [{at = "07:00", preset = "day"}, '
-               '{at = "19:30", preset = "night"}]\n')  # fmt: skip
+    cameras = (
+        '[[cameras]]\nid = "cam"\nschedule = [{at = "07:00", preset = "day"}, '
+        '{at = "19:30", preset = "night"}]\n'
+    )
     clock = WallClock(dt.datetime(2025, 6, 1, 19, 29, 58))
 
     def prepare(control: Control) -> None:
@@ -552,8 +625,14 @@ async def test_schedules_apply_presets_as_the_clock_crosses_them(tmp_path: Path)
         await wait_for(lambda: not control.connected("cam"), 3)
         clock.now = dt.datetime(2025, 6, 2, 7, 0, 0)
         state_file = Path(control.config.control.state_file)
-        await wait_for(lambda: control.state_saved and json.loads(state_file.read_text())
-                       == {"version": 1, "cameras": {"cam": {"brightness": 50}}}, 3)  # fmt: skip
+        await wait_for(
+            lambda: (
+                control.state_saved
+                and json.loads(state_file.read_text())
+                == {"version": 1, "cameras": {"cam": {"brightness": 50}}}
+            ),
+            3,
+        )
         async with serving(control, pid=2, brightness=20) as worker:
             await wait_for(lambda: worker.commands(), 3)
             assert worker.commands()[0]["settings"] == {"brightness": 50}
@@ -568,8 +647,11 @@ REAL = {"heartbeat_interval": 0.5, "lost_after": 3.0}
 def test_supervised_workers_get_the_control_endpoint_and_on_demand_ones_start_paused(
     tmp_path: Path,
 ) -> None:
-    cfg = make_config(tmp_path, '[[cameras]]\nid = "a"\nsource = "test-pattern"\n'
-                      '[[cameras]]\nid = "b"\nsource = "test-pattern"\non_demand = true\n')  # fmt: skip
+    cfg = make_config(
+        tmp_path,
+        '[[cameras]]\nid = "a"\nsource = "test-pattern"\n'
+        '[[cameras]]\nid = "b"\nsource = "test-pattern"\non_demand = true\n',
+    )
     always, on_demand = cfg.cameras
     command = worker_command(always, "ipc://x/ingest.ipc", "info", "ipc://x/control.ipc", 0.5)
     assert command[command.index("--control") + 1] == "ipc://x/control.ipc"
@@ -582,13 +664,17 @@ def test_supervised_workers_get_the_control_endpoint_and_on_demand_ones_start_pa
 
 
 def worker_camera(camera_id: str = "cam", extra: str = "") -> str:
-    return (f'[[cameras]]\nid = "{camera_id}"\nsource = "test-pattern"\nwidth = 320\n'
-            f"height = 240\nfps = 10\n{extra}")  # fmt: skip
+    return (
+        f'[[cameras]]\nid = "{camera_id}"\nsource = "test-pattern"\nwidth = 320\n'
+        f"height = 240\nfps = 10\n{extra}"
+    )
 
 
 def broker_config(tmp_path: Path, cameras: str, **control: Any) -> configuration.Config:
-    extra = ('[server]\nlisten = "127.0.0.1:0"\n[ingest]\nendpoints = []\noffline_after = 1.0\n'
-             "[workers]\nrestart_delay = 0.2\n")  # fmt: skip
+    extra = (
+        '[server]\nlisten = "127.0.0.1:0"\n[ingest]\nendpoints = []\noffline_after = 1.0\n'
+        "[workers]\nrestart_delay = 0.2\n"
+    )
     return make_config(tmp_path, cameras, extra, **{**REAL, **control})
 
 
@@ -624,8 +710,12 @@ async def test_a_worker_killed_mid_command_yields_an_error_not_a_hang(tmp_path: 
         assert "exited (signal SIGKILL)" in result.message
         # The restarted worker takes commands again; the failed change was not stored, so
         # nothing is restored.
-        await wait_for(lambda: control.connected("cam") and broker.supervisor.pids.get("cam")
-                       not in (None, pid), 30)  # fmt: skip
+        await wait_for(
+            lambda: (
+                control.connected("cam") and broker.supervisor.pids.get("cam") not in (None, pid)
+            ),
+            30,
+        )
         status = await control.command("cam", "get_status")
         assert status.success and status.settings["brightness"] == 50, status
 
@@ -637,8 +727,9 @@ async def test_settings_survive_a_worker_restart(tmp_path: Path) -> None:
         control = broker.control
         listener = control.events.listen()
         await wait_for(lambda: control.connected("cam"), 30)
-        result = await control.command("cam", "update_settings",
-                                       {"brightness": 80, "name": "Front door"})  # fmt: skip
+        result = await control.command(
+            "cam", "update_settings", {"brightness": 80, "name": "Front door"}
+        )
         assert result.success, result
         assert (result.settings["brightness"], result.settings["name"]) == (80, "Front door")
         os.kill(broker.supervisor.pids["cam"], signal.SIGKILL)
@@ -653,8 +744,9 @@ async def test_settings_survive_a_worker_restart(tmp_path: Path) -> None:
 
 def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, json.load(response)
@@ -665,21 +757,28 @@ def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any
 
 @pytest.mark.timeout(120)
 def test_settings_survive_a_broker_restart(tmp_path: Path) -> None:
-    config = write_config(tmp_path, worker_camera(),
-                          control="heartbeat_interval = 0.5\nlost_after = 3.0\n")  # fmt: skip
+    config = write_config(
+        tmp_path, worker_camera(), control="heartbeat_interval = 0.5\nlost_after = 3.0\n"
+    )
     state_file = tmp_path / "camera-broker.state.json"  # the default, beside the config
     settings_url = "/api/cameras/cam/settings"
     with BrokerProcess(config) as broker:
-        wait_until(lambda: get_json(broker.url + "/healthz")["control"]["workers_connected"] == 1,
-                   30, "the worker never connected")  # fmt: skip
+        wait_until(
+            lambda: get_json(broker.url + "/healthz")["control"]["workers_connected"] == 1,
+            30,
+            "the worker never connected",
+        )
         code, answer = http("PATCH", broker.url + settings_url, {"brightness": 75, "quality": 60})
         assert code == 200 and answer["success"], answer
         code, answer = http("PATCH", broker.url + settings_url, {"brightness": 101})
         assert (code, answer["error"]) == (400, "invalid_settings"), answer
         wait_until(state_file.exists, 10, "no state file")
     assert json.loads(state_file.read_text()) == {
-        "version": 1, "cameras": {"cam": {"brightness": 75, "quality": 60}}}  # fmt: skip
+        "version": 1,
+        "cameras": {"cam": {"brightness": 75, "quality": 60}},
+    }
     with BrokerProcess(config) as broker:  # a new broker and a new worker
+
         def restored() -> bool:
             code, answer = http("GET", broker.url + settings_url)
             return code == 200 and answer["settings"]["brightness"] == 75

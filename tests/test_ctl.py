@@ -34,8 +34,9 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def run_ctl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env=environment(**env))  # fmt: skip
+    return subprocess.run(
+        command(*args), capture_output=True, text=True, timeout=60, cwd=ROOT, env=environment(**env)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,15 @@ def test_list_and_status(broker: BrokerProcess) -> None:
 
 
 def test_set_and_preset(broker: BrokerProcess) -> None:
-    changed = run_ctl("--url", url(broker), "set", "cam", "brightness=60", "auto_exposure=false",
-                      "name=Front door")  # fmt: skip
+    changed = run_ctl(
+        "--url",
+        url(broker),
+        "set",
+        "cam",
+        "brightness=60",
+        "auto_exposure=false",
+        "name=Front door",
+    )
     assert changed.returncode == 0, changed.stderr
     assert "  brightness = 60" in changed.stdout.splitlines()
     status = run_ctl("--url", url(broker), "--json", "status", "cam")
@@ -87,7 +95,10 @@ def test_set_and_preset(broker: BrokerProcess) -> None:
     assert result["success"] and result["command"] == "get_status"
     settings = result["settings"]
     assert (settings["brightness"], settings["auto_exposure"], settings["name"]) == (
-        60, False, "Front door")  # fmt: skip
+        60,
+        False,
+        "Front door",
+    )
 
     invalid = run_ctl("--url", url(broker), "set", "cam", "brightness=500", "contrast=70")
     assert invalid.returncode == 1 and invalid.stdout == ""
@@ -105,12 +116,15 @@ def test_set_and_preset(broker: BrokerProcess) -> None:
 def test_watch_prints_frames(broker: BrokerProcess) -> None:
     watched = run_ctl("--url", url(broker), "watch", "cam", "--frames", "3")
     assert watched.returncode == 0, watched.stderr
-    lines: list[Any] = [line for line in watched.stdout.splitlines() if not line.startswith("event ")]
+    lines: list[Any] = [
+        line for line in watched.stdout.splitlines() if not line.startswith("event ")
+    ]
     assert len(lines) == 3 and all(line.startswith("cam seq=") for line in lines)
     assert "3 frames" in watched.stderr
 
-    as_json = run_ctl("--url", url(broker), "--json", "watch", "cam", "--frames", "2",
-                      "--max-fps", "5")  # fmt: skip
+    as_json = run_ctl(
+        "--url", url(broker), "--json", "watch", "cam", "--frames", "2", "--max-fps", "5"
+    )
     lines = [json.loads(line) for line in as_json.stdout.splitlines()]
     frames = [line for line in lines if line.get("type") != "event"]  # events may come too
     assert len(frames) == 2 and {f["camera"] for f in frames} == {"cam"}
@@ -131,9 +145,14 @@ def test_usage_and_connection_errors() -> None:
 
 
 def test_parse_settings_and_urls() -> None:
-    assert ctl.parse_settings(["b=60", "a=true", "f=12.5", "n=Front door", "q=\"7\"", "e="]) == {
-        "b": 60, "a": True, "f": 12.5, "n": "Front door", "q": "7", "e": "",
-    }  # fmt: skip
+    assert ctl.parse_settings(["b=60", "a=true", "f=12.5", "n=Front door", 'q="7"', "e="]) == {
+        "b": 60,
+        "a": True,
+        "f": 12.5,
+        "n": "Front door",
+        "q": "7",
+        "e": "",
+    }
     with pytest.raises(ValueError):
         ctl.parse_settings(["=1"])
     assert ctl.ws_url("http://h:8765") == "ws://h:8765/ws"
@@ -155,9 +174,14 @@ async def test_tokens_decide_and_refusals_exit_2() -> None:
     """An in-process broker with tokens (no worker: commands fail on the camera side)."""
 
     async def ctl_process(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
-        return await trio.run_process(command("--url", url_, *args), capture_stdout=True,
-                                      capture_stderr=True, check=False, cwd=ROOT,
-                                      env=environment(**env))  # fmt: skip
+        return await trio.run_process(
+            command("--url", url_, *args),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=ROOT,
+            env=environment(**env),
+        )
 
     async with running_broker(config(TOKENS)) as broker:
         url_ = f"ws://127.0.0.1:{broker.port}/ws"
@@ -177,6 +201,7 @@ async def test_tokens_decide_and_refusals_exit_2() -> None:
 
             operator = await ctl_process("--token", "operator-secret", "status", "a")
             assert operator.returncode == 1 and b"not_connected" in operator.stderr
-            in_url = await ctl_process("--url", url_ + "?token=operator-secret", "preset", "a",
-                                       "night")  # fmt: skip
+            in_url = await ctl_process(
+                "--url", url_ + "?token=operator-secret", "preset", "a", "night"
+            )
             assert in_url.returncode == 1 and b"unknown_preset" in in_url.stderr

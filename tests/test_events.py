@@ -13,12 +13,16 @@ from broker.serve.delivery import next_event
 def test_publish_reaches_every_listener_as_one_shared_event() -> None:
     bus = EventBus(clock=lambda: 1234.5)
     first, second = bus.listen(), bus.listen()
-    event = bus.publish("settings_changed", "lobby", settings={"brightness": 60},
-                        changed=["brightness"])  # fmt: skip
+    event = bus.publish(
+        "settings_changed", "lobby", settings={"brightness": 60}, changed=["brightness"]
+    )
     assert event.to_json() == {
-        "type": "event", "event": "settings_changed", "camera": "lobby", "timestamp": 1234.5,
+        "type": "event",
+        "event": "settings_changed",
+        "camera": "lobby",
+        "timestamp": 1234.5,
         "data": {"settings": {"brightness": 60}, "changed": ["brightness"]},
-    }  # fmt: skip
+    }
     assert first.get_nowait() is event
     assert second.get_nowait() is event
     assert first.get_nowait() is None
@@ -87,7 +91,10 @@ async def test_next_returns_queued_events_in_order_without_waiting() -> None:
         bus.publish(name, "a")
     with trio.fail_after(1):
         assert [(await next_event(listener)).event for _ in range(3)] == [
-            "camera_online", "stream_started", "camera_offline"]  # fmt: skip
+            "camera_online",
+            "stream_started",
+            "camera_offline",
+        ]
 
 
 @pytest.mark.timeout(10)

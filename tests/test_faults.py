@@ -155,8 +155,15 @@ class Lab:
     def camera(self, name: str) -> str:
         return f"{name}-{self.token}"
 
-    def config(self, cameras: str, *, ingest_port: int | str = "*",
-               control_port: int | str = "*", control: str = "", workers: str = "") -> Path:  # fmt: skip
+    def config(
+        self,
+        cameras: str,
+        *,
+        ingest_port: int | str = "*",
+        control_port: int | str = "*",
+        control: str = "",
+        workers: str = "",
+    ) -> Path:
         path = self.tmp_path / "broker.toml"
         host = self.peer.host_ip
         path.write_text(
@@ -173,8 +180,10 @@ class Lab:
 
     def supervised(self, camera: str) -> str:
         self.cameras.add(camera)
-        return (f'[[cameras]]\nid = "{camera}"\nsource = "test-pattern"\n'
-                f"width = {WIDTH}\nheight = {HEIGHT}\nfps = {FPS:g}\n")  # fmt: skip
+        return (
+            f'[[cameras]]\nid = "{camera}"\nsource = "test-pattern"\n'
+            f"width = {WIDTH}\nheight = {HEIGHT}\nfps = {FPS:g}\n"
+        )
 
     def start_broker(self, config: Path) -> BrokerProcess:
         broker = BrokerProcess(config, log=self.tmp_path / "broker.log")
@@ -184,17 +193,40 @@ class Lab:
     def start_external_worker(self, broker: BrokerProcess, camera: str) -> subprocess.Popen[bytes]:
         """A camera-worker for ``camera`` in the peer namespace, publishing to ``broker``."""
         ingest, control = tcp_endpoints(broker)
-        argv = self.peer.command([
-            sys.executable, "-m", "cameras.worker", "--camera-id", camera,
-            "--broker", ingest, "--control", control, "--heartbeat", f"{HEARTBEAT:g}",
-            "--source", "test-pattern", "--width", str(WIDTH), "--height", str(HEIGHT),
-            "--fps", f"{FPS:g}", "--log-level", "debug",
-        ])  # fmt: skip
+        argv = self.peer.command(
+            [
+                sys.executable,
+                "-m",
+                "cameras.worker",
+                "--camera-id",
+                camera,
+                "--broker",
+                ingest,
+                "--control",
+                control,
+                "--heartbeat",
+                f"{HEARTBEAT:g}",
+                "--source",
+                "test-pattern",
+                "--width",
+                str(WIDTH),
+                "--height",
+                str(HEIGHT),
+                "--fps",
+                f"{FPS:g}",
+                "--log-level",
+                "debug",
+            ]
+        )
         with open(self.tmp_path / f"worker-{camera}.log", "ab") as log:
             worker = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.workers.append(worker)
         return worker
 
@@ -264,8 +296,12 @@ def test_peer_partition_drops_both_ways_and_heals(lab: Lab) -> None:
     peer = lab.peer
     with socket.create_server((peer.host_ip, 0)) as server:
         port = server.getsockname()[1]
-        probe = [sys.executable, "-c", "import socket; socket.create_connection("
-                 f"({peer.host_ip!r}, {port}), timeout=1.5); print('connected')"]  # fmt: skip
+        probe = [
+            sys.executable,
+            "-c",
+            "import socket; socket.create_connection("
+            f"({peer.host_ip!r}, {port}), timeout=1.5); print('connected')",
+        ]
         assert subprocess.run(peer.command(probe), capture_output=True, timeout=10).returncode == 0
         peer.partition()
         blocked = subprocess.run(peer.command(probe), capture_output=True, text=True, timeout=10)
@@ -291,8 +327,11 @@ def test_partition_shows_no_data_then_live_frames_never_stale(lab: Lab) -> None:
         viewer.wait_frames(int(2 * FPS), within=10)
         cut = time.monotonic()
         lab.peer.partition()
-        offline_at = when(lambda: not online(broker, camera), OFFLINE_AFTER + 5,
-                          f"{camera} still online {OFFLINE_AFTER + 5} s into the partition")  # fmt: skip
+        offline_at = when(
+            lambda: not online(broker, camera),
+            OFFLINE_AFTER + 5,
+            f"{camera} still online {OFFLINE_AFTER + 5} s into the partition",
+        )
         time.sleep(max(0.0, cut + PARTITION - time.monotonic()))
         lab.peer.heal()
         healed = time.monotonic()
@@ -304,14 +343,18 @@ def test_partition_shows_no_data_then_live_frames_never_stale(lab: Lab) -> None:
     fresh = [s for s in after if s.live and not s.stale]
     stale = [s for s in viewer.between(cut, end) if s.stale]
     recovery = fresh[0].at - healed if fresh else None
-    figure(f"partition {PARTITION:g} s: offline after {offline_at - cut:.2f} s, "
-           f"{sum(not s.live for s in during)} 'No Data' images while cut off; healed -> "
-           f"first live frame {recovery if recovery is None else round(recovery, 2)} s; "
-           f"{len(stale)} stale frames shown (ages {[round(s.age, 1) for s in stale]} s)")  # fmt: skip
+    figure(
+        f"partition {PARTITION:g} s: offline after {offline_at - cut:.2f} s, "
+        f"{sum(not s.live for s in during)} 'No Data' images while cut off; healed -> "
+        f"first live frame {recovery if recovery is None else round(recovery, 2)} s; "
+        f"{len(stale)} stale frames shown (ages {[round(s.age, 1) for s in stale]} s)"
+    )
     assert not any(s.live for s in during), "a live frame arrived while the worker was cut off"
     assert sum(not s.live for s in during) >= (healed - offline_at) / 2, "too few 'No Data'"
-    assert not stale, (f"{len(stale)} frames older than offline_after shown as live: "
-                       f"ages {[round(s.age, 1) for s in stale]} s")  # fmt: skip
+    assert not stale, (
+        f"{len(stale)} frames older than offline_after shown as live: "
+        f"ages {[round(s.age, 1) for s in stale]} s"
+    )
     assert recovery is not None and recovery <= 2.0, f"first live frame {recovery} s after healing"
     assert online_after
 
@@ -350,9 +393,11 @@ def test_packet_loss_keeps_frames_flowing(lab: Lab) -> None:
     fps = len(live) / (end - start)
     gap = longest_gap([s.at for s in live], start, end)
     worst = max((s.age for s in live), default=None)
-    figure(f"{LOSS_PERCENT}% loss each way for {LOSS_SECONDS:g} s: {fps:.1f} of {FPS:g} fps, "
-           f"longest gap {gap:.2f} s, oldest frame {worst if worst is None else round(worst, 2)}"
-           f" s, {len(seen) - len(live)} 'No Data' images")  # fmt: skip
+    figure(
+        f"{LOSS_PERCENT}% loss each way for {LOSS_SECONDS:g} s: {fps:.1f} of {FPS:g} fps, "
+        f"longest gap {gap:.2f} s, oldest frame {worst if worst is None else round(worst, 2)}"
+        f" s, {len(seen) - len(live)} 'No Data' images"
+    )
     assert fps >= LOSS_KEEPS_FPS * FPS, f"{fps:.1f} fps under loss, camera at {FPS:g}"
     assert gap < LOSS_LONGEST_GAP, f"a {gap:.2f} s gap under {LOSS_PERCENT}% loss"
 
@@ -372,8 +417,9 @@ def free_ports(host: str, count: int) -> list[int]:
 
 def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, json.load(response)
@@ -452,9 +498,10 @@ def test_broker_sigkill_and_restart(lab: Lab) -> None:
     ingest_port, control_port = free_ports(lab.peer.host_ip, 2)
     config = lab.config(
         "".join(lab.supervised(c) for c in supervised) + lab.external(external),
-        ingest_port=ingest_port, control_port=control_port,
+        ingest_port=ingest_port,
+        control_port=control_port,
         workers=f"orphan_timeout = {ORPHAN_TIMEOUT:g}\n",
-    )  # fmt: skip
+    )
     broker = lab.start_broker(config)
     worker = lab.start_external_worker(broker, external)
     broker.wait_online(*cameras)
@@ -463,39 +510,54 @@ def test_broker_sigkill_and_restart(lab: Lab) -> None:
     for camera in (supervised[0], external):
         change(broker, camera, brightness=70)
     state_file = lab.tmp_path / "camera-broker.state.json"  # the default, beside the config
-    when(lambda: all(stored(state_file).get(c, {}).get("brightness") == 70
-                     for c in (supervised[0], external)), 5, "the change never reached the state file")  # fmt: skip
+    when(
+        lambda: all(
+            stored(state_file).get(c, {}).get("brightness") == 70 for c in (supervised[0], external)
+        ),
+        5,
+        "the change never reached the state file",
+    )
 
     (folder,) = ipc_folders(broker)
     assert broker.process is not None
     broker.process.kill()
     broker.process.wait()
     killed = time.monotonic()
-    orphans_gone = maybe_when(lambda: not any(alive(first[c]) for c in supervised),
-                              ORPHANS_GONE_WITHIN)  # fmt: skip
+    orphans_gone = maybe_when(
+        lambda: not any(alive(first[c]) for c in supervised), ORPHANS_GONE_WITHIN
+    )
     left_running = sorted(first[c] for c in supervised if alive(first[c]))
 
     mark = len(broker.logs())
     restart = time.monotonic()
     broker.start()
-    all_online = when(lambda: all(c["online"] for c in broker.cameras().values()), 30,
-                      "cameras not all online after the restart")  # fmt: skip
+    all_online = when(
+        lambda: all(c["online"] for c in broker.cameras().values()),
+        30,
+        "cameras not all online after the restart",
+    )
     second = connected_pids(broker, cameras, within=15)
     hello_again = f"camera {external}: worker connected (pid {worker.pid}"
-    restored = maybe_when(lambda: all(settings(broker, c).get("brightness") == 70
-                                      for c in (supervised[0], external)), 10)  # fmt: skip
+    restored = maybe_when(
+        lambda: all(settings(broker, c).get("brightness") == 70 for c in (supervised[0], external)),
+        10,
+    )
     per_camera = {c: len(worker_pids(c)) for c in supervised}
     folder_left = folder.exists()
-    figure(f"broker SIGKILL: its workers gone after {rounded(orphans_gone and orphans_gone - killed)}"
-           f" (still running: {left_running}); restart -> all {len(cameras)} cameras online "
-           f"{all_online - restart:.2f} s; workers per camera after {per_camera}; settings "
-           f"restored {rounded(restored and restored - restart)} after the restart; the killed "
-           f"broker's ipc folder {'left behind' if folder_left else 'removed'}")  # fmt: skip
+    figure(
+        f"broker SIGKILL: its workers gone after {rounded(orphans_gone and orphans_gone - killed)}"
+        f" (still running: {left_running}); restart -> all {len(cameras)} cameras online "
+        f"{all_online - restart:.2f} s; workers per camera after {per_camera}; settings "
+        f"restored {rounded(restored and restored - restart)} after the restart; the killed "
+        f"broker's ipc folder {'left behind' if folder_left else 'removed'}"
+    )
     assert hello_again in broker.logs()[mark:], "the external worker never said hello again"
     assert second[external] == worker.pid
     assert restored is not None, "settings changed before the kill were not restored"
-    assert not left_running, (f"workers of the killed broker still running "
-                              f"{ORPHANS_GONE_WITHIN:g} s later: pids {left_running}")  # fmt: skip
+    assert not left_running, (
+        f"workers of the killed broker still running "
+        f"{ORPHANS_GONE_WITHIN:g} s later: pids {left_running}"
+    )
     assert all(second[c] != first[c] for c in supervised)
     assert per_camera == dict.fromkeys(supervised, 1), f"workers per camera: {per_camera}"
     assert not folder_left, f"the restarted broker left the killed one's ipc folder {folder}"
@@ -514,8 +576,9 @@ def test_supervised_worker_killed_or_hung_is_restarted(lab: Lab, how: signal.Sig
     issue 9: "No Data" for as long as it hangs) is killed and restarted once silent for
     workers.restart_lost_after x control.lost_after."""
     camera = lab.camera("sup")
-    config = lab.config(lab.supervised(camera),
-                        workers=f"restart_lost_after = {RESTART_LOST_AFTER:g}\n")  # fmt: skip
+    config = lab.config(
+        lab.supervised(camera), workers=f"restart_lost_after = {RESTART_LOST_AFTER:g}\n"
+    )
     broker = lab.start_broker(config)
     broker.wait_online(camera)
     old = connected_pids(broker, [camera], within=15)[camera]
@@ -527,8 +590,14 @@ def test_supervised_worker_killed_or_hung_is_restarted(lab: Lab, how: signal.Sig
 
         # The new worker numbers its frames from 0 again.
         def from_new_worker() -> Seen | None:
-            return next((s for s in viewer.between(hit, math.inf)
-                         if s.stamp is not None and s.stamp[0] < last_seq), None)  # fmt: skip
+            return next(
+                (
+                    s
+                    for s in viewer.between(hit, math.inf)
+                    if s.stamp is not None and s.stamp[0] < last_seq
+                ),
+                None,
+            )
 
         maybe_when(from_new_worker, RESTARTED_WITHIN)
         first_new = from_new_worker()
@@ -552,8 +621,12 @@ def test_supervised_worker_killed_or_hung_is_restarted(lab: Lab, how: signal.Sig
 def tiny_filesystem(path: Path, size: str = "64k") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted on ``path``, unmounted whatever happens."""
     path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                   check=True, capture_output=True, timeout=10)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
     try:
         yield path
     finally:
@@ -595,21 +668,29 @@ def test_state_file_unwritable_keeps_serving(tmp_path: Path, fault: str) -> None
     with tiny_filesystem(tmp_path / "state") as folder:
         state_file = folder / "state.json"
         config = write_config(
-            tmp_path, synthetic_camera(camera, WIDTH, HEIGHT, FPS),
-            control=f'heartbeat_interval = {HEARTBEAT}\nlost_after = {LOST_AFTER}\n'
-                    f'state_file = "{state_file}"\n',
-        )  # fmt: skip
+            tmp_path,
+            synthetic_camera(camera, WIDTH, HEIGHT, FPS),
+            control=f"heartbeat_interval = {HEARTBEAT}\nlost_after = {LOST_AFTER}\n"
+            f'state_file = "{state_file}"\n',
+        )
         with BrokerProcess(config) as broker:
             broker.wait_online(camera)
             connected_pids(broker, [camera], within=15)
             change(broker, camera, brightness=60)
-            when(lambda: stored(state_file).get(camera, {}).get("brightness") == 60, 5,
-                 "the state file never held the first change")  # fmt: skip
+            when(
+                lambda: stored(state_file).get(camera, {}).get("brightness") == 60,
+                5,
+                "the state file never held the first change",
+            )
             with Viewer(broker.port, camera) as viewer:
                 start = time.monotonic()
                 if fault == "read-only":
-                    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True,
-                                   capture_output=True, timeout=10)  # fmt: skip
+                    subprocess.run(
+                        ["mount", "-o", "remount,ro", str(folder)],
+                        check=True,
+                        capture_output=True,
+                        timeout=10,
+                    )
                 else:
                     fill(folder)
                 change(broker, camera, brightness=30)
@@ -619,20 +700,30 @@ def test_state_file_unwritable_keeps_serving(tmp_path: Path, fault: str) -> None
                 time.sleep(3)
                 viewer.assert_kept(FPS, since=start)
                 if fault == "read-only":
-                    subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True,
-                                   capture_output=True, timeout=10)  # fmt: skip
+                    subprocess.run(
+                        ["mount", "-o", "remount,rw", str(folder)],
+                        check=True,
+                        capture_output=True,
+                        timeout=10,
+                    )
                 else:
                     (folder / "filler").unlink()
                 cleared = time.monotonic()
                 change(broker, camera, contrast=40)
-                written = maybe_when(lambda: stored(state_file).get(camera, {}) ==
-                                     {"brightness": 30, "contrast": 40}, 5)  # fmt: skip
+                written = maybe_when(
+                    lambda: (
+                        stored(state_file).get(camera, {}) == {"brightness": 30, "contrast": 40}
+                    ),
+                    5,
+                )
                 ok_again = maybe_when(lambda: state_ok(broker) is True, 5)
                 viewer.assert_kept(FPS, since=start)
-    figure(f"state file {fault}: change applied live (brightness {applied}); /healthz "
-           f"state_file {report} after {rounded(failed_at and failed_at - start)}; writable "
-           f"again -> stored {rounded(written and written - cleared)}, ok "
-           f"{rounded(ok_again and ok_again - cleared)}")  # fmt: skip
+    figure(
+        f"state file {fault}: change applied live (brightness {applied}); /healthz "
+        f"state_file {report} after {rounded(failed_at and failed_at - start)}; writable "
+        f"again -> stored {rounded(written and written - cleared)}, ok "
+        f"{rounded(ok_again and ok_again - cleared)}"
+    )
     assert applied == 30, "the change did not apply while the state file was unwritable"
     assert written is not None, "the state file was not written once writable again"
     assert failed_at is not None, f"/healthz control.state_file did not say ok: false: {report}"

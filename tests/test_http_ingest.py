@@ -142,8 +142,9 @@ async def test_sessions_are_bounded_by_max_cameras() -> None:
         for _ in range(2):
             status, _, _ = await http(broker.port, post("/api/sessions", b"", "application/json"))
             assert status == 201
-        status, headers, body = await http(broker.port, post("/api/sessions", b"",
-                                                             "application/json"))  # fmt: skip
+        status, headers, body = await http(
+            broker.port, post("/api/sessions", b"", "application/json")
+        )
         assert status == 503 and json.loads(body)["error"] == "too_many_cameras"
         assert headers["retry-after"] == "60"
 
@@ -186,8 +187,12 @@ async def test_a_body_that_never_arrives_is_cut_off_and_others_are_served() -> N
     async with running_broker(config(server="header_timeout = 1.0")) as broker:
         stalled = await trio.open_tcp_stream("127.0.0.1", broker.port)
         async with stalled:
-            await stalled.send_all(post("/cameras/a/frames", b"", "image/jpeg").replace(
-                b"Content-Length: 0", b"Content-Length: 5000") + b"\xff\xd8")  # fmt: skip
+            await stalled.send_all(
+                post("/cameras/a/frames", b"", "image/jpeg").replace(
+                    b"Content-Length: 0", b"Content-Length: 5000"
+                )
+                + b"\xff\xd8"
+            )
             assert (await http(broker.port, get("/healthz")))[0] == 200
             with trio.fail_after(4):
                 assert await stalled.receive_some(100) == b""

@@ -466,8 +466,11 @@ def test_hooks_fire_on_transitions_only() -> None:
     h = hub("a", "b", clock=clock)
     calls: list[tuple[str, str, int]] = []
     for name in ("watched", "unwatched", "online", "offline"):
-        setattr(h.hooks, name, lambda camera, name=name: calls.append(
-            (name, camera.id, len(camera.subscribers))))  # fmt: skip
+        setattr(
+            h.hooks,
+            name,
+            lambda camera, name=name: calls.append((name, camera.id, len(camera.subscribers))),
+        )
     first = h.subscribe("a", "one", 4)
     second = h.subscribe("a", "two", 4)
     assert calls == [("watched", "a", 1), ("watched", "a", 2)]
@@ -500,9 +503,16 @@ def test_default_hooks_do_nothing() -> None:
 
 
 def test_unconfigured_cameras_are_bounded() -> None:
-    hub = Hub([CameraInfo("a", "A", 640, 480)], offline_after=OFFLINE_AFTER,
-              accept_unknown=True, max_cameras=3)  # fmt: skip
-    assert [hub.publish(frame(name)).value for name in "xyz"] == ["live", "live",
-                                                                   "too_many_cameras"]
+    hub = Hub(
+        [CameraInfo("a", "A", 640, 480)],
+        offline_after=OFFLINE_AFTER,
+        accept_unknown=True,
+        max_cameras=3,
+    )
+    assert [hub.publish(frame(name)).value for name in "xyz"] == [
+        "live",
+        "live",
+        "too_many_cameras",
+    ]
     assert sorted(hub.cameras) == ["a", "x", "y"]
     assert hub.full and hub.errors["too_many_cameras"] == 1

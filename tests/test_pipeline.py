@@ -80,8 +80,9 @@ async def test_broker_runs_two_workers_and_serves_each_camera(tmp_path: Path) ->
 
 @pytest.mark.timeout(90)
 async def test_killed_worker_is_restarted_and_no_data_shown_meanwhile(tmp_path: Path) -> None:
-    config = write_config(tmp_path, synthetic_camera("cam", 320, 240, 10),
-                          extra="[workers]\nrestart_delay = 3.0")  # fmt: skip
+    config = write_config(
+        tmp_path, synthetic_camera("cam", 320, 240, 10), extra="[workers]\nrestart_delay = 3.0"
+    )
     with BrokerProcess(config) as broker:
         broker.wait_online("cam")
         (worker,) = children(broker.process.pid)
@@ -106,16 +107,32 @@ async def test_killed_worker_is_restarted_and_no_data_shown_meanwhile(tmp_path: 
 async def test_external_worker_over_tcp(tmp_path: Path) -> None:
     ingest_port = free_port()
     config = tmp_path / "broker.toml"
-    config.write_text(f'[ingest]\nendpoints = ["tcp://127.0.0.1:{ingest_port}"]\n'
-                      '[control]\nendpoints = []\n'
-                      '[[cameras]]\nid = "front"\nwidth = 320\nheight = 240\n')  # fmt: skip
+    config.write_text(
+        f'[ingest]\nendpoints = ["tcp://127.0.0.1:{ingest_port}"]\n'
+        "[control]\nendpoints = []\n"
+        '[[cameras]]\nid = "front"\nwidth = 320\nheight = 240\n'
+    )
     with BrokerProcess(config) as broker:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "cameras.worker", "--broker", f"tcp://127.0.0.1:{ingest_port}",
-             "--camera-id", "front", "--source", "test-pattern", "--width", "320",
-             "--height", "240", "--fps", "10"],
+            [
+                sys.executable,
+                "-m",
+                "cameras.worker",
+                "--broker",
+                f"tcp://127.0.0.1:{ingest_port}",
+                "--camera-id",
+                "front",
+                "--source",
+                "test-pattern",
+                "--width",
+                "320",
+                "--height",
+                "240",
+                "--fps",
+                "10",
+            ],
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         try:
             broker.wait_online("front")
             images = await receive_images(f"ws://127.0.0.1:{broker.port}/", 3)
@@ -126,8 +143,13 @@ async def test_external_worker_over_tcp(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True,
-                          text=True, timeout=30, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
 
 
 def test_check_accepts_the_shipped_configs() -> None:
@@ -184,8 +206,9 @@ def test_every_http_output_of_a_running_broker(tmp_path: Path) -> None:
         jpeg = stamp.stamp(
             cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes(), 1, 1.0
         )
-        upload = urllib.request.Request(broker.url + "/cameras/cam/frames", data=jpeg,
-                                        headers={"Content-Type": "image/jpeg"})  # fmt: skip
+        upload = urllib.request.Request(
+            broker.url + "/cameras/cam/frames", data=jpeg, headers={"Content-Type": "image/jpeg"}
+        )
         with urllib.request.urlopen(upload, timeout=5) as r:
             assert r.status == 201
         stats = get_json(broker.url + "/api/stats")

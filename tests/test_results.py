@@ -37,8 +37,17 @@ def test_every_ws_and_command_error_is_in_the_table() -> None:
 
 
 def test_command_results_round_trip_and_carry_their_status() -> None:
-    result = CommandResult(False, "nope", {"fps": 5.0}, "r1", 1.5, "cam", "update_settings",
-                           "invalid_settings", {"fps": "too fast"})  # fmt: skip
+    result = CommandResult(
+        False,
+        "nope",
+        {"fps": 5.0},
+        "r1",
+        1.5,
+        "cam",
+        "update_settings",
+        "invalid_settings",
+        {"fps": "too fast"},
+    )
     assert CommandResult.from_json(result.to_json()) == result
     assert http_status(result.error) == 400 and http_status(None) == 200
     assert {http_status(code) for code in COMMAND_ERRORS} <= {400, 404, 502, 503, 504}

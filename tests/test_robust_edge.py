@@ -51,14 +51,19 @@ def strict_json(data: str | bytes) -> Any:
 
 @contextlib.contextmanager
 def broker_with_viewer(
-    tmp_path: Path, server: str = "", tokens: str = "", token: str | None = None,
-    control: str = "", cameras: str = "",
-) -> Iterator[tuple[BrokerProcess, Viewer]]:  # fmt: skip
+    tmp_path: Path,
+    server: str = "",
+    tokens: str = "",
+    token: str | None = None,
+    control: str = "",
+    cameras: str = "",
+) -> Iterator[tuple[BrokerProcess, Viewer]]:
     """A running broker (stopped by its PID at the end) and a viewer of its camera."""
     path = write_config(tmp_path, f"[server]\n{server}\n{CAMERA}{cameras}{tokens}")
     if control:  # in place of write_config's empty control endpoints
-        path.write_text(path.read_text().replace("[control]\nendpoints = []\n",
-                                                 f"[control]\n{control}\n"))  # fmt: skip
+        path.write_text(
+            path.read_text().replace("[control]\nendpoints = []\n", f"[control]\n{control}\n")
+        )
     with BrokerProcess(path, token=token) as broker:
         broker.wait_online("cam")
         query = f"?token={token}" if token else ""
@@ -80,18 +85,22 @@ def health(broker: BrokerProcess, token: str | None = None) -> dict[str, Any]:
     return strict_json(body)
 
 
-def request(method: str, path: str, token: str | None = None, extra: str = "",
-            body: bytes = b"") -> bytes:  # fmt: skip
+def request(
+    method: str, path: str, token: str | None = None, extra: str = "", body: bytes = b""
+) -> bytes:
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     length = f"Content-Length: {len(body)}\r\n" if body else ""
-    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}{length}"
-            f"{extra}\r\n").encode() + body  # fmt: skip
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}{length}{extra}\r\n"
+    ).encode() + body
 
 
 def upgrade(path: str, key: str | None = None, extra: str = "") -> bytes:
     key = key or base64.b64encode(os.urandom(16)).decode()
-    return (f"GET {path} HTTP/1.1\r\nHost: x\r\n{UPGRADE_HEADERS}Sec-WebSocket-Key: {key}\r\n"
-            f"{extra}\r\n").encode()  # fmt: skip
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\n{UPGRADE_HEADERS}Sec-WebSocket-Key: {key}\r\n"
+        f"{extra}\r\n"
+    ).encode()
 
 
 async def exchange(
@@ -109,8 +118,9 @@ async def exchange(
                 assert chunk, f"closed without an answer: {data!r}"
                 data += chunk
             head, _, body = data.partition(b"\r\n\r\n")
-            headers = dict(line.decode("latin-1").lower().split(": ", 1)
-                           for line in head.split(b"\r\n")[1:])  # fmt: skip
+            headers = dict(
+                line.decode("latin-1").lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+            )
             status = int(head.split(b" ")[1])
             while status != 101 and len(body) < int(headers.get("content-length", 0)):
                 chunk = await stream.receive_some(65536)
@@ -158,8 +168,9 @@ def drop_during_handshake(port: int, count: int) -> None:
     """``count`` connections at once, half sending an upgrade request, then all dropped,
     half of them with a reset (SO_LINGER 0)."""
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.create_connection(("127.0.0.1", port)))
-                   for _ in range(count)]  # fmt: skip
+        sockets = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(count)
+        ]
         for number, sock in enumerate(sockets):
             if number % 2 == 0:
                 sock.sendall(upgrade("/cameras/cam"))
@@ -189,14 +200,22 @@ def test_clients_dropping_during_the_handshake_are_not_a_fault(tmp_path: Path) -
 def test_bad_handshakes_are_refused_before_accepting(tmp_path: Path) -> None:
     cases = [
         (upgrade("/cameras/cam", key="not-a-key"), 400, "Sec-WebSocket-Key"),
-        (upgrade("/ws", key=base64.b64encode(b"15 bytes only!!").decode()), 400,
-         "Sec-WebSocket-Key"),
+        (
+            upgrade("/ws", key=base64.b64encode(b"15 bytes only!!").decode()),
+            400,
+            "Sec-WebSocket-Key",
+        ),
         (upgrade("/ws").replace(b"Version: 13", b"Version: 8"), 426, "version 13"),
         # Headers wsproto would decode and fail on, inside the connection's reader task.
         (upgrade("/cameras/cam").replace(b"Host: x", b"Host: xn--zz"), 400, "Host"),
-        (upgrade("/ws", extra="Sec-WebSocket-Protocol: caf\xe9\r\n").replace(
-            b"caf\xc3\xa9", b"caf\xe9"), 400, "ASCII"),
-    ]  # fmt: skip
+        (
+            upgrade("/ws", extra="Sec-WebSocket-Protocol: caf\xe9\r\n").replace(
+                b"caf\xc3\xa9", b"caf\xe9"
+            ),
+            400,
+            "ASCII",
+        ),
+    ]
     with broker_with_viewer(tmp_path) as (broker, viewer):
         start = time.monotonic()
         for raw, status, words in cases:
@@ -247,8 +266,9 @@ def test_protocol_violations_get_a_close_frame_with_their_code(tmp_path: Path) -
     with broker_with_viewer(tmp_path) as (broker, viewer):
         start = time.monotonic()
         results = trio.run(attack, broker.port)
-        expected = [(path, name, code) for path in ("/cameras/cam", "/ws")
-                    for name, _, code in VIOLATIONS] + [("/ws", "2 MiB message", 1009)]
+        expected = [
+            (path, name, code) for path in ("/cameras/cam", "/ws") for name, _, code in VIOLATIONS
+        ] + [("/ws", "2 MiB message", 1009)]
         assert results == expected
         kept(viewer, start)
         assert health(broker)["faults"] == {}
@@ -262,9 +282,11 @@ def test_non_finite_numbers_are_refused_and_never_sent(tmp_path: Path) -> None:
     async def attack(port: int) -> list[Any]:
         async with websocket(port, "/ws") as ws:
             answers = []
-            for request_text in ('{"type": "ping", "request_id": 1e400}',
-                                 '{"type": "ping", "request_id": 7, "data": [-1e999]}',
-                                 '{"type": "ping", "request_id": 8, "data": 1.5}'):  # fmt: skip
+            for request_text in (
+                '{"type": "ping", "request_id": 1e400}',
+                '{"type": "ping", "request_id": 7, "data": [-1e999]}',
+                '{"type": "ping", "request_id": 8, "data": 1.5}',
+            ):
                 await ws.send(request_text)
                 opcode, payload = await ws.receive()  # type: ignore[misc]
                 assert opcode == 0x1
@@ -275,12 +297,18 @@ def test_non_finite_numbers_are_refused_and_never_sent(tmp_path: Path) -> None:
         start = time.monotonic()
         refused, refused_too, echoed = trio.run(attack, broker.port)
         assert (refused["type"], refused["code"], refused["request_id"]) == (
-            "error", "invalid_json", None)  # fmt: skip
+            "error",
+            "invalid_json",
+            None,
+        )
         assert "out of range" in refused["message"]
         assert (refused_too["code"], refused_too["request_id"]) == ("invalid_json", None)
         assert (echoed["type"], echoed["data"], echoed["request_id"]) == ("pong", 1.5, 8)
-        status, _, body = trio.run(exchange, broker.port, request(
-            "PATCH", "/api/cameras/cam/settings", body=b'{"brightness": 1e400}'))  # fmt: skip
+        status, _, body = trio.run(
+            exchange,
+            broker.port,
+            request("PATCH", "/api/cameras/cam/settings", body=b'{"brightness": 1e400}'),
+        )
         assert status == 400 and strict_json(body)["error"] == "invalid_json"
         kept(viewer, start)
 
@@ -353,17 +381,18 @@ def test_wrong_tokens_are_throttled_per_address(tmp_path: Path) -> None:
 
     async def attack(port: int) -> None:
         for number in range(3):
-            status, _, _ = await exchange(port, request("GET", "/api/cameras",
-                                                        f"guess-{number}"), guesser)  # fmt: skip
+            status, _, _ = await exchange(
+                port, request("GET", "/api/cameras", f"guess-{number}"), guesser
+            )
             assert status == 401
         for token in ("guess-3", VIEWER):  # beyond the burst, even a right token waits
-            status, headers, body = await exchange(port, request("GET", "/api/cameras", token),
-                                                   guesser)  # fmt: skip
+            status, headers, body = await exchange(
+                port, request("GET", "/api/cameras", token), guesser
+            )
             assert status == 429 and headers["retry-after"] == "1", body
             answer = strict_json(body)
             assert answer["error"] == "too_many_failed_tokens" and "retry" in answer["message"]
-        status, headers, _ = await exchange(port, upgrade(f"/cameras/cam?token={VIEWER}"),
-                                            guesser)  # fmt: skip
+        status, headers, _ = await exchange(port, upgrade(f"/cameras/cam?token={VIEWER}"), guesser)
         assert status == 429 and headers["retry-after"] == "1"  # at the handshake too
         # Other addresses are not held up.
         status, _, _ = await exchange(port, request("GET", "/api/cameras", VIEWER))
@@ -403,16 +432,30 @@ def test_no_token_in_any_log_line_or_error_body(tmp_path: Path) -> None:
 
         # Malformed requests whose request line or headers carry a token.
         assert await send(f"GET /api/cameras?token={OPERATOR} HTTP/1.1 x\r\n\r\n".encode()) == 400
-        assert await send(f"GET /?token={VIEWER} HTTP/1.1\r\nHost: x\r\nbad line {VIEWER}\r\n"
-                          "\r\n".encode()) == 400  # fmt: skip
-        assert await send(request("POST", f"/cameras/cam/frames?token={OPERATOR}",
-                                  extra="Transfer-Encoding: chunked\r\n")
-                          + f"zz{OPERATOR}\r\n".encode()) == 400  # fmt: skip
+        assert (
+            await send(
+                f"GET /?token={VIEWER} HTTP/1.1\r\nHost: x\r\nbad line {VIEWER}\r\n\r\n".encode()
+            )
+            == 400
+        )
+        assert (
+            await send(
+                request(
+                    "POST",
+                    f"/cameras/cam/frames?token={OPERATOR}",
+                    extra="Transfer-Encoding: chunked\r\n",
+                )
+                + f"zz{OPERATOR}\r\n".encode()
+            )
+            == 400
+        )
         # Refusals: 401, 403, 404, 400 at a handshake, 429.
         assert await send(request("GET", f"/api/cameras?token={wrong}")) == 401
         assert await send(request("GET", "/api/stats", wrong)) == 401
-        assert await send(request("PATCH", f"/api/cameras/cam/settings?token={VIEWER}",
-                                  body=b"{}")) == 403  # fmt: skip
+        assert (
+            await send(request("PATCH", f"/api/cameras/cam/settings?token={VIEWER}", body=b"{}"))
+            == 403
+        )
         assert await send(request("GET", f"/nothing/here?token={VIEWER}")) == 404
         assert await send(request("GET", f"/cameras/cam/mjpeg?token={VIEWER}&fps=x")) == 400
         assert await send(upgrade(f"/cameras/nope?token={VIEWER}")) == 404
@@ -423,9 +466,13 @@ def test_no_token_in_any_log_line_or_error_body(tmp_path: Path) -> None:
         assert await send(request("GET", f"/api/cameras?token={OPERATOR}"), attacker) == 429
         # /ws errors, on a connection opened with a token in its URL.
         async with websocket(port, f"/ws?token={VIEWER}") as ws:
-            for message in ("{not json", '{"type": "command", "camera": "cam", "command": '
-                            '"update_settings", "settings": {}}', '{"type": "dance"}',
-                            '{"type": "subscribe", "camera": "nope"}'):  # fmt: skip
+            for message in (
+                "{not json",
+                '{"type": "command", "camera": "cam", "command": '
+                '"update_settings", "settings": {}}',
+                '{"type": "dance"}',
+                '{"type": "subscribe", "camera": "nope"}',
+            ):
                 await ws.send(message)
                 _, payload = await ws.receive()  # type: ignore[misc]
                 check(payload)
@@ -460,26 +507,48 @@ def test_data_that_cannot_be_json_costs_an_answer_not_the_broker(tmp_path: Path)
     worker.setsockopt(zmq.LINGER, 0)
     worker.setsockopt(zmq.ROUTING_ID, b"ext")
     try:
-        with broker_with_viewer(tmp_path, control=control, cameras=external) as (
-            broker, viewer):  # fmt: skip
+        with broker_with_viewer(tmp_path, control=control, cameras=external) as (broker, viewer):
             start = time.monotonic()
             worker.connect(f"tcp://127.0.0.1:{control_port}")
-            worker.send(msgpack.packb({
-                "type": "hello", "version": 1, "camera": "ext", "device": "fake",
-                "supported": {}, "settings": {b"raw-key": 1}, "streaming": True,
-                "pid": os.getpid(),
-            }))  # fmt: skip
-            wait_until(lambda: health(broker)["control"]["workers_connected"] == 2
-                       or health(broker)["control"]["errors"].get("bad_value"), 10,
-                       "the hello was neither taken nor refused")  # fmt: skip
+            worker.send(
+                msgpack.packb(
+                    {
+                        "type": "hello",
+                        "version": 1,
+                        "camera": "ext",
+                        "device": "fake",
+                        "supported": {},
+                        "settings": {b"raw-key": 1},
+                        "streaming": True,
+                        "pid": os.getpid(),
+                    }
+                )
+            )
+            wait_until(
+                lambda: (
+                    health(broker)["control"]["workers_connected"] == 2
+                    or health(broker)["control"]["errors"].get("bad_value")
+                ),
+                10,
+                "the hello was neither taken nor refused",
+            )
 
             async def watch_events(port: int) -> list[Any]:
                 async with websocket(port, "/ws") as ws:
-                    worker.send(msgpack.packb({
-                        "type": "reply", "version": 1, "request_id": "r1", "success": True,
-                        "message": "", "settings": {b"raw-key": 2}, "streaming": True,
-                        "timestamp": time.time(),
-                    }))  # fmt: skip
+                    worker.send(
+                        msgpack.packb(
+                            {
+                                "type": "reply",
+                                "version": 1,
+                                "request_id": "r1",
+                                "success": True,
+                                "message": "",
+                                "settings": {b"raw-key": 2},
+                                "streaming": True,
+                                "timestamp": time.time(),
+                            }
+                        )
+                    )
                     await trio.sleep(1.0)
                     await ws.send('{"type": "list_cameras", "request_id": 1}')
                     await ws.send('{"type": "ping", "request_id": 2}')
@@ -513,6 +582,7 @@ class Injected(Exception):
 @pytest.mark.timeout(30)
 async def test_a_fault_in_a_route_is_a_500_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_broker(config()) as broker:
+
         def broken(*args: object) -> None:
             raise Injected("a bug")
 
@@ -520,8 +590,10 @@ async def test_a_fault_in_a_route_is_a_500_and_counted(monkeypatch: pytest.Monke
         port = broker.port
         status, _, body = await exchange(port, request("GET", "/api/stats"))
         assert status == 500
-        assert strict_json(body) == {"error": "internal_error",
-                                     "message": "the broker failed on this request"}  # fmt: skip
+        assert strict_json(body) == {
+            "error": "internal_error",
+            "message": "the broker failed on this request",
+        }
         assert "a bug" not in body.decode()  # nothing of the inside goes out
         status, _, body = await exchange(port, request("GET", "/healthz"))
         answer = strict_json(body)
@@ -633,4 +705,3 @@ async def test_unsubscribing_never_leaves_half_a_frame_on_ws() -> None:
                     readers.cancel_scope.cancel()
             assert frames >= 5
             nursery.cancel_scope.cancel()
-

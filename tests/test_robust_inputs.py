@@ -143,11 +143,17 @@ def png_declaring(width: int, height: int) -> bytes:
     """A ~70-byte PNG whose header declares ``width`` x ``height``."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
-            + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
@@ -174,9 +180,17 @@ class ControlPeer:
         self.camera = camera
 
     def hello_fields(self, **overrides: Any) -> dict[str, Any]:
-        return {"type": "hello", "version": 1, "camera": self.camera, "device": "test peer",
-                "supported": camera_settings.supported(), "settings": camera_settings.defaults(),
-                "streaming": False, "pid": 4242, **overrides}  # fmt: skip
+        return {
+            "type": "hello",
+            "version": 1,
+            "camera": self.camera,
+            "device": "test peer",
+            "supported": camera_settings.supported(),
+            "settings": camera_settings.defaults(),
+            "streaming": False,
+            "pid": 4242,
+            **overrides,
+        }
 
     def send_raw(self, message: dict[Any, Any]) -> None:
         self.socket.send(msgpack.packb(message))
@@ -207,13 +221,15 @@ def test_uploads_declaring_huge_sizes_are_refused_before_decoding(tmp_path: Path
     with watched_broker(tmp_path) as (broker, viewer):
         start = time.monotonic()
         for width, height in [(30000, 30000), (70000, 10), (8193, 8)]:
-            status, _, body = request(broker, "POST", "/cameras/ext/frames",
-                                      png_declaring(width, height), "image/png")  # fmt: skip
+            status, _, body = request(
+                broker, "POST", "/cameras/ext/frames", png_declaring(width, height), "image/png"
+            )
             answer = json.loads(body)
             assert (status, answer["error"]) == (413, "image_too_large"), answer
             assert f"{width}x{height}" in answer["message"] and "8192x8192" in answer["message"]
-        status, _, body = request(broker, "POST", "/cameras/ext/frames",
-                                  jpeg_declaring(65535, 65535), "image/jpeg")  # fmt: skip
+        status, _, body = request(
+            broker, "POST", "/cameras/ext/frames", jpeg_declaring(65535, 65535), "image/jpeg"
+        )
         assert (status, json.loads(body)["error"]) == (413, "image_too_large")
         for garbage in (png_declaring(10, 10)[:20], b"\xff\xd8\xff\xe0\x00\x02\xff\xda"):
             kind = "image/png" if garbage.startswith(b"\x89") else "image/jpeg"
@@ -221,8 +237,12 @@ def test_uploads_declaring_huge_sizes_are_refused_before_decoding(tmp_path: Path
             assert (status, json.loads(body)["error"]) == (415, "not_an_image"), body
         # Mutated images, as the fuzz found them: every one answered 201, 413 or 415.
         rng = random.Random(9)
-        seeds = [("image/png", encoded("PNG", (64, 48))), ("image/jpeg", encoded("JPEG", (64, 48))),
-                 ("image/webp", encoded("WEBP", (64, 48))), ("image/bmp", encoded("BMP", (64, 48)))]  # fmt: skip
+        seeds = [
+            ("image/png", encoded("PNG", (64, 48))),
+            ("image/jpeg", encoded("JPEG", (64, 48))),
+            ("image/webp", encoded("WEBP", (64, 48))),
+            ("image/bmp", encoded("BMP", (64, 48))),
+        ]
         statuses = set()
         for _ in range(60):
             kind, data = rng.choice(seeds)
@@ -284,18 +304,25 @@ def test_settings_that_cannot_be_encoded_are_refused_naming_the_key(tmp_path: Pa
     with watched_broker(tmp_path) as (broker, viewer):
         wait_until(lambda: broker.cameras()["cam"]["connected"], 30, "worker not connected")
         start = time.monotonic()
-        status, _, body = request(broker, "PATCH", "/api/cameras/cam/settings",
-                                  b'{"name": "\\ud800"}', "application/json")  # fmt: skip
+        status, _, body = request(
+            broker, "PATCH", "/api/cameras/cam/settings", b'{"name": "\\ud800"}', "application/json"
+        )
         answer = json.loads(body)
         assert (status, answer["error"]) == (400, "invalid_settings"), answer
         assert "surrogate" in answer["errors"]["name"]
-        status, _, body = request(broker, "PATCH", "/api/cameras/cam/settings",
-                                  b'{"\\udfff": 1, "width": 1e300}', "application/json")  # fmt: skip
+        status, _, body = request(
+            broker,
+            "PATCH",
+            "/api/cameras/cam/settings",
+            b'{"\\udfff": 1, "width": 1e300}',
+            "application/json",
+        )
         answer = json.loads(body)
         assert (status, answer["error"]) == (400, "invalid_settings"), answer
         assert "width" in answer["errors"] and len(answer["errors"]) == 2
-        status, _, body = request(broker, "PATCH", "/api/cameras/cam/settings",
-                                  b'{"name": "hall"}', "application/json")  # fmt: skip
+        status, _, body = request(
+            broker, "PATCH", "/api/cameras/cam/settings", b'{"name": "hall"}', "application/json"
+        )
         assert status == 200 and json.loads(body)["success"], body
         assert_kept(viewer, start)
         assert health(broker)["faults"] == {}
@@ -308,14 +335,17 @@ def test_settings_that_cannot_be_encoded_are_refused_naming_the_key(tmp_path: Pa
 def test_hostile_control_messages_are_refused_by_reason(tmp_path: Path) -> None:
     # A stored setting for "ext": the broker restores it on hello, validating it against
     # the hello's `supported` (the third way the broker used to die).
-    (tmp_path / "state.json").write_text(json.dumps(
-        {"version": 1, "cameras": {"ext": {"brightness": 70}}}))  # fmt: skip
+    (tmp_path / "state.json").write_text(
+        json.dumps({"version": 1, "cameras": {"ext": {"brightness": 70}}})
+    )
     with watched_broker(tmp_path) as (broker, viewer), control_peer(broker) as peer:
         events = open_ws(broker.port)  # the /ws event forwarder must survive too
         try:
             start = time.monotonic()
-            bad_supported = {**camera_settings.supported(),
-                             "brightness": {"type": "int", "min": 0, "max": "lots"}}  # fmt: skip
+            bad_supported = {
+                **camera_settings.supported(),
+                "brightness": {"type": "int", "min": 0, "max": "lots"},
+            }
             defaults = camera_settings.defaults()
             attacks = [
                 ({**peer.hello_fields(), b"bin key": 1}, "bad_value"),
@@ -331,22 +361,35 @@ def test_hostile_control_messages_are_refused_by_reason(tmp_path: Path) -> None:
             for message, _ in attacks:
                 peer.send_raw(message)
             expected = {reason: sum(r == reason for _, r in attacks) for _, reason in attacks}
-            wait_until(lambda: control_errors(broker) == expected, 10,
-                       f"errors {control_errors(broker)} != {expected}")  # fmt: skip
+            wait_until(
+                lambda: control_errors(broker) == expected,
+                10,
+                f"errors {control_errors(broker)} != {expected}",
+            )
             assert not broker.cameras()["ext"]["connected"]
             status, _, body = request(broker, "GET", "/api/cameras")
             assert status == 200 and json.loads(body)
             # A good hello connects; then a reply with a bin key in its settings.
             peer.send_raw(peer.hello_fields())
             wait_until(lambda: broker.cameras()["ext"]["connected"], 10, "not connected")
-            reply = {"type": "reply", "version": 1, "request_id": "1", "success": True,
-                     "message": "", "streaming": False, "timestamp": time.time()}  # fmt: skip
+            reply = {
+                "type": "reply",
+                "version": 1,
+                "request_id": "1",
+                "success": True,
+                "message": "",
+                "streaming": False,
+                "timestamp": time.time(),
+            }
             peer.send_raw({**reply, "settings": {**camera_settings.defaults(), b"k": b"v"}})
             peer.send_raw({**reply, "settings": {}, "errors": {"width": 5}})
             peer.send_raw({**reply, "settings": {}, "timestamp": math.nan})
             expected = {**expected, "bad_value": expected["bad_value"] + 2, "bad_errors": 1}
-            wait_until(lambda: control_errors(broker) == expected, 10,
-                       f"errors {control_errors(broker)} != {expected}")  # fmt: skip
+            wait_until(
+                lambda: control_errors(broker) == expected,
+                10,
+                f"errors {control_errors(broker)} != {expected}",
+            )
             status, _, body = request(broker, "GET", "/api/cameras")
             assert status == 200 and json.loads(body)
             time.sleep(1.0)  # the stored-settings restore has run by now
@@ -390,11 +433,23 @@ def test_a_peer_declaring_a_4_gib_frame_is_disconnected_not_buffered(tmp_path: P
         peer = zmtp_publisher(ingest_endpoint(broker))
         sent = 0
         try:
-            header = msgpack.packb({"version": 1, "camera": "ext", "seq": 0,
-                                    "captured_at": time.time(), "width": 64, "height": 48,
-                                    "format": "jpeg"})  # fmt: skip
-            peer.sendall(short_frame(b"ext\x00", True) + short_frame(header, True)
-                         + b"\x02" + struct.pack(">Q", 4 << 30))  # fmt: skip
+            header = msgpack.packb(
+                {
+                    "version": 1,
+                    "camera": "ext",
+                    "seq": 0,
+                    "captured_at": time.time(),
+                    "width": 64,
+                    "height": 48,
+                    "format": "jpeg",
+                }
+            )
+            peer.sendall(
+                short_frame(b"ext\x00", True)
+                + short_frame(header, True)
+                + b"\x02"
+                + struct.pack(">Q", 4 << 30)
+            )
             chunk = bytes(1 << 20)
             peer.settimeout(5)
             while sent < 512 << 20:
@@ -433,16 +488,23 @@ def zmq_publisher(broker: BrokerProcess) -> Iterator[zmq.Socket]:
 def test_frames_over_the_dimension_caps_are_refused_counted_and_logged_rarely(
     tmp_path: Path,
 ) -> None:
-    with watched_broker(tmp_path, ingest="max_width = 4096\nmax_height = 4096\n") as (
-        broker, viewer,
-    ), zmq_publisher(broker) as pub:  # fmt: skip
+    with (
+        watched_broker(tmp_path, ingest="max_width = 4096\nmax_height = 4096\n") as (
+            broker,
+            viewer,
+        ),
+        zmq_publisher(broker) as pub,
+    ):
         start = time.monotonic()
         for seq in range(300):
             size = (5000, 10) if seq % 2 else (10, 4097)
             header = wire.FrameHeader("ext", seq, time.time(), *size)
             pub.send_multipart(wire.encode(header, TINY_JPEG))
-        wait_until(lambda: health(broker)["ingest"]["errors"].get("dimensions") == 300, 10,
-                   f"not counted: {health(broker)['ingest']}")  # fmt: skip
+        wait_until(
+            lambda: health(broker)["ingest"]["errors"].get("dimensions") == 300,
+            10,
+            f"not counted: {health(broker)['ingest']}",
+        )
         assert not broker.cameras()["ext"]["online"]
         lines = [line for line in broker.logs().splitlines() if "(dimensions)" in line]
         assert 1 <= len(lines) <= 3 and "exceeds the limit of 4096x4096" in lines[0], lines
@@ -457,8 +519,11 @@ def test_a_flood_of_unknown_camera_ids_gives_a_handful_of_log_lines(tmp_path: Pa
         for seq in range(count):
             header = wire.FrameHeader(f"ghost-{seq}", seq, time.time(), 64, 48)
             pub.send_multipart(wire.encode(header, TINY_JPEG))
-        wait_until(lambda: health(broker)["ingest"]["errors"].get("unknown_camera") == count, 30,
-                   f"not all counted: {health(broker)['ingest']}")  # fmt: skip
+        wait_until(
+            lambda: health(broker)["ingest"]["errors"].get("unknown_camera") == count,
+            30,
+            f"not all counted: {health(broker)['ingest']}",
+        )
         lines = [line for line in broker.logs().splitlines() if "not in the config" in line]
         assert 1 <= len(lines) <= 5, f"{len(lines)} lines"
         assert re.search(r"ghost-\d+", lines[0]), lines[0]  # an example id is named
@@ -562,16 +627,23 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif roll < 0.85 and out:
             del out[at : at + rng.randint(1, 16)]
         else:
-            out[at : at + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00",
-                                           b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00"])  # fmt: skip
+            out[at : at + 4] = rng.choice(
+                [b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00"]
+            )
     return bytes(out)
 
 
 @pytest.mark.parametrize(
     ("fmt", "options"),
-    [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("WEBP", {}),
-     ("WEBP", {"lossless": True}), ("WEBP", {"exif": b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00"}),
-     ("BMP", {})],
+    [
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("PNG", {}),
+        ("WEBP", {}),
+        ("WEBP", {"lossless": True}),
+        ("WEBP", {"exif": b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00"}),
+        ("BMP", {}),
+    ],
 )
 def test_declared_size_agrees_with_pillow(fmt: str, options: dict[str, Any]) -> None:
     data = encoded(fmt, (321, 123), **options)
@@ -590,10 +662,20 @@ def test_declared_size_agrees_with_pillow(fmt: str, options: dict[str, Any]) -> 
         ("image/jpeg", jpeg_declaring(65535, 65535), 413, "image_too_large"),
         ("image/jpeg", jpeg_declaring(9000, 100), 413, "image_too_large"),
         ("image/jpeg", b"\xff\xd8\xff\xda\x00\x02", 415, "not_an_image"),
-        ("image/webp", b"RIFF\x00\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00" + bytes(4)
-         + b"\xff\xff\xff\xff\xff\xff", 413, "image_too_large"),
-        ("image/bmp", b"BM" + bytes(12) + struct.pack("<Iii", 40, 100000, -5) + bytes(30),
-         413, "image_too_large"),
+        (
+            "image/webp",
+            b"RIFF\x00\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00"
+            + bytes(4)
+            + b"\xff\xff\xff\xff\xff\xff",
+            413,
+            "image_too_large",
+        ),
+        (
+            "image/bmp",
+            b"BM" + bytes(12) + struct.pack("<Iii", 40, 100000, -5) + bytes(30),
+            413,
+            "image_too_large",
+        ),
         ("image/bmp", b"BM" + bytes(12) + struct.pack("<I", 7) + bytes(30), 415, "not_an_image"),
     ],
 )
@@ -615,11 +697,14 @@ def test_an_image_whose_pillow_header_read_fails_is_not_an_image() -> None:
 
 def test_mutated_images_raise_only_upload_errors() -> None:
     rng = random.Random(2)
-    seeds = [("image/png", encoded("PNG", (64, 48))), ("image/jpeg", encoded("JPEG", (64, 48))),
-             ("image/jpeg", encoded("JPEG", (64, 48), progressive=True)),
-             ("image/webp", encoded("WEBP", (64, 48))),
-             ("image/webp", encoded("WEBP", (64, 48), lossless=True)),
-             ("image/bmp", encoded("BMP", (64, 48)))]  # fmt: skip
+    seeds = [
+        ("image/png", encoded("PNG", (64, 48))),
+        ("image/jpeg", encoded("JPEG", (64, 48))),
+        ("image/jpeg", encoded("JPEG", (64, 48), progressive=True)),
+        ("image/webp", encoded("WEBP", (64, 48))),
+        ("image/webp", encoded("WEBP", (64, 48), lossless=True)),
+        ("image/bmp", encoded("BMP", (64, 48))),
+    ]
     codes: dict[str, int] = {}
     for _ in range(6000):
         content_type, data = rng.choice(seeds)
@@ -655,9 +740,16 @@ def test_wire_decode_refuses_dimensions_over_the_caps() -> None:
 
 @pytest.mark.parametrize(
     ("size", "fitted"),
-    [((1280, 720), (1280, 720)), ((16384, 16384), (1080, 1080)), ((3840, 2160), (1920, 1080)),
-     ((70000, 10), (1920, 16)), ((10, 70000), (16, 1080)), ((0, 0), (16, 16)),
-     ((64, 48), (64, 48)), ((8, 4), (16, 16))],
+    [
+        ((1280, 720), (1280, 720)),
+        ((16384, 16384), (1080, 1080)),
+        ((3840, 2160), (1920, 1080)),
+        ((70000, 10), (1920, 16)),
+        ((10, 70000), (16, 1080)),
+        ((0, 0), (16, 16)),
+        ((64, 48), (64, 48)),
+        ((8, 4), (16, 16)),
+    ],
 )
 def test_fit_bounds_the_no_data_size(size: tuple[int, int], fitted: tuple[int, int]) -> None:
     assert nodata.fit(*size) == fitted
@@ -693,9 +785,20 @@ def test_strings_that_cannot_be_encoded_are_refused_naming_the_key() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"width": 10**400}, {"fps": 10**400}, {"fps": -(10**400)}, {"fps": math.inf},
-     {"fps": math.nan}, {"quality": 1e308}, {b"width": 5}, {7: 1}, {None: None},
-     {"format": ["jpeg"]}, {"name": {"a": 1}}, {"auto_exposure": 1}],
+    [
+        {"width": 10**400},
+        {"fps": 10**400},
+        {"fps": -(10**400)},
+        {"fps": math.inf},
+        {"fps": math.nan},
+        {"quality": 1e308},
+        {b"width": 5},
+        {7: 1},
+        {None: None},
+        {"format": ["jpeg"]},
+        {"name": {"a": 1}},
+        {"auto_exposure": 1},
+    ],
 )
 def test_validate_raises_only_settings_error(changes: dict[Any, Any]) -> None:
     with pytest.raises(camera_settings.SettingsError) as refused:
@@ -706,8 +809,13 @@ def test_validate_raises_only_settings_error(changes: dict[Any, Any]) -> None:
 
 @pytest.mark.parametrize(
     "allowed",
-    [{"width": {"min": "a", "max": None}}, {"width": {"min": math.nan, "max": math.inf}},
-     {"width": 5}, {"width": {"choices": "abc"}}, {"width": {"min": True, "max": [1]}}],
+    [
+        {"width": {"min": "a", "max": None}},
+        {"width": {"min": math.nan, "max": math.inf}},
+        {"width": 5},
+        {"width": {"choices": "abc"}},
+        {"width": {"min": True, "max": [1]}},
+    ],
 )
 def test_garbage_limits_never_break_validation(allowed: dict[str, Any]) -> None:
     try:
@@ -720,14 +828,31 @@ def test_garbage_limits_never_break_validation(allowed: dict[str, Any]) -> None:
 
 
 def hello(**overrides: Any) -> dict[str, Any]:
-    return {"type": "hello", "version": 1, "camera": "cam", "device": "d",
-            "supported": camera_settings.supported(), "settings": camera_settings.defaults(),
-            "streaming": True, "pid": 1, **overrides}  # fmt: skip
+    return {
+        "type": "hello",
+        "version": 1,
+        "camera": "cam",
+        "device": "d",
+        "supported": camera_settings.supported(),
+        "settings": camera_settings.defaults(),
+        "streaming": True,
+        "pid": 1,
+        **overrides,
+    }
 
 
 def reply(**overrides: Any) -> dict[str, Any]:
-    return {"type": "reply", "version": 1, "request_id": "1", "success": True, "message": "",
-            "settings": {}, "streaming": True, "timestamp": 1.0, **overrides}  # fmt: skip
+    return {
+        "type": "reply",
+        "version": 1,
+        "request_id": "1",
+        "success": True,
+        "message": "",
+        "settings": {},
+        "streaming": True,
+        "timestamp": 1.0,
+        **overrides,
+    }
 
 
 SUPPORTED = camera_settings.supported()
@@ -770,10 +895,20 @@ SUPPORTED = camera_settings.supported()
         ({"type": "heartbeat", "version": True}, "bad_version"),
         ({"type": b"heartbeat", "version": 1}, "bad_value"),
         ({"type": "shout", "version": 1}, "unknown_type"),
-        ({"type": "command", "version": 1, "request_id": "1", "command": "fly",
-          "settings": {}}, "bad_field"),
-        ({"type": "command", "version": 1, "request_id": "1", "command": "update_settings",
-          "settings": {"width": [640]}}, "bad_settings"),
+        (
+            {"type": "command", "version": 1, "request_id": "1", "command": "fly", "settings": {}},
+            "bad_field",
+        ),
+        (
+            {
+                "type": "command",
+                "version": 1,
+                "request_id": "1",
+                "command": "update_settings",
+                "settings": {"width": [640]},
+            },
+            "bad_settings",
+        ),
         ([1, 2], "not_a_map"),
     ],
 )
@@ -785,8 +920,11 @@ def test_decode_refuses_by_reason(message: Any, reason: str) -> None:
 
 
 def test_decode_refuses_oversize_and_garbage() -> None:
-    for data, reason in [(b"\xc1", "not_msgpack"), (bytes(protocol.MAX_MESSAGE_BYTES + 1),
-                                                    "oversize"), (b"", "not_msgpack")]:  # fmt: skip
+    for data, reason in [
+        (b"\xc1", "not_msgpack"),
+        (bytes(protocol.MAX_MESSAGE_BYTES + 1), "oversize"),
+        (b"", "not_msgpack"),
+    ]:
         with pytest.raises(protocol.ControlError) as refused:
             protocol.decode(data)
         assert refused.value.reason == reason
@@ -800,15 +938,19 @@ def test_decoded_messages_are_what_json_and_msgpack_carry() -> None:
     assert protocol.decode(msgpack.packb(large))["settings"]["width"] == 16384  # a report
     answered = protocol.decode(msgpack.packb(reply(success=False, errors={"zoom": "unknown"})))
     assert answered["errors"] == {"zoom": "unknown"}
-    command = protocol.decode(protocol.encode("command", request_id="7", command="update_settings",
-                                              settings={"brightness": 101}))  # fmt: skip
+    command = protocol.decode(
+        protocol.encode(
+            "command", request_id="7", command="update_settings", settings={"brightness": 101}
+        )
+    )
     assert command["settings"] == {"brightness": 101}  # the worker names the bad key itself
 
 
 def test_encode_raises_control_error_for_what_msgpack_cannot_carry() -> None:
     with pytest.raises(protocol.ControlError) as refused:
-        protocol.encode("command", request_id="1", command="update_settings",
-                        settings={"name": "\ud800"})  # fmt: skip
+        protocol.encode(
+            "command", request_id="1", command="update_settings", settings={"name": "\ud800"}
+        )
     assert refused.value.reason == "bad_value"
 
 
@@ -832,14 +974,18 @@ def test_invented_camera_ids_stay_a_bounded_set(tmp_path: Path) -> None:
         for seq in range(200):
             header = wire.FrameHeader(f"ghost-{seq}", seq, time.time(), 64, 48)
             pub.send_multipart(wire.encode(header, TINY_JPEG))
-        wait_until(lambda: sum(health(broker)["ingest"]["errors"].values()) >= 194, 15,
-                   f"not all counted: {health(broker)['ingest']}")  # fmt: skip
+        wait_until(
+            lambda: sum(health(broker)["ingest"]["errors"].values()) >= 194,
+            15,
+            f"not all counted: {health(broker)['ingest']}",
+        )
         assert len(broker.cameras()) == 8  # cam and ext, plus six invented ones
         assert health(broker)["ingest"]["errors"]["too_many_cameras"] == 194
         wait_until(lambda: len(broker.cameras()) == 2, 10, "invented cameras never forgotten")
         metrics = urllib.request.urlopen(broker.url + "/metrics", timeout=5).read().decode()
         assert 'camera="ghost-' not in metrics
-        status, _, body = request(broker, "POST", "/cameras/ghost-x/frames",
-                                        sample_jpeg(64, 48), "image/jpeg")  # fmt: skip
+        status, _, body = request(
+            broker, "POST", "/cameras/ghost-x/frames", sample_jpeg(64, 48), "image/jpeg"
+        )
         assert status == 201, body  # room again
         assert_kept(viewer, start)

@@ -60,8 +60,10 @@ def unique(name: str) -> str:
 
 
 def camera(camera_id: str, extra: str = "") -> str:
-    return (f'[[cameras]]\nid = "{camera_id}"\nsource = "test-pattern"\nwidth = 320\n'
-            f"height = 240\nfps = {FPS:g}\n{extra}")  # fmt: skip
+    return (
+        f'[[cameras]]\nid = "{camera_id}"\nsource = "test-pattern"\nwidth = 320\n'
+        f"height = 240\nfps = {FPS:g}\n{extra}"
+    )
 
 
 def workers_table(**values: float) -> str:
@@ -128,8 +130,11 @@ def connected_pids(broker: BrokerProcess, *camera_ids: str) -> dict[str, int] | 
 
 
 def wait_connected(broker: BrokerProcess, *camera_ids: str, within: float = 30) -> dict[str, int]:
-    wait_until(lambda: connected_pids(broker, *camera_ids), within,
-               f"workers of {camera_ids} never all connected:\n{broker.logs()[-3000:]}")  # fmt: skip
+    wait_until(
+        lambda: connected_pids(broker, *camera_ids),
+        within,
+        f"workers of {camera_ids} never all connected:\n{broker.logs()[-3000:]}",
+    )
     found = connected_pids(broker, *camera_ids)
     assert found is not None
     return found
@@ -137,8 +142,9 @@ def wait_connected(broker: BrokerProcess, *camera_ids: str, within: float = 30) 
 
 def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, json.load(response)
@@ -174,8 +180,9 @@ def test_lost_too_long_counts_the_shorter_of_silence_and_run_time() -> None:
 
 def test_supervised_workers_get_a_lifeline_and_an_orphan_timeout(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, '[[cameras]]\nid = "a"\nsource = "test-pattern"\n')
-    command = worker_command(cfg.cameras[0], "ipc://x/i", "info", "ipc://x/c", 0.5,
-                             lifeline=7, orphan_timeout=15)  # fmt: skip
+    command = worker_command(
+        cfg.cameras[0], "ipc://x/i", "info", "ipc://x/c", 0.5, lifeline=7, orphan_timeout=15
+    )
     assert command[command.index("--lifeline") + 1] == "7"
     assert command[command.index("--orphan-timeout") + 1] == "15"
     # Never shorter than two heartbeats: a healthy broker would lose its workers.
@@ -203,13 +210,18 @@ async def test_silent_for_is_the_time_since_the_workers_last_word(tmp_path: Path
 SKEW = -137.25  # the camera's clock runs this far behind ours (seconds)
 
 
-def steady(freshness: Freshness, start: float, seconds: float, fps: float = 10,
-           skew: float = SKEW, transit: float = 0.01) -> list[bool]:  # fmt: skip
+def steady(
+    freshness: Freshness,
+    start: float,
+    seconds: float,
+    fps: float = 10,
+    skew: float = SKEW,
+    transit: float = 0.01,
+) -> list[bool]:
     """Judge frames captured every 1/fps from ``start`` (our clock), each arriving after
     ``transit``, stamped by a camera clock ``skew`` off ours; the verdicts."""
     count = round(seconds * fps)
-    return [freshness.live(start + i / fps + transit, start + i / fps + skew)
-            for i in range(count)]  # fmt: skip
+    return [freshness.live(start + i / fps + transit, start + i / fps + skew) for i in range(count)]
 
 
 def test_a_skewed_but_steady_clock_is_live() -> None:
@@ -330,12 +342,29 @@ def test_only_folders_of_dead_brokers_of_this_user_are_removed(tmp_path: Path) -
 
 def start_worker(camera_id: str, *extra: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cameras.worker", "--broker", "tcp://127.0.0.1:9",
-         "--camera-id", camera_id, "--source", "test-pattern", "--width", "160",
-         "--height", "120", "--fps", "5", *extra],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "cameras.worker",
+            "--broker",
+            "tcp://127.0.0.1:9",
+            "--camera-id",
+            camera_id,
+            "--source",
+            "test-pattern",
+            "--width",
+            "160",
+            "--height",
+            "120",
+            "--fps",
+            "5",
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         pass_fds=pass_fds,
-    )  # fmt: skip
+    )
 
 
 def wait_exit(process: subprocess.Popen, within: float) -> float | None:
@@ -375,8 +404,9 @@ def test_a_worker_exits_after_the_orphan_timeout_and_a_hand_started_one_waits() 
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     control = f"tcp://127.0.0.1:{port}"
-    supervised = start_worker(unique("orphan"), "--control", control, "--heartbeat", "0.2",
-                              "--orphan-timeout", "1.5")  # fmt: skip
+    supervised = start_worker(
+        unique("orphan"), "--control", control, "--heartbeat", "0.2", "--orphan-timeout", "1.5"
+    )
     by_hand = start_worker(unique("by-hand"), "--control", control, "--heartbeat", "0.2")
     try:
         took = wait_exit(supervised, 15.0)
@@ -407,20 +437,29 @@ def test_a_hung_worker_is_killed_and_restarted_while_other_cameras_stream(
             stopped = time.monotonic()
             os.kill(before[hung], signal.SIGSTOP)
             try:
-                wait_until(lambda: (connected_pids(broker, hung) or {}).get(hung)
-                           not in (None, before[hung]), HEAL_LIMIT + 15,
-                           f"no new worker said hello:\n{broker.logs()[-3000:]}")  # fmt: skip
+                wait_until(
+                    lambda: (
+                        (connected_pids(broker, hung) or {}).get(hung) not in (None, before[hung])
+                    ),
+                    HEAL_LIMIT + 15,
+                    f"no new worker said hello:\n{broker.logs()[-3000:]}",
+                )
                 hello = time.monotonic() - stopped
-                wait_until(lambda: live_again_at(hung_viewer.arrivals, stopped + 1.0, FPS),
-                           10, "the hung camera's viewer never got live frames again")  # fmt: skip
+                wait_until(
+                    lambda: live_again_at(hung_viewer.arrivals, stopped + 1.0, FPS),
+                    10,
+                    "the hung camera's viewer never got live frames again",
+                )
             finally:
                 kill(before[hung])
             live = live_again_at(hung_viewer.arrivals, stopped + 1.0, FPS)
             assert live is not None
             time.sleep(1.0)
             viewer.assert_kept(FPS, since=stopped)
-        print(f"\nSIGSTOP -> new worker's hello {hello:.1f} s, -> live frames again "
-              f"{live - stopped:.1f} s (limit {HEAL_LIMIT:g} s of silence)")  # fmt: skip
+        print(
+            f"\nSIGSTOP -> new worker's hello {hello:.1f} s, -> live frames again "
+            f"{live - stopped:.1f} s (limit {HEAL_LIMIT:g} s of silence)"
+        )
         assert not alive(before[hung])
         assert hello < HEAL_LIMIT + 10
         answer = health(broker)
@@ -435,9 +474,11 @@ def test_workers_die_with_a_killed_broker_and_a_restart_has_one_each(tmp_path: P
     always, other, paused = cameras
     # The orphan timeout is long: the workers must go because of the lifeline.
     config = write_config(
-        tmp_path, camera(always) + camera(other) + camera(paused, "on_demand = true\n"),
-        workers_table(orphan_timeout=60), CONTROL,
-    )  # fmt: skip
+        tmp_path,
+        camera(always) + camera(other) + camera(paused, "on_demand = true\n"),
+        workers_table(orphan_timeout=60),
+        CONTROL,
+    )
     state_file = tmp_path / "camera-broker.state.json"
     settings_url = f"/api/cameras/{always}/settings"
     with no_leftovers(*cameras):
@@ -446,19 +487,32 @@ def test_workers_die_with_a_killed_broker_and_a_restart_has_one_each(tmp_path: P
             pids = wait_connected(first, *cameras)
             code, answer = http("PATCH", first.url + settings_url, {"brightness": 70})
             assert code == 200 and answer["success"], answer
-            wait_until(lambda: state_file.exists() and json.loads(state_file.read_text())
-                       ["cameras"].get(always) == {"brightness": 70}, 10, "not stored")  # fmt: skip
-            folder = Path(next(arg for arg in Path(f"/proc/{pids[always]}/cmdline")
-                               .read_text().split("\0") if arg.startswith("ipc://"))
-                          .removeprefix("ipc://")).parent  # fmt: skip
+            wait_until(
+                lambda: (
+                    state_file.exists()
+                    and json.loads(state_file.read_text())["cameras"].get(always)
+                    == {"brightness": 70}
+                ),
+                10,
+                "not stored",
+            )
+            folder = Path(
+                next(
+                    arg
+                    for arg in Path(f"/proc/{pids[always]}/cmdline").read_text().split("\0")
+                    if arg.startswith("ipc://")
+                ).removeprefix("ipc://")
+            ).parent
             assert folder.exists()
             assert first.process is not None
             first.process.kill()
             killed = time.monotonic()
             first.process.wait()
-            wait_until(lambda: not any(alive(pid) for pid in pids.values()), 10,
-                       f"workers outlived their broker: "
-                       f"{[p for p in pids.values() if alive(p)]}")  # fmt: skip
+            wait_until(
+                lambda: not any(alive(pid) for pid in pids.values()),
+                10,
+                f"workers outlived their broker: {[p for p in pids.values() if alive(p)]}",
+            )
             gone = time.monotonic() - killed
         finally:
             first.stop()
@@ -548,8 +602,10 @@ async def test_a_backlog_after_silence_is_never_shown_and_is_counted(tmp_path: P
     camera_id = unique("ext")
     port = free_port()
     config = tmp_path / "broker.toml"
-    config.write_text(f'[ingest]\nendpoints = ["tcp://127.0.0.1:{port}"]\noffline_after = 1.0\n'
-                      f'[control]\nendpoints = []\n[[cameras]]\nid = "{camera_id}"\n')  # fmt: skip
+    config.write_text(
+        f'[ingest]\nendpoints = ["tcp://127.0.0.1:{port}"]\noffline_after = 1.0\n'
+        f'[control]\nendpoints = []\n[[cameras]]\nid = "{camera_id}"\n'
+    )
     broker = BrokerProcess(config)
     await trio.to_thread.run_sync(broker.start)
     # The camera's clock is two minutes behind ours: its live frames are still live.
@@ -643,8 +699,9 @@ def test_an_unwritable_state_file_stops_nothing_and_healthz_says_so(tmp_path: Pa
     folder = tmp_path / "state"
     folder.mkdir()
     state_file = folder / "broker.state.json"
-    config = write_config(tmp_path, camera(cam), workers_table(),
-                          CONTROL + f'state_file = "{state_file}"\n')  # fmt: skip
+    config = write_config(
+        tmp_path, camera(cam), workers_table(), CONTROL + f'state_file = "{state_file}"\n'
+    )
     settings_url = f"/api/cameras/{cam}/settings"
     with no_leftovers(cam), BrokerProcess(config) as broker, Viewer(broker.port, cam) as viewer:
         wait_connected(broker, cam)
@@ -673,11 +730,13 @@ def test_an_unwritable_state_file_stops_nothing_and_healthz_says_so(tmp_path: Pa
         # Writable again: the retry writes it and the report is back to ok.
         folder.unlink()
         aside.rename(folder)
-        wait_until(lambda: health(broker)["control"]["state_file"]["ok"], 15,
-                   "the state file was never written again")  # fmt: skip
+        wait_until(
+            lambda: health(broker)["control"]["state_file"]["ok"],
+            15,
+            "the state file was never written again",
+        )
         assert json.loads(state_file.read_text())["cameras"][cam] == {"brightness": 65}
         assert health(broker)["status"] == "ok"
-
 
 
 async def test_a_state_file_in_a_missing_folder_is_reported_from_the_start(

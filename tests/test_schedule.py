@@ -36,8 +36,12 @@ def test_consecutive_checks_fire_each_crossing_exactly_once() -> None:
         end = start + dt.timedelta(seconds=5)
         fired += [(when, entry.preset) for when, entry in crossings(SCHEDULE, start, end)]
         start = advance(start, end)
-    assert fired == [(at(1, 7), "day"), (at(1, 19, 30), "night"),
-                     (at(2, 7), "day"), (at(2, 19, 30), "night")]  # fmt: skip
+    assert fired == [
+        (at(1, 7), "day"),
+        (at(1, 19, 30), "night"),
+        (at(2, 7), "day"),
+        (at(2, 19, 30), "night"),
+    ]
 
 
 def test_a_late_check_still_fires_what_it_passed_in_order() -> None:
@@ -53,7 +57,9 @@ def test_crossing_midnight() -> None:
 def test_a_long_gap_applies_at_most_one_day() -> None:
     found = crossings(SCHEDULE, at(1, 12), at(5, 12))
     assert [(when, entry.preset) for when, entry in found] == [
-        (at(4, 19, 30), "night"), (at(5, 7), "day")]  # fmt: skip
+        (at(4, 19, 30), "night"),
+        (at(5, 7), "day"),
+    ]
 
 
 def test_entries_at_the_same_time_keep_their_order() -> None:

@@ -201,9 +201,13 @@ async def test_malformed_zmq_messages_are_counted_and_serving_goes_on() -> None:
             while broker.ingest_stats.frames < 1:
                 await trio.sleep(0.05)
         assert dict(broker.ingest_stats.errors) == {
-            "parts": 1, "header": 1, "version": 1, "oversize": 1, "not_image": 1,
+            "parts": 1,
+            "header": 1,
+            "version": 1,
+            "oversize": 1,
+            "not_image": 1,
             "unknown_camera": 1,
-        }  # fmt: skip
+        }
         status, _, body = await http(broker.port, get("/healthz"))
         assert status == 200 and json.loads(body)["ingest"]["errors"]["parts"] == 1
 
@@ -274,8 +278,10 @@ def test_json_in_and_out_is_finite() -> None:
 
 
 def test_protocol_problems_never_quote_the_request() -> None:
-    for raw in (b"GET /?token=secret HTTP/1.1 x\r\n\r\n",
-                b"GET / HTTP/1.1\r\nHost: x\r\nbad header token=secret\r\n\r\n"):  # fmt: skip
+    for raw in (
+        b"GET /?token=secret HTTP/1.1 x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nbad header token=secret\r\n\r\n",
+    ):
         conn = h11.Connection(h11.SERVER)
         conn.receive_data(raw)
         try:

@@ -35,8 +35,11 @@ def camera_config(tmp_path: Path, extra: str = "") -> Path:
 
 
 def wait_connected(broker: BrokerProcess, camera_id: str = "cam") -> None:
-    wait_until(lambda: broker.cameras()[camera_id]["connected"], 30,
-               f"the worker of {camera_id} never connected:\n{broker.logs()}")  # fmt: skip
+    wait_until(
+        lambda: broker.cameras()[camera_id]["connected"],
+        30,
+        f"the worker of {camera_id} never connected:\n{broker.logs()}",
+    )
 
 
 def snapshot_mean(broker: BrokerProcess, camera_id: str = "cam") -> float:
@@ -78,12 +81,15 @@ async def test_presets_route_lists_the_configured_presets() -> None:
         head = f"GET /api/presets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
         status, headers, body = await http(broker.port, head.encode())
         assert status == 200 and headers["content-type"] == "application/json"
-        assert json.loads(body) == {"night": {"brightness": 80},
-                                    "day": {"brightness": 50, "auto_exposure": True}}  # fmt: skip
+        assert json.loads(body) == {
+            "night": {"brightness": 80},
+            "day": {"brightness": 50, "auto_exposure": True},
+        }
         status, _, _ = await http(broker.port, get(f"/api/presets?token={VIEWER_TOKEN}", "HEAD"))
         assert status == 200
-        status, headers, _ = await http(broker.port, get(f"/api/presets?token={VIEWER_TOKEN}",
-                                                         "POST"))  # fmt: skip
+        status, headers, _ = await http(
+            broker.port, get(f"/api/presets?token={VIEWER_TOKEN}", "POST")
+        )
         assert status == 405 and headers["allow"] == "get, head"  # the helper lowercases
         assert (await http(broker.port, get("/api/presets")))[0] == 401
     async with running_broker(config(EXTERNAL)) as broker:
@@ -101,8 +107,12 @@ def test_drawer_applies_changes_shows_refusals_and_applies_presets(tmp_path: Pat
         with urllib.request.urlopen(broker.url + "/api/cameras/cam/settings", timeout=15) as r:
             status = json.load(r)
         assert status["success"] and status["settings"]["brightness"] == 50
-        assert status["supported"]["brightness"] == {"type": "int", "default": 50,
-                                                     "min": 0, "max": 100}  # fmt: skip
+        assert status["supported"]["brightness"] == {
+            "type": "int",
+            "default": 50,
+            "min": 0,
+            "max": 100,
+        }
         open_page(page, broker)
 
         # The gear is a button: keyboard users open the drawer with Enter.
@@ -132,10 +142,16 @@ def test_drawer_applies_changes_shows_refusals_and_applies_presets(tmp_path: Pat
             page.click(f"{DRAWER} .apply")
         assert json.loads(patch.value.post_data or "") == {"brightness": 90}
         assert "brightness" in wait_message(page, "ok")
-        wait_until(lambda: broker.cameras()["cam"]["settings"]["brightness"] == 90, 10,
-                   "/api/cameras does not report the new brightness")  # fmt: skip
-        wait_until(lambda: snapshot_mean(broker) > before + 40, 10,
-                   f"the picture did not get brighter than {before:.1f}")  # fmt: skip
+        wait_until(
+            lambda: broker.cameras()["cam"]["settings"]["brightness"] == 90,
+            10,
+            "/api/cameras does not report the new brightness",
+        )
+        wait_until(
+            lambda: snapshot_mean(broker) > before + 40,
+            10,
+            f"the picture did not get brighter than {before:.1f}",
+        )
 
         # A value the camera refuses: the broker's problem next to the field, nothing changed.
         page.fill(f"{DRAWER} [name=fps]", "0")
@@ -157,8 +173,11 @@ def test_drawer_applies_changes_shows_refusals_and_applies_presets(tmp_path: Pat
         assert brightness.input_value() == "80"
         assert page.locator(f"{DRAWER} [name=fps]").input_value() == "10"  # reset too
         assert page.text_content(f'{DRAWER} .error[data-for="fps"]') == ""
-        wait_until(lambda: broker.cameras()["cam"]["settings"]["brightness"] == 80, 10,
-                   "the preset did not reach the camera")  # fmt: skip
+        wait_until(
+            lambda: broker.cameras()["cam"]["settings"]["brightness"] == 80,
+            10,
+            "the preset did not reach the camera",
+        )
         page.screenshot(path=str(tmp_path / "drawer.png"))
 
         # The name setting is the camera's display name: the tile and the drawer follow it.
@@ -217,5 +236,8 @@ def test_drawer_is_read_only_with_a_viewer_token(tmp_path: Path, page) -> None:
         open_drawer(page, "cam", "ready")
         page.click(f'{DRAWER} button[data-preset="night"]')
         assert "preset night applied" in wait_message(page, "ok")
-        wait_until(lambda: broker.cameras()["cam"]["settings"]["brightness"] == 80, 10,
-                   "the preset did not reach the camera")  # fmt: skip
+        wait_until(
+            lambda: broker.cameras()["cam"]["settings"]["brightness"] == 80,
+            10,
+            "the preset did not reach the camera",
+        )

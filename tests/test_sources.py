@@ -20,16 +20,24 @@ def test_make_source_picks_the_kind(tmp_path: Path) -> None:
     clip.write_bytes(b"")
     cases: list[tuple[Source, type[Source], str]] = [
         (make_source(None, "/dev/video0", None, 15, "jpeg"), V4L2Source, "device /dev/video0"),
-        (make_source("test-pattern", None, (64, 48), 15, "jpeg"), TestPatternSource,
-         "test pattern 64x48"),
-        (make_source("test-pattern", None, None, 15, "jpeg"), TestPatternSource,
-         "test pattern 1280x720"),
-        (make_source(str(tmp_path), None, None, 15, "jpeg"), FolderSource,
-         f"images in {tmp_path}"),
+        (
+            make_source("test-pattern", None, (64, 48), 15, "jpeg"),
+            TestPatternSource,
+            "test pattern 64x48",
+        ),
+        (
+            make_source("test-pattern", None, None, 15, "jpeg"),
+            TestPatternSource,
+            "test pattern 1280x720",
+        ),
+        (make_source(str(tmp_path), None, None, 15, "jpeg"), FolderSource, f"images in {tmp_path}"),
         (make_source(str(clip), None, None, 15, "jpeg"), CaptureSource, str(clip)),
-        (make_source("rtsp://cam/stream", None, None, 15, "jpeg"), CaptureSource,
-         "rtsp://cam/stream"),
-    ]  # fmt: skip
+        (
+            make_source("rtsp://cam/stream", None, None, 15, "jpeg"),
+            CaptureSource,
+            "rtsp://cam/stream",
+        ),
+    ]
     for source, kind, description in cases:
         assert type(source) is kind and source.description == description
 
@@ -44,8 +52,10 @@ def test_a_device_index_is_never_a_file_even_if_one_has_its_name(
 
 
 def test_a_missing_device_or_file_fails_to_open_with_a_source_error(tmp_path: Path) -> None:
-    for source in (V4L2Source("/dev/video99", size=None, fps=15, fmt="jpeg"),
-                   CaptureSource(str(tmp_path / "none.avi"), size=None, fps=15, fmt="jpeg")):  # fmt: skip
+    for source in (
+        V4L2Source("/dev/video99", size=None, fps=15, fmt="jpeg"),
+        CaptureSource(str(tmp_path / "none.avi"), size=None, fps=15, fmt="jpeg"),
+    ):
         with pytest.raises(SourceError, match="cannot open"):
             source.open()
         source.close()

@@ -45,7 +45,9 @@ def test_empty_path_disables_both_ways(tmp_path: Path, monkeypatch: pytest.Monke
     assert state.load("") == {}
 
 
-def test_missing_file_is_no_state_and_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_file_is_no_state_and_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     assert state.load(tmp_path / "absent.json") == {}
     assert caplog.records == []
 
@@ -71,25 +73,38 @@ def test_corrupt_file_is_logged_and_ignored(
     assert logged in caplog.text
 
 
-def test_binary_garbage_is_logged_and_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_binary_garbage_is_logged_and_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "state.json"
     path.write_bytes(b"\xff\xfe\x00garbage")
     assert state.load(path) == {}
     assert "cannot read" in caplog.text
 
 
-def test_unreadable_path_is_logged_and_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_path_is_logged_and_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     assert state.load(tmp_path) == {}  # a directory: IsADirectoryError
     assert "cannot read" in caplog.text
 
 
-def test_invalid_settings_are_dropped_one_by_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_invalid_settings_are_dropped_one_by_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "state.json"
-    path.write_text(json.dumps({"version": 1, "cameras": {
-        "a": {"brightness": 500, "contrast": 70, "colour": 3},
-        "b": "not an object",
-        "c": {"fps": 5},
-    }}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "cameras": {
+                    "a": {"brightness": 500, "contrast": 70, "colour": 3},
+                    "b": "not an object",
+                    "c": {"fps": 5},
+                },
+            }
+        )
+    )
     assert state.load(path) == {"a": {"contrast": 70}, "c": {"fps": 5.0}}
     assert "camera a: brightness: must be an integer from 0 to 100, got 500; ignored" in caplog.text
     assert "camera a: colour: unknown setting" in caplog.text

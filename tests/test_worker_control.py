@@ -132,16 +132,40 @@ def broker(tmp_path: Path) -> Iterator[FakeBroker]:
 
 
 @contextmanager
-def worker(broker: FakeBroker, *args: str, heartbeat: float = 0.5, source: str = "test-pattern",
-           size: tuple[int, int] | None = (320, 240), fps: float = 10) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+def worker(
+    broker: FakeBroker,
+    *args: str,
+    heartbeat: float = 0.5,
+    source: str = "test-pattern",
+    size: tuple[int, int] | None = (320, 240),
+    fps: float = 10,
+) -> Iterator[subprocess.Popen[bytes]]:
     sizes = ["--width", str(size[0]), "--height", str(size[1])] if size else []
     with open(broker.log, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cameras.worker", "--broker", broker.frames_endpoint,
-             "--camera-id", "cam", "--source", source, *sizes, "--fps", f"{fps:g}",
-             "--control", broker.endpoint, "--heartbeat", f"{heartbeat:g}", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cameras.worker",
+                "--broker",
+                broker.frames_endpoint,
+                "--camera-id",
+                "cam",
+                "--source",
+                source,
+                *sizes,
+                "--fps",
+                f"{fps:g}",
+                "--control",
+                broker.endpoint,
+                "--heartbeat",
+                f"{heartbeat:g}",
+                *args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         yield process
     finally:
@@ -273,8 +297,9 @@ def test_a_folder_source_is_resized_and_adjusted_in_software(
         before = mean_of(broker.frames(3))
         status = broker.command("get_status")
         assert (status["settings"]["width"], status["settings"]["height"]) == (200, 100)
-        reply = broker.command("update_settings", width=100, height=50, saturation=0,
-                               brightness=30, format="png")  # fmt: skip
+        reply = broker.command(
+            "update_settings", width=100, height=50, saturation=0, brightness=30, format="png"
+        )
         assert reply["success"] is True, reply
         frames = broker.frames_after(reply["timestamp"], 3)
         for header, payload in frames:
@@ -381,8 +406,17 @@ def test_malformed_control_messages_are_ignored_while_frames_flow(broker: FakeBr
             for parts in garbage:
                 broker.send_raw(*parts)
         # A command with a request id but broken fields still gets its one answer.
-        broker.send_raw(msgpack.packb({"type": "command", "version": 1, "request_id": "bad",
-                                       "command": "self_destruct", "settings": {}}))  # fmt: skip
+        broker.send_raw(
+            msgpack.packb(
+                {
+                    "type": "command",
+                    "version": 1,
+                    "request_id": "bad",
+                    "command": "self_destruct",
+                    "settings": {},
+                }
+            )
+        )
         broker.send_raw(msgpack.packb({"type": "command", "version": 99, "request_id": "old"}))
         frames = broker.frames(10)
         assert time.monotonic() - started < 5
@@ -405,8 +439,14 @@ def test_every_command_gets_exactly_one_reply(broker: FakeBroker) -> None:
         for name in control.COMMANDS:
             reply = broker.command(name)
             assert reply["success"] is True, reply
-            assert set(reply) >= {"request_id", "success", "message", "settings", "streaming",
-                                  "timestamp"}  # fmt: skip
+            assert set(reply) >= {
+                "request_id",
+                "success",
+                "message",
+                "settings",
+                "streaming",
+                "timestamp",
+            }
         broker.frames_during(1.0)
         while broker.receive(0.2) is not None:
             pass

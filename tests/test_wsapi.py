@@ -150,8 +150,14 @@ def test_mux_message_is_built_once_and_released() -> None:
     (length,) = struct.unpack(">H", message[2:4])
     assert length == len(message) - 4
     header, image = split_frame(message[4:])
-    assert header == {"camera": "lobby", "seq": 7, "captured_at": 1763700000.5,
-                      "format": "jpeg", "width": 64, "height": 48}  # fmt: skip
+    assert header == {
+        "camera": "lobby",
+        "seq": 7,
+        "captured_at": 1763700000.5,
+        "format": "jpeg",
+        "width": 64,
+        "height": 48,
+    }
     assert image == jpeg
     frame.release_messages()
     rebuilt = frame.mux_message()
@@ -200,8 +206,12 @@ async def test_one_connection_carries_two_cameras_with_their_headers() -> None:
             n.start_soon(pub.stream, "b", 15.0, sample_jpeg(160, 120), 160, 120)
             async with mux(broker.port) as ws:
                 reply = await ws.request({"type": "subscribe", "camera": "a", "request_id": 1})
-                assert reply == {"type": "subscribed", "camera": "a", "max_fps": None,
-                                 "request_id": 1}  # fmt: skip
+                assert reply == {
+                    "type": "subscribed",
+                    "camera": "a",
+                    "max_fps": None,
+                    "request_id": 1,
+                }
                 reply = await ws.request({"type": "subscribe", "camera": "b", "request_id": "x"})
                 assert reply["type"] == "subscribed" and reply["camera"] == "b"
                 seen: dict[str, list[int]] = {"a": [], "b": []}
@@ -233,8 +243,9 @@ async def test_max_fps_paces_one_subscription_and_not_the_other() -> None:
             n.start_soon(pub.stream, "a", 20.0, sample_jpeg(320, 240), 320, 240)
             n.start_soon(pub.stream, "b", 20.0, sample_jpeg(320, 240), 320, 240)
             async with mux(broker.port) as ws:
-                reply = await ws.request({"type": "subscribe", "camera": "a", "max_fps": 2,
-                                          "request_id": 1})  # fmt: skip
+                reply = await ws.request(
+                    {"type": "subscribe", "camera": "a", "max_fps": 2, "request_id": 1}
+                )
                 assert reply["max_fps"] == 2.0
                 await ws.request({"type": "subscribe", "camera": "b", "request_id": 2})
                 await ws.frame()
@@ -275,8 +286,9 @@ async def test_unsubscribe_stops_frames_and_answers_every_time() -> None:
                 assert reply["code"] == "unknown_camera"
                 # Subscribing again works, and a second subscribe only changes max_fps.
                 await ws.request({"type": "subscribe", "camera": "a", "request_id": 5})
-                reply = await ws.request({"type": "subscribe", "camera": "a", "max_fps": 5,
-                                          "request_id": 6})  # fmt: skip
+                reply = await ws.request(
+                    {"type": "subscribe", "camera": "a", "max_fps": 5, "request_id": 6}
+                )
                 assert reply["type"] == "subscribed" and reply["max_fps"] == 5
                 cameras = json.loads((await http(broker.port, get("/api/cameras")))[2])
                 assert next(c for c in cameras if c["id"] == "a")["clients"] == 1
@@ -318,26 +330,50 @@ async def test_bad_input_gets_errors_while_frames_keep_arriving() -> None:
                     ('{"request_id": 2}', "invalid_field", 2),  # no type
                     ('{"type": "subscribe", "request_id": 3}', "invalid_field", 3),
                     ('{"type": "subscribe", "camera": 5, "request_id": 4}', "invalid_field", 4),
-                    ('{"type": "subscribe", "camera": "a", "max_fps": 0, "request_id": 5}',
-                     "invalid_field", 5),
+                    (
+                        '{"type": "subscribe", "camera": "a", "max_fps": 0, "request_id": 5}',
+                        "invalid_field",
+                        5,
+                    ),
                     # Beyond a float's range: not JSON the broker accepts (nor could echo).
-                    ('{"type": "subscribe", "camera": "a", "max_fps": 1e999, "request_id": 51}',
-                     "invalid_json", None),
-                    ('{"type": "subscribe", "camera": "a", "max_fps": 1' + "0" * 400 + ', "request_id": 52}',
-                     "invalid_field", 52),
-                    ('{"type": "subscribe", "camera": "zz", "request_id": "6"}',
-                     "unknown_camera", "6"),
+                    (
+                        '{"type": "subscribe", "camera": "a", "max_fps": 1e999, "request_id": 51}',
+                        "invalid_json",
+                        None,
+                    ),
+                    (
+                        '{"type": "subscribe", "camera": "a", "max_fps": 1'
+                        + "0" * 400
+                        + ', "request_id": 52}',
+                        "invalid_field",
+                        52,
+                    ),
+                    (
+                        '{"type": "subscribe", "camera": "zz", "request_id": "6"}',
+                        "unknown_camera",
+                        "6",
+                    ),
                     ('{"type": "command", "camera": "a", "request_id": 7}', "invalid_field", 7),
-                    ('{"type": "command", "camera": "a", "command": "explode", "request_id": 8}',
-                     "unknown_command", 8),
-                    ('{"type": "command", "camera": "a", "command": "update_settings", '
-                     '"settings": [1], "request_id": 9}', "invalid_field", 9),
+                    (
+                        '{"type": "command", "camera": "a", "command": "explode", "request_id": 8}',
+                        "unknown_command",
+                        8,
+                    ),
+                    (
+                        '{"type": "command", "camera": "a", "command": "update_settings", '
+                        '"settings": [1], "request_id": 9}',
+                        "invalid_field",
+                        9,
+                    ),
                     ('{"type": "ping", "request_id": [1]}', "invalid_field", None),
                     ('["type", "ping"]', "invalid_message", None),
-                    (json.dumps({"type": "ping", "request_id": 10, "data": "x" * 200_000}),
-                     "too_large", None),
+                    (
+                        json.dumps({"type": "ping", "request_id": 10, "data": "x" * 200_000}),
+                        "too_large",
+                        None,
+                    ),
                     (b"\xff\xd8 binary from the client", "binary_message", None),
-                ]  # fmt: skip
+                ]
                 for message, code, request_id in cases:
                     ws.frames.clear()
                     await ws.send(message)
@@ -350,10 +386,15 @@ async def test_bad_input_gets_errors_while_frames_keep_arriving() -> None:
                             await ws._next()
                 health = json.loads((await http(broker.port, get("/healthz")))[2])
                 assert health["ws_errors"] == {
-                    "invalid_json": 2, "unknown_type": 1, "invalid_field": 8,
-                    "unknown_camera": 1, "unknown_command": 1, "invalid_message": 1,
-                    "too_large": 1, "binary_message": 1,
-                }  # fmt: skip
+                    "invalid_json": 2,
+                    "unknown_type": 1,
+                    "invalid_field": 8,
+                    "unknown_camera": 1,
+                    "unknown_command": 1,
+                    "invalid_message": 1,
+                    "too_large": 1,
+                    "binary_message": 1,
+                }
                 # Beyond 1 MiB the connection is closed (1009), at the frame's header.
                 await ws.send("x" * (1024 * 1024 + 1))
                 with pytest.raises(Closed) as closed, trio.fail_after(10):
@@ -376,8 +417,12 @@ async def test_a_removed_camera_ends_its_subscription_and_nothing_else() -> None
                 await ws.request({"type": "subscribe", "camera": "a", "request_id": 1})
                 await ws.request({"type": "subscribe", "camera": session, "request_id": 2})
                 ended = await ws.text(lambda m: m["type"] == "unsubscribed")  # within ~2 s
-                assert ended == {"type": "unsubscribed", "camera": session, "request_id": None,
-                                 "reason": "camera_removed"}  # fmt: skip
+                assert ended == {
+                    "type": "unsubscribed",
+                    "camera": session,
+                    "request_id": None,
+                    "reason": "camera_removed",
+                }
                 ws.frames.clear()
                 await ws.frame()  # camera a goes on
                 pong = await ws.request({"type": "ping", "request_id": 3})
@@ -456,14 +501,22 @@ async def test_events_reach_the_clients_that_may_see_the_camera() -> None:
 async def test_http_needs_a_valid_token_when_tokens_are_configured() -> None:
     async with running_broker(config(TWO + TOKENS)) as broker:
         port = broker.port
-        for path in ("/api/cameras", "/healthz", "/", "/viewer.js", "/metrics",
-                     "/cameras/a/snapshot.jpg", "/nothing/here"):  # fmt: skip
+        for path in (
+            "/api/cameras",
+            "/healthz",
+            "/",
+            "/viewer.js",
+            "/metrics",
+            "/cameras/a/snapshot.jpg",
+            "/nothing/here",
+        ):
             status, headers, body = await http(port, get(path))
             assert status == 401, path
             assert headers["www-authenticate"].startswith("bearer")  # http() lower-cases
             assert json.loads(body)["error"] == "unauthorized"
-        status, headers, _ = await http(port, request("GET", "/api/cameras", headers=(
-            "Authorization: Bearer wrong-secret\r\n")))  # fmt: skip
+        status, headers, _ = await http(
+            port, request("GET", "/api/cameras", headers=("Authorization: Bearer wrong-secret\r\n"))
+        )
         assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
         assert (await http(port, get("/api/cameras?token=wrong-secret")))[0] == 401
         status, _, body = await http(port, request("GET", "/api/cameras", headers=VIEWER))
@@ -480,13 +533,15 @@ async def test_http_needs_a_valid_token_when_tokens_are_configured() -> None:
         # A CORS preflight carries no credentials: answered, and PATCH is allowed.
     cors = config(TWO + TOKENS, server='cors_origins = ["http://grafana.test"]')
     async with running_broker(cors) as broker:
-        preflight = request("OPTIONS", "/api/cameras/a/settings",
-                            headers="Origin: http://grafana.test\r\n")  # fmt: skip
+        preflight = request(
+            "OPTIONS", "/api/cameras/a/settings", headers="Origin: http://grafana.test\r\n"
+        )
         status, headers, _ = await http(broker.port, preflight)
         assert status == 204 and "patch" in headers["access-control-allow-methods"]
         assert "authorization" in headers["access-control-allow-headers"]
-        health = json.loads((await http(broker.port, request("GET", "/healthz",
-                                                             headers=VIEWER)))[2])  # fmt: skip
+        health = json.loads(
+            (await http(broker.port, request("GET", "/healthz", headers=VIEWER)))[2]
+        )
         assert health["http_errors"] == {}
 
 
@@ -495,16 +550,23 @@ async def test_websocket_handshakes_need_a_valid_token() -> None:
     async with running_broker(config(TWO + TOKENS)) as broker:
         port = broker.port
         for path, headers in (
-            ("/ws", ""), ("/ws?token=wrong-secret", ""), ("/ws", "Authorization: Bearer nope-nope\r\n"),
-            ("/cameras/a", ""), ("/", ""), ("/cameras/a?token=nope-nope", ""),
-        ):  # fmt: skip
+            ("/ws", ""),
+            ("/ws?token=wrong-secret", ""),
+            ("/ws", "Authorization: Bearer nope-nope\r\n"),
+            ("/cameras/a", ""),
+            ("/", ""),
+            ("/cameras/a?token=nope-nope", ""),
+        ):
             head = await handshake(port, path, headers)
             assert head.startswith(b"HTTP/1.1 401"), (path, head)
             assert b"www-authenticate: bearer" in head.lower()
         for path, headers in (
-            ("/ws?token=viewer-secret", ""), ("/ws", VIEWER), ("/cameras/a", VIEWER),
-            ("/cameras/a?token=only-a-secret", ""), ("/?token=only-a-secret", ""),
-        ):  # fmt: skip
+            ("/ws?token=viewer-secret", ""),
+            ("/ws", VIEWER),
+            ("/cameras/a", VIEWER),
+            ("/cameras/a?token=only-a-secret", ""),
+            ("/?token=only-a-secret", ""),
+        ):
             head = await handshake(port, path, headers)
             assert head.startswith(b"HTTP/1.1 101"), (path, head)
         # A token limited to camera a: b is forbidden, whether it exists or not.
@@ -521,31 +583,41 @@ async def test_roles_and_camera_limits() -> None:
         settings = b'{"brightness": 60}'
         # A viewer watches but does not command.
         for method, path, body in (
-            ("PATCH", "/api/cameras/a/settings", settings), ("GET", "/api/cameras/a/settings", b""),
-            ("POST", "/api/cameras/a/presets/night", b""), ("POST", "/api/sessions", b""),
+            ("PATCH", "/api/cameras/a/settings", settings),
+            ("GET", "/api/cameras/a/settings", b""),
+            ("POST", "/api/cameras/a/presets/night", b""),
+            ("POST", "/api/sessions", b""),
             ("POST", "/cameras/a/frames", sample_jpeg(64, 48)),
-        ):  # fmt: skip
+        ):
             status, _, answer = await http(port, request(method, path, body, VIEWER))
             assert status == 403 and json.loads(answer)["error"] == "forbidden", (method, path)
         async with mux(port, VIEWER) as ws:
-            reply = await ws.request({"type": "command", "camera": "a", "command": "get_status",
-                                      "request_id": "v"})  # fmt: skip
+            reply = await ws.request(
+                {"type": "command", "camera": "a", "command": "get_status", "request_id": "v"}
+            )
             assert reply["type"] == "error" and reply["code"] == "forbidden"
         # An operator's command goes through (no worker here: 503 not_connected).
-        status, _, answer = await http(port, request("PATCH", "/api/cameras/a/settings", settings,
-                                                     OPERATOR + "X-Request-Id: abc\r\n"))  # fmt: skip
+        status, _, answer = await http(
+            port,
+            request(
+                "PATCH", "/api/cameras/a/settings", settings, OPERATOR + "X-Request-Id: abc\r\n"
+            ),
+        )
         reply = json.loads(answer)
         assert status == 503 and reply["error"] == "not_connected" and reply["request_id"] == "abc"
         assert reply["success"] is False and reply["camera"] == "a"
         for body in (b"{oops", b"[1]", b"[" * 10_000, b'{"brightness": NaN}', b"\xff\xfe{"):
-            status, _, answer = await http(port, request("PATCH", "/api/cameras/a/settings",
-                                                         body, OPERATOR))  # fmt: skip
+            status, _, answer = await http(
+                port, request("PATCH", "/api/cameras/a/settings", body, OPERATOR)
+            )
             assert status == 400 and json.loads(answer)["error"] == "invalid_json", body[:20]
-        status, _, answer = await http(port, request("POST", "/api/cameras/a/presets/nope",
-                                                     b"", OPERATOR))  # fmt: skip
+        status, _, answer = await http(
+            port, request("POST", "/api/cameras/a/presets/nope", b"", OPERATOR)
+        )
         assert status == 404 and json.loads(answer)["error"] == "unknown_preset"
-        status, headers, _ = await http(port, request("DELETE", "/api/cameras/a/settings", b"",
-                                                      OPERATOR))  # fmt: skip
+        status, headers, _ = await http(
+            port, request("DELETE", "/api/cameras/a/settings", b"", OPERATOR)
+        )
         assert status == 405 and headers["allow"] == "get, patch"
         # A token limited to camera a sees only a.
         status, _, answer = await http(port, request("GET", "/api/cameras", headers=ONLY_A))
@@ -563,8 +635,7 @@ async def test_roles_and_camera_limits() -> None:
             stats = await ws.request({"type": "get_stats", "request_id": 2})
             assert [c["id"] for c in stats["cameras"]] == ["a"]
             for camera in ("b", "nope"):
-                reply = await ws.request({"type": "subscribe", "camera": camera,
-                                          "request_id": 3})  # fmt: skip
+                reply = await ws.request({"type": "subscribe", "camera": camera, "request_id": 3})
                 assert reply["code"] == "forbidden", camera
             reply = await ws.request({"type": "subscribe", "camera": "a", "request_id": 4})
             assert reply["type"] == "subscribed"
@@ -578,39 +649,51 @@ async def test_commands_are_rate_limited_per_connection_and_never_queued() -> No
     async with running_broker(config(TWO)) as broker:
         async with mux(broker.port) as ws, mux(broker.port) as other:
             for i in range(11):
-                await ws.send({"type": "command", "camera": "a", "command": "get_status",
-                               "request_id": i})  # fmt: skip
+                await ws.send(
+                    {"type": "command", "camera": "a", "command": "get_status", "request_id": i}
+                )
             replies = [await ws.reply(i) for i in range(11)]
             limited = [r for r in replies if r["type"] == "error"]
             assert len(limited) >= 1 and all(r["code"] == "rate_limited" for r in limited)
             results = [r for r in replies if r["type"] == "command_result"]
             assert all(r["error"] == "not_connected" for r in results)
             # Another connection has its own budget.
-            reply = await other.request({"type": "command", "camera": "a",
-                                         "command": "get_status", "request_id": "o"})  # fmt: skip
+            reply = await other.request(
+                {"type": "command", "camera": "a", "command": "get_status", "request_id": "o"}
+            )
             assert reply["type"] == "command_result"
             await trio.sleep(1.2)  # the bucket refills
-            reply = await ws.request({"type": "command", "camera": "a", "command": "get_status",
-                                      "request_id": "later"})  # fmt: skip
+            reply = await ws.request(
+                {"type": "command", "camera": "a", "command": "get_status", "request_id": "later"}
+            )
             assert reply["type"] == "command_result"
 
 
 @pytest.mark.timeout(60)
 async def test_http_commands_are_rate_limited_per_token() -> None:
-    cfg = config(TWO + TOKENS + '[[tokens]]\ntoken = "second-operator"\nrole = "operator"\n',
-                 control="command_rate = 5.0")  # fmt: skip
+    cfg = config(
+        TWO + TOKENS + '[[tokens]]\ntoken = "second-operator"\nrole = "operator"\n',
+        control="command_rate = 5.0",
+    )
     async with running_broker(cfg) as broker:
         statuses = []
         for _ in range(8):
-            statuses.append((await http(broker.port, request(
-                "GET", "/api/cameras/a/settings", headers=OPERATOR)))[0])  # fmt: skip
+            statuses.append(
+                (
+                    await http(
+                        broker.port, request("GET", "/api/cameras/a/settings", headers=OPERATOR)
+                    )
+                )[0]
+            )
         assert statuses.count(503) >= 5 and 429 in statuses, statuses
-        status, headers, answer = await http(broker.port, request(
-            "GET", "/api/cameras/a/settings", headers=OPERATOR))  # fmt: skip
+        status, headers, answer = await http(
+            broker.port, request("GET", "/api/cameras/a/settings", headers=OPERATOR)
+        )
         if status == 429:
             assert json.loads(answer)["error"] == "rate_limited" and headers["retry-after"]
-        other = request("GET", "/api/cameras/a/settings",
-                        headers="Authorization: Bearer second-operator\r\n")  # fmt: skip
+        other = request(
+            "GET", "/api/cameras/a/settings", headers="Authorization: Bearer second-operator\r\n"
+        )
         assert (await http(broker.port, other))[0] == 503  # its own bucket
 
 
@@ -624,8 +707,9 @@ async def test_without_control_commands_are_still_rate_limited_first() -> None:
         n.start_soon(server.serve, listeners)
         async with mux(server.port) as ws:
             for i in range(11):
-                await ws.send({"type": "command", "camera": "a", "command": "get_status",
-                               "request_id": i})  # fmt: skip
+                await ws.send(
+                    {"type": "command", "camera": "a", "command": "get_status", "request_id": i}
+                )
             codes = [(await ws.reply(i))["code"] for i in range(11)]
             assert codes.count("no_control") == 10 and codes[-1] == "rate_limited", codes
             # The connection still works, and so does the rest of the protocol.
@@ -642,8 +726,11 @@ async def test_without_control_commands_are_still_rate_limited_first() -> None:
 
 @pytest.mark.timeout(120)
 async def test_commands_over_ws_and_http_reach_real_workers(tmp_path: Path) -> None:
-    cameras = '[presets.night]\nbrightness = 30\ncontrast = 40\n' + synthetic_camera(
-        "cam", 320, 240, 10) + synthetic_camera("other", 320, 240, 10)  # fmt: skip
+    cameras = (
+        "[presets.night]\nbrightness = 30\ncontrast = 40\n"
+        + synthetic_camera("cam", 320, 240, 10)
+        + synthetic_camera("other", 320, 240, 10)
+    )
     with BrokerProcess(write_config(tmp_path, cameras)) as broker:
         broker.wait_online("cam", "other")
         port = broker.port
@@ -651,10 +738,16 @@ async def test_commands_over_ws_and_http_reach_real_workers(tmp_path: Path) -> N
             await ws.request({"type": "subscribe", "camera": "cam", "request_id": 1})
             await ws.request({"type": "subscribe", "camera": "other", "request_id": 2})
             header, _ = await ws.frame(15)
-            result = await ws.request({
-                "type": "command", "camera": "cam", "command": "update_settings",
-                "settings": {"width": 160, "height": 120, "brightness": 70}, "request_id": 3,
-            }, within=15)  # fmt: skip
+            result = await ws.request(
+                {
+                    "type": "command",
+                    "camera": "cam",
+                    "command": "update_settings",
+                    "settings": {"width": 160, "height": 120, "brightness": 70},
+                    "request_id": 3,
+                },
+                within=15,
+            )
             assert result["type"] == "command_result" and result["success"], result
             assert result["request_id"] == 3 and result["camera"] == "cam"
             assert result["settings"]["width"] == 160 and result["settings"]["brightness"] == 70
@@ -670,19 +763,32 @@ async def test_commands_over_ws_and_http_reach_real_workers(tmp_path: Path) -> N
             decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
             assert (decoded.shape[1], decoded.shape[0]) == (160, 120)
             assert any(h["camera"] == "other" and h["width"] == 320 for h, _ in ws.frames) or (
-                (await ws.frame())[0]["width"] == 320)  # fmt: skip
-            bad = await ws.request({
-                "type": "command", "camera": "cam", "command": "update_settings",
-                "settings": {"brightness": 500, "contrast": 60}, "request_id": "bad",
-            })  # fmt: skip
+                (await ws.frame())[0]["width"] == 320
+            )
+            bad = await ws.request(
+                {
+                    "type": "command",
+                    "camera": "cam",
+                    "command": "update_settings",
+                    "settings": {"brightness": 500, "contrast": 60},
+                    "request_id": "bad",
+                }
+            )
             assert bad["success"] is False and bad["error"] == "invalid_settings"
             assert "brightness" in bad["errors"]
-            status = await ws.request({"type": "command", "camera": "cam",
-                                       "command": "get_status", "request_id": "s"})  # fmt: skip
+            status = await ws.request(
+                {"type": "command", "camera": "cam", "command": "get_status", "request_id": "s"}
+            )
             assert status["success"] and status["settings"]["contrast"] == 50  # nothing applied
-            preset = await ws.request({"type": "command", "camera": "cam",
-                                       "command": "apply_preset", "preset": "night",
-                                       "request_id": "p"})  # fmt: skip
+            preset = await ws.request(
+                {
+                    "type": "command",
+                    "camera": "cam",
+                    "command": "apply_preset",
+                    "preset": "night",
+                    "request_id": "p",
+                }
+            )
             assert preset["success"] and preset["settings"]["brightness"] == 30
         # The same through HTTP.
         path = "/api/cameras/cam/settings"
@@ -713,11 +819,20 @@ class TokenBrokerProcess(BrokerProcess):
     def start(self, timeout: float = 20) -> TokenBrokerProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "broker", "run", str(self.config),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "broker",
+                    "run",
+                    str(self.config),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.logs()
@@ -736,8 +851,10 @@ class TokenBrokerProcess(BrokerProcess):
 @pytest.mark.timeout(120)
 def test_viewer_page_passes_its_token_on(tmp_path: Path, page) -> None:
     cameras = synthetic_camera("one", 320, 240, 10) + synthetic_camera("two", 320, 240, 10)
-    path = write_config(tmp_path, cameras + TOKENS.replace("only-a-secret", "only-one-secret")
-                        .replace('["a"]', '["one"]'))  # fmt: skip
+    path = write_config(
+        tmp_path,
+        cameras + TOKENS.replace("only-a-secret", "only-one-secret").replace('["a"]', '["one"]'),
+    )
     with TokenBrokerProcess(path, "viewer-secret") as broker:
         broker.wait_online("one", "two")
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -745,8 +862,10 @@ def test_viewer_page_passes_its_token_on(tmp_path: Path, page) -> None:
         assert refused.value.code == 401
         refused.value.close()
         page.goto(broker.url + "/?token=viewer-secret")
-        live = ("(n) => { const t = [...document.querySelectorAll('.tile')]; return t.length"
-                " === n && t.every((e) => e.dataset.state === 'live'); }")  # fmt: skip
+        live = (
+            "(n) => { const t = [...document.querySelectorAll('.tile')]; return t.length"
+            " === n && t.every((e) => e.dataset.state === 'live'); }"
+        )
         page.wait_for_function(live, arg=2)
         # A token limited to one camera shows just that one.
         page.goto(broker.url + "/?token=only-one-secret")

@@ -199,8 +199,9 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
         subscriber = Subscriber(Camera(CameraInfo("c", "c", 1, 1)), "client", 2)
         writer = DirectWriter(lock, sock, subscriber, lambda frame: frame.data)
         for payload in (b"small", big):
-            frame = Frame("c", 0, 0.0, 1, 1, "jpeg", websocket_binary_header(len(payload))
-                          + payload, 0.0)  # fmt: skip
+            frame = Frame(
+                "c", 0, 0.0, 1, 1, "jpeg", websocket_binary_header(len(payload)) + payload, 0.0
+            )
             assert writer(frame)
             if writer.inflight is not None:  # written in part: finish it, as a task does
                 await writer.finish(ws._stream, writer.inflight[1])
@@ -287,11 +288,16 @@ async def test_upgrade_handed_over_through_replay_stream() -> None:
 def upgrade_request(**changes: bytes | None) -> h11.Request:
     """The UPGRADE request with some headers changed (None removes one)."""
     request, _ = parse_request(UPGRADE)
-    headers = [(name, changes.pop(name.decode().replace("-", "_"), value))
-               for name, value in request.headers]  # fmt: skip
+    headers = [
+        (name, changes.pop(name.decode().replace("-", "_"), value))
+        for name, value in request.headers
+    ]
     headers += [(name.replace("_", "-").encode(), value) for name, value in changes.items()]
-    return h11.Request(method=request.method, target=request.target,
-                       headers=[(n, v) for n, v in headers if v is not None])  # fmt: skip
+    return h11.Request(
+        method=request.method,
+        target=request.target,
+        headers=[(n, v) for n, v in headers if v is not None],
+    )
 
 
 def test_a_good_handshake_passes() -> None:
@@ -317,8 +323,9 @@ def test_a_good_handshake_passes() -> None:
         ({"host": b"caf\xe9"}, 400, "Host"),
     ],
 )
-def test_a_bad_handshake_is_refused(changes: dict[str, bytes | None], status: int,
-                                    words: str) -> None:  # fmt: skip
+def test_a_bad_handshake_is_refused(
+    changes: dict[str, bytes | None], status: int, words: str
+) -> None:
     problem = wsframes.handshake_problem(upgrade_request(**changes))
     assert problem is not None and problem.status == status
     assert words in problem.body.decode()
@@ -337,10 +344,12 @@ def test_a_post_upgrade_is_refused() -> None:
 
 GOOD = [
     client_frame(TEXT, b"hello"),
-    client_frame(TEXT, "h\u00e9".encode()[:2], fin=False) + client_frame(PING, b"p")
+    client_frame(TEXT, "h\u00e9".encode()[:2], fin=False)
+    + client_frame(PING, b"p")
     + client_frame(CONT, "h\u00e9".encode()[2:]),  # a character split across frames
     client_frame(BINARY, b"\xff" * 300) + client_frame(BINARY, b"x" * 70_000),
-    client_frame(BINARY, b"a", fin=False) + client_frame(CONT, b"b", fin=False)
+    client_frame(BINARY, b"a", fin=False)
+    + client_frame(CONT, b"b", fin=False)
     + client_frame(CONT, b""),
     client_frame(CLOSE, b"\x03\xe8bye"),
     client_frame(CLOSE, b""),
@@ -421,8 +430,10 @@ def test_inbound_frames_agree_with_wsproto(specs: list[tuple[Any, ...]], chunk: 
     bare TCP close."""
     from wsproto.frame_protocol import FrameProtocol, ParseFailed
 
-    data = b"".join(client_frame(op, payload, fin=fin, rsv=rsv, masked=masked)
-                    for op, payload, fin, rsv, masked in specs)  # fmt: skip
+    data = b"".join(
+        client_frame(op, payload, fin=fin, rsv=rsv, masked=masked)
+        for op, payload, fin, rsv, masked in specs
+    )
     protocol = FrameProtocol(client=False, extensions=[])
     expected = None
     try:
@@ -451,8 +462,9 @@ async def test_a_violation_gets_a_close_frame_then_the_end(early: bool) -> None:
 
     async def serve() -> None:
         request, trailing = parse_request(UPGRADE + (good + bad if early else b""))
-        replay = ReplayStream(server, request_bytes(request, b""), wsframes.InboundFrames(100),
-                              trailing)  # fmt: skip
+        replay = ReplayStream(
+            server, request_bytes(request, b""), wsframes.InboundFrames(100), trailing
+        )
         async with trio.open_nursery() as nursery:
             ws = await (await trio_websocket.wrap_server_stream(nursery, replay)).accept()
             replay.opened(ws)

@@ -52,11 +52,19 @@ class Client:
             raise ValueError(f"frame_queue must be >= 1, got {frame_queue}")
         self.url = url
         options = LinkOptions(
-            reconnect, connect_timeout, close_timeout, keepalive, request_timeout,
-            backoff_initial, backoff_max, max_message_size, ssl_context,
-        )  # fmt: skip
-        events = LinkEvents(self._opened, self._received, self._dropped, self._closed,
-                            self._gave_up)  # fmt: skip
+            reconnect,
+            connect_timeout,
+            close_timeout,
+            keepalive,
+            request_timeout,
+            backoff_initial,
+            backoff_max,
+            max_message_size,
+            ssl_context,
+        )
+        events = LinkEvents(
+            self._opened, self._received, self._dropped, self._closed, self._gave_up
+        )
         self._link = Link(url, token, options, events)
         self._requests = Requests(self._link.send, request_timeout)
         self._queues = FrameQueues(frame_queue)
@@ -79,10 +87,15 @@ class Client:
     @property
     def stats(self) -> ClientStats:
         return ClientStats(
-            messages=self._messages, frames=self._frames, dropped=self._queues.dropped,
-            gaps=self._queues.gaps, reconnects=self._reconnects, errors=self._errors,
-            handler_errors=self._handlers.errors, handlers_skipped=self._handlers.skipped,
-        )  # fmt: skip
+            messages=self._messages,
+            frames=self._frames,
+            dropped=self._queues.dropped,
+            gaps=self._queues.gaps,
+            reconnects=self._reconnects,
+            errors=self._errors,
+            handler_errors=self._handlers.errors,
+            handlers_skipped=self._handlers.skipped,
+        )
 
     # -- requests ------------------------------------------------------------------
 
@@ -163,8 +176,9 @@ class Client:
     async def apply_preset(self, camera: str, preset: str) -> CommandResult:
         """Apply the broker's preset ``preset`` (its ``[presets.NAME]`` settings); returns
         and raises as `command` does."""
-        reply = await self._requests.request("command", camera=camera, command="apply_preset",
-                                             preset=preset)  # fmt: skip
+        reply = await self._requests.request(
+            "command", camera=camera, command="apply_preset", preset=preset
+        )
         return CommandResult.from_json(reply)
 
     async def update_settings(self, camera: str, **changes: Any) -> CommandResult:
@@ -258,8 +272,11 @@ class Client:
             log.warning("broker error: %s: %s", message.get("code"), message.get("message"))
         elif kind == "unsubscribed" and message.get("request_id") is None:
             # The broker ended it (the camera was removed).
-            log.info("camera %s: subscription ended by the broker (%s)", message.get("camera"),
-                     message.get("reason"))  # fmt: skip
+            log.info(
+                "camera %s: subscription ended by the broker (%s)",
+                message.get("camera"),
+                message.get("reason"),
+            )
             self._forget(str(message.get("camera")))
         self._handlers.dispatch(str(kind), message, generic=True)
 
@@ -279,8 +296,9 @@ class Client:
         self._requests.fail_all()
 
     def _closed(self, code: int | None) -> None:
-        self._handlers.dispatch("disconnected", {"type": "disconnected", "url": self.url,
-                                                 "code": code})  # fmt: skip
+        self._handlers.dispatch(
+            "disconnected", {"type": "disconnected", "url": self.url, "code": code}
+        )
 
     def _gave_up(self, reason: BrokerError) -> None:
         self._queues.fail(reason)

@@ -165,8 +165,12 @@ class Link:
                 self._give_up(exc)
                 return
             except ConnectError as exc:
-                log.info("reconnect to %s failed (%s); next try within %.1f s",
-                         self.url, exc, backoff.delay)  # fmt: skip
+                log.info(
+                    "reconnect to %s failed (%s); next try within %.1f s",
+                    self.url,
+                    exc,
+                    backoff.delay,
+                )
             else:
                 backoff.reset()
 
@@ -185,12 +189,18 @@ class Link:
                 ws = None
                 with trio.move_on_after(options.connect_timeout):
                     ws = await wrap_client_stream(
-                        nursery, stream, endpoint.host_header, endpoint.resource,
-                        extra_headers=self._headers, max_message_size=options.max_message_size,
-                    )  # fmt: skip
+                        nursery,
+                        stream,
+                        endpoint.host_header,
+                        endpoint.resource,
+                        extra_headers=self._headers,
+                        max_message_size=options.max_message_size,
+                    )
                 if ws is None:
-                    failure = ConnectError(f"{self.url}: no WebSocket handshake within "
-                                           f"{options.connect_timeout:g} s", "timeout")  # fmt: skip
+                    failure = ConnectError(
+                        f"{self.url}: no WebSocket handshake within {options.connect_timeout:g} s",
+                        "timeout",
+                    )
                     nursery.cancel_scope.cancel()
                 else:
                     await self._serve(ws, stream, nursery, task_status, resume)
@@ -213,9 +223,11 @@ class Link:
                 if not endpoint.tls:
                     return await trio.open_tcp_stream(endpoint.host, endpoint.port)
                 return await trio.open_ssl_over_tcp_stream(
-                    endpoint.host, endpoint.port, https_compatible=True,
+                    endpoint.host,
+                    endpoint.port,
+                    https_compatible=True,
                     ssl_context=self.options.ssl_context or ssl.create_default_context(),
-                )  # fmt: skip
+                )
         except (OSError, trio.TooSlowError) as exc:
             reason = f"cannot reach {endpoint.address} ({_why(exc)})"
             raise ConnectError(f"cannot connect to {self.url}: {reason}", "unreachable") from exc
@@ -249,9 +261,7 @@ class Link:
         log.info("connection to %s ended (close code %s)", self.url, code)
         self._events.closed(code)
 
-    async def _keep_alive(
-        self, ws: WebSocketConnection, stream: Stream, keepalive: float
-    ) -> None:
+    async def _keep_alive(self, ws: WebSocketConnection, stream: Stream, keepalive: float) -> None:
         """A broker that hangs, or a network that silently drops the connection, sends
         no close: after ``keepalive`` seconds of silence, a WebSocket ping must bring a
         pong within ``pong_timeout``, or the connection is dropped (and re-made)."""
@@ -267,8 +277,9 @@ class Link:
                 except ConnectionClosed:
                     return
             if timer.cancelled_caught:
-                log.warning("no pong from %s within %.1f s: dropping the connection",
-                            self.url, wait)  # fmt: skip
+                log.warning(
+                    "no pong from %s within %.1f s: dropping the connection", self.url, wait
+                )
                 await trio.aclose_forcefully(stream)
                 return
             self._last_received = trio.current_time()
@@ -315,5 +326,6 @@ def _rejection(url: str, rejected: ConnectionRejected) -> ConnectError:
     if status in (401, 403):
         reason = "missing or wrong token" if status == 401 else "the token may not do this"
         return AuthError(f"{url}: {status} {reason}{detail}", status)
-    return ConnectError(f"{url}: the broker refused the WebSocket handshake with "
-                        f"{status}{detail}", f"http_{status}")  # fmt: skip
+    return ConnectError(
+        f"{url}: the broker refused the WebSocket handshake with {status}{detail}", f"http_{status}"
+    )

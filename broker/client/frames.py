@@ -49,11 +49,16 @@ def decode_frame(message: bytes, received_at: float | None = None) -> Frame:
     """A binary ``/ws`` message (`broker.protocol.mux`) as a `Frame`; ValueError if bad."""
     decoded = mux.decode(message)  # MuxError is a ValueError
     return Frame(
-        camera=decoded.camera, seq=decoded.seq, captured_at=decoded.captured_at,
-        format=decoded.format, width=decoded.width, height=decoded.height,
-        data=decoded.image, received_at=time.time() if received_at is None else received_at,
+        camera=decoded.camera,
+        seq=decoded.seq,
+        captured_at=decoded.captured_at,
+        format=decoded.format,
+        width=decoded.width,
+        height=decoded.height,
+        data=decoded.image,
+        received_at=time.time() if received_at is None else received_at,
         header=dict(decoded.header),
-    )  # fmt: skip
+    )
 
 
 class FrameQueues:

@@ -66,9 +66,11 @@ class Handlers:
                 if inspect.iscoroutine(result):
                     result.close()
                 self._complaints.warning(
-                    "handlers", "%d async handlers still running: skipped a %s handler call",
-                    self._running, kind,
-                )  # fmt: skip
+                    "handlers",
+                    "%d async handlers still running: skipped a %s handler call",
+                    self._running,
+                    kind,
+                )
                 continue
             self._running += 1
             self.nursery.start_soon(self._await, kind, handler, result)
@@ -86,5 +88,6 @@ class Handlers:
         frame handler that always fails would otherwise flood the log)."""
         self.errors += 1
         trace = "".join(traceback.format_exception(exc)).rstrip()
-        self._complaints.warning("handler:" + kind, "%s handler %r failed:\n%s", kind, handler,
-                                 trace)  # fmt: skip
+        self._complaints.warning(
+            "handler:" + kind, "%s handler %r failed:\n%s", kind, handler, trace
+        )

@@ -55,8 +55,9 @@ class Requests:
         if pending.error is not None:
             raise pending.error
         if pending.reply is None:
-            raise RequestTimeout(f"no answer to {kind} within {self.timeout:g} s",
-                                 "timeout", request_id)  # fmt: skip
+            raise RequestTimeout(
+                f"no answer to {kind} within {self.timeout:g} s", "timeout", request_id
+            )
         if pending.reply.get("type") == "error":
             raise BrokerError.from_reply(pending.reply)
         return pending.reply

@@ -122,9 +122,7 @@ def tokens(data: Any, problems: Problems) -> list[dict[str, Any]]:
 # --- rules that relate fields ---
 
 
-def check_token_cameras(
-    tokens: list[dict[str, Any]], ids: set[str], problems: Problems
-) -> None:
+def check_token_cameras(tokens: list[dict[str, Any]], ids: set[str], problems: Problems) -> None:
     if "cameras" in problems.paths:
         return
     for i, token in enumerate(tokens):
@@ -141,15 +139,19 @@ def check_heartbeat(control: dict[str, Any], problems: Problems) -> None:
     interval = control.get("heartbeat_interval", _CONTROL.heartbeat_interval)
     lost = control.get("lost_after", _CONTROL.lost_after)
     if lost < 2 * interval:
-        problems.add("control.lost_after", f"must be at least twice heartbeat_interval "
-                     f"({show(interval)}), got {show(lost)}")  # fmt: skip
+        problems.add(
+            "control.lost_after",
+            f"must be at least twice heartbeat_interval ({show(interval)}), got {show(lost)}",
+        )
 
 
 def check_max_cameras(ingest: dict[str, Any], configured: int, problems: Problems) -> None:
     limit = ingest.get("max_cameras", _INGEST.max_cameras)
     if "ingest.max_cameras" not in problems.paths and configured > limit:
-        problems.add("ingest.max_cameras", f"must be at least the number of configured "
-                     f"cameras ({configured}), got {limit}")  # fmt: skip
+        problems.add(
+            "ingest.max_cameras",
+            f"must be at least the number of configured cameras ({configured}), got {limit}",
+        )
 
 
 def check_orphan_timeout(

@@ -65,9 +65,12 @@ class Control:
     """The broker side of the control channel. `bind`, then run `run` in a nursery."""
 
     def __init__(
-        self, config: Config, hub: Hub, events: EventBus | None = None,
+        self,
+        config: Config,
+        hub: Hub,
+        events: EventBus | None = None,
         faults: Faults | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         self.hub = hub
         self.faults = faults if faults is not None else Faults()
@@ -78,17 +81,24 @@ class Control:
         self.jobs = Jobs(self.faults)
         self.store = StateStore(config.control.state_file, self.jobs)
         self.workers = Workers(
-            self.events, self.complaints, config.control.lost_after,
+            self.events,
+            self.complaints,
+            config.control.lost_after,
             known=lambda camera: camera in hub.cameras or hub.accept_unknown,
-            gone=self._worker_gone, changed=self._worker_changed,
-        )  # fmt: skip
+            gone=self._worker_gone,
+            changed=self._worker_changed,
+        )
         self.commands = Commands(
-            config, self.workers, self.complaints, settings=self.settings,
+            config,
+            self.workers,
+            self.complaints,
+            settings=self.settings,
             is_camera=lambda camera: camera in hub.cameras or camera in self.workers.links,
             applied=self.store.remember,
-        )  # fmt: skip
-        self.schedules = Scheduler(config.cameras, config.presets, self.commands.preset,
-                                   self.store.remember, self.jobs)  # fmt: skip
+        )
+        self.schedules = Scheduler(
+            config.cameras, config.presets, self.commands.preset, self.store.remember, self.jobs
+        )
         self.on_demand = OnDemand(config.cameras, hub, self.workers, self.commands)
         hub.hooks.watched = self.on_demand.watched
         hub.hooks.unwatched = self.on_demand.unwatched
@@ -120,17 +130,30 @@ class Control:
             async with trio.open_nursery() as nursery:
                 self.jobs.nursery = nursery
                 keep_running = self.faults.keep_running
-                nursery.start_soon(router.serve, self._deliver, self.faults,
-                                   name="control:receive")  # fmt: skip
-                nursery.start_soon(keep_running, "control:heartbeats", self.workers.keep_alive,
-                                   router.send_quietly, self.config.control.heartbeat_interval,
-                                   name="control:heartbeats")  # fmt: skip
+                nursery.start_soon(router.serve, self._deliver, self.faults, name="control:receive")
+                nursery.start_soon(
+                    keep_running,
+                    "control:heartbeats",
+                    self.workers.keep_alive,
+                    router.send_quietly,
+                    self.config.control.heartbeat_interval,
+                    name="control:heartbeats",
+                )
                 if self.schedules.cameras:
-                    nursery.start_soon(keep_running, "control:schedules", self.schedules.run,
-                                       name="control:schedules")  # fmt: skip
+                    nursery.start_soon(
+                        keep_running,
+                        "control:schedules",
+                        self.schedules.run,
+                        name="control:schedules",
+                    )
                 for camera in self.on_demand.cameras.values():
-                    nursery.start_soon(keep_running, "control:on-demand", self.on_demand.keep,
-                                       camera, name=f"on-demand:{camera.id}")  # fmt: skip
+                    nursery.start_soon(
+                        keep_running,
+                        "control:on-demand",
+                        self.on_demand.keep,
+                        camera,
+                        name=f"on-demand:{camera.id}",
+                    )
                 task_status.started(self)
         finally:
             self.jobs.nursery = None
@@ -232,8 +255,9 @@ class Control:
         link = self.workers.heard(camera)
         if link is None:
             # We restarted, or it was lost: ask who it is rather than guess.
-            self.complaints.throttle.warning("before_hello", "worker %s: %s before hello; "
-                                             "asking for one", camera, kind)  # fmt: skip
+            self.complaints.throttle.warning(
+                "before_hello", "worker %s: %s before hello; asking for one", camera, kind
+            )
             if self._channel is not None:
                 self._channel.send_quietly(identity, HELLO_REQUEST)
         elif kind == "heartbeat":
@@ -256,11 +280,13 @@ class Control:
         differing = self.store.to_restore(camera, link.settings, link.supported)
         if differing:
             log.info("camera %s: restoring stored settings %s", camera, differing)
-            result = await self.commands.run(camera, "update_settings", differing, "restore",
-                                             persist=False)  # fmt: skip
+            result = await self.commands.run(
+                camera, "update_settings", differing, "restore", persist=False
+            )
             if not result.success:
-                log.warning("camera %s: could not restore stored settings: %s", camera,
-                            result.message)  # fmt: skip
+                log.warning(
+                    "camera %s: could not restore stored settings: %s", camera, result.message
+                )
         self.on_demand.wake(camera)
 
     def _reply(self, link: WorkerLink, message: dict[str, Any]) -> None:
@@ -269,8 +295,9 @@ class Control:
         self.commands.complete(link.camera, message)
         if changed:
             self.on_settings(link.camera, link.settings)
-            self.events.publish("settings_changed", link.camera, settings=dict(link.settings),
-                                changed=changed)  # fmt: skip
+            self.events.publish(
+                "settings_changed", link.camera, settings=dict(link.settings), changed=changed
+            )
 
     def _worker_gone(self, camera: str, why: str) -> None:
         self.commands.fail_all(camera, "worker_lost", why)

@@ -23,8 +23,11 @@ def announce_cameras(hooks: HubHooks, events: EventBus) -> None:
 
     def online(camera: Camera) -> None:
         latest = camera.latest
-        size = {"width": latest.width, "height": latest.height, "format": latest.format} if (
-            latest is not None) else {}  # fmt: skip
+        size = (
+            {"width": latest.width, "height": latest.height, "format": latest.format}
+            if (latest is not None)
+            else {}
+        )
         events.publish("camera_online", camera.id, **size)
 
     def offline(camera: Camera) -> None:

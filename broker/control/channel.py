@@ -37,11 +37,16 @@ def bind(
     context: zmq.Context[zmq.Socket[bytes]], endpoints: Sequence[str]
 ) -> tuple[zmq.Socket[bytes], list[str]]:
     """A ROUTER bound on ``endpoints``, with the endpoints actually bound."""
-    return bound_socket(context, zmq.ROUTER, endpoints, {
-        zmq.ROUTER_MANDATORY: 1,  # a send to a gone worker fails at once
-        zmq.ROUTER_HANDOVER: 1,  # a restarted worker takes over its id
-        zmq.MAXMSGSIZE: MAX_FRAME_BYTES,
-    })  # fmt: skip
+    return bound_socket(
+        context,
+        zmq.ROUTER,
+        endpoints,
+        {
+            zmq.ROUTER_MANDATORY: 1,  # a send to a gone worker fails at once
+            zmq.ROUTER_HANDOVER: 1,  # a restarted worker takes over its id
+            zmq.MAXMSGSIZE: MAX_FRAME_BYTES,
+        },
+    )
 
 
 class Complaints:
@@ -55,8 +60,9 @@ class Complaints:
 
     def malformed(self, reason: str, detail: str) -> None:
         self.counts[reason] += 1
-        self.throttle.warning(reason, "control: dropped a malformed message (%s): %s",
-                              reason, detail)  # fmt: skip
+        self.throttle.warning(
+            reason, "control: dropped a malformed message (%s): %s", reason, detail
+        )
 
 
 class RouterChannel:
@@ -93,8 +99,9 @@ class RouterChannel:
             return
         kind = message["type"]
         if kind in ("command", "hello_request"):
-            malformed("unexpected_type", f"worker {camera}: sent a {kind}, which only the "
-                      "broker sends")  # fmt: skip
+            malformed(
+                "unexpected_type", f"worker {camera}: sent a {kind}, which only the broker sends"
+            )
             return
         deliver(identity, camera, message)
 

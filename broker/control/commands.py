@@ -98,11 +98,10 @@ class Commands:
         never waits longer than ``control.command_timeout``. With ``persist``, settings
         it applies are handed to ``applied`` (the state file)."""
 
-        def failed(
-            error: str, message: str, errors: dict[str, str] | None = None
-        ) -> CommandResult:
-            return self.result(camera, command, request_id, error=error, message=message,
-                               errors=errors)  # fmt: skip
+        def failed(error: str, message: str, errors: dict[str, str] | None = None) -> CommandResult:
+            return self.result(
+                camera, command, request_id, error=error, message=message, errors=errors
+            )
 
         if command not in protocol.COMMANDS:
             return failed(
@@ -122,12 +121,14 @@ class Commands:
                     settings if settings is not None else {}, link.supported
                 )
             except camera_settings.SettingsError as bad:
-                return failed("invalid_settings", f"camera {camera}: {bad}; nothing was changed",
-                              bad.errors)  # fmt: skip
+                return failed(
+                    "invalid_settings", f"camera {camera}: {bad}; nothing was changed", bad.errors
+                )
         wire_id = str(next(self._wire_ids))
         try:
-            payload = protocol.encode("command", request_id=wire_id, command=command,
-                                      settings=changes)  # fmt: skip
+            payload = protocol.encode(
+                "command", request_id=wire_id, command=command, settings=changes
+            )
         except protocol.ControlError as exc:  # validation let through what msgpack cannot carry
             return failed("invalid_settings", f"camera {camera}: {exc}; nothing was changed")
         waiting = self.pending.setdefault(camera, {})
@@ -149,23 +150,31 @@ class Commands:
             error, message = pending.failure
             return failed(error, f"camera {camera}: {command}: {message}")
         if pending.reply is None:
-            return failed("timeout", f"camera {camera}: the worker did not answer {command} "
-                          f"within {timeout:g} s")  # fmt: skip
+            return failed(
+                "timeout",
+                f"camera {camera}: the worker did not answer {command} within {timeout:g} s",
+            )
         reply = pending.reply
         if not reply["success"]:
             errors = reply.get("errors")  # a refused update_settings names each bad key
             message = f"camera {camera}: {command} failed in the worker: {reply['message']}"
             return failed("worker_error", message, errors if isinstance(errors, dict) else None)
-        return self.result(camera, command, request_id, success=True,
-                           message=reply["message"] or f"{command} done")  # fmt: skip
+        return self.result(
+            camera, command, request_id, success=True, message=reply["message"] or f"{command} done"
+        )
 
     async def preset(self, camera: str, preset: str, request_id: str | None) -> CommandResult:
         """``update_settings`` with the named preset's settings."""
         values = self.config.presets.get(preset)
         if values is None:
             known = ", ".join(sorted(self.config.presets)) or "none are configured"
-            return self.result(camera, "update_settings", request_id, error="unknown_preset",
-                               message=f"no preset {preset!r} (known: {known})")  # fmt: skip
+            return self.result(
+                camera,
+                "update_settings",
+                request_id,
+                error="unknown_preset",
+                message=f"no preset {preset!r} (known: {known})",
+            )
         result = await self.run(camera, "update_settings", values, request_id, persist=True)
         if result.success:
             result.message = f"preset {preset} applied"
@@ -178,8 +187,11 @@ class Commands:
             # Most likely the answer to a command that already timed out.
             self.complaints.counts["unknown_request"] += 1
             self.complaints.throttle.warning(
-                "unknown_request", "camera %s: a reply to no pending command (request %s); "
-                "ignored", camera, reply["request_id"])  # fmt: skip
+                "unknown_request",
+                "camera %s: a reply to no pending command (request %s); ignored",
+                camera,
+                reply["request_id"],
+            )
             return
         if pending.command == "update_settings" and reply["success"] and pending.persist:
             self.applied(camera, pending.changes)
@@ -213,10 +225,16 @@ class Commands:
             level = logging.DEBUG if command == "get_status" else logging.INFO
             log.log(level, "camera %s: %s ok", camera, command)
         return CommandResult(
-            success=success, message=message, settings=self.settings(camera) or {},
+            success=success,
+            message=message,
+            settings=self.settings(camera) or {},
             request_id=str(request_id) if request_id is not None else uuid.uuid4().hex[:12],
-            timestamp=time.time(), camera=camera, command=command, error=error, errors=errors,
-        )  # fmt: skip
+            timestamp=time.time(),
+            camera=camera,
+            command=command,
+            error=error,
+            errors=errors,
+        )
 
     def _why_not_connected(self, camera: str, link: WorkerLink | None) -> str:
         if link is None:

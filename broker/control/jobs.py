@@ -24,9 +24,7 @@ class Jobs:
     def running(self) -> bool:
         return self.nursery is not None
 
-    def start(
-        self, where: str, job: Callable[[*Args], Awaitable[object]], *args: *Args
-    ) -> bool:
+    def start(self, where: str, job: Callable[[*Args], Awaitable[object]], *args: *Args) -> bool:
         """Start ``job(*args)`` once; False (and nothing runs) when control is not running."""
         if self.nursery is None:
             return False

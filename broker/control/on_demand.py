@@ -86,8 +86,11 @@ class OnDemand:
             link = self.workers.connected(camera.id)
             want, deadline = self.decide(camera, link)
             if link is not None and want is not None:
-                why = "a viewer arrived" if want == "start_stream" else (
-                    f"unwatched for {camera.idle_after:g} s")  # fmt: skip
+                why = (
+                    "a viewer arrived"
+                    if want == "start_stream"
+                    else (f"unwatched for {camera.idle_after:g} s")
+                )
                 log.info("camera %s: on demand: %s, %s", camera.id, why, want)
                 result = await self.commands.run(camera.id, want, None, "on-demand", persist=False)
                 if result.success and link.streaming == (want == "start_stream"):

@@ -95,7 +95,10 @@ class Scheduler:
             result = await self.apply_preset(camera, preset, "schedule")
             if result.error == "not_connected":
                 self.remember(camera, self.presets[preset])
-                log.info("camera %s: scheduled preset %s stored; it applies when the worker "
-                         "connects", camera, preset)  # fmt: skip
+                log.info(
+                    "camera %s: scheduled preset %s stored; it applies when the worker connects",
+                    camera,
+                    preset,
+                )
             elif result.success:
                 log.info("camera %s: scheduled preset %s applied", camera, preset)

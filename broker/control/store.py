@@ -52,8 +52,7 @@ def load(path: str | os.PathLike[str]) -> CameraSettings:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
-        log.warning("state file %s: cannot read (%s); starting without stored settings",
-                    path, exc)  # fmt: skip
+        log.warning("state file %s: cannot read (%s); starting without stored settings", path, exc)
         return {}
     try:
         data = json.loads(text)
@@ -62,8 +61,12 @@ def load(path: str | os.PathLike[str]) -> CameraSettings:
         return {}
     if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
         shown = data.get("version") if isinstance(data, dict) else type(data).__name__
-        log.warning("state file %s: not a version %d state file (got %r); ignored",
-                    path, STATE_VERSION, shown)  # fmt: skip
+        log.warning(
+            "state file %s: not a version %d state file (got %r); ignored",
+            path,
+            STATE_VERSION,
+            shown,
+        )
         return {}
     cameras = data.get("cameras")
     if not isinstance(cameras, dict):
@@ -89,8 +92,10 @@ def _valid(values: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def dumps(cameras: Mapping[str, Mapping[str, Any]]) -> str:
-    payload = {"version": STATE_VERSION,
-               "cameras": {c: dict(s) for c, s in sorted(cameras.items()) if s}}  # fmt: skip
+    payload = {
+        "version": STATE_VERSION,
+        "cameras": {c: dict(s) for c, s in sorted(cameras.items()) if s},
+    }
     return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
@@ -140,11 +145,13 @@ class StateStore:
         self.error: str | None = unwritable(path)
         self._complaints = LogThrottle(control_log)
         if self.stored:
-            control_log.info("state file %s: stored settings for %s", path,
-                             ", ".join(sorted(self.stored)))  # fmt: skip
+            control_log.info(
+                "state file %s: stored settings for %s", path, ", ".join(sorted(self.stored))
+            )
         if self.error is not None:
-            control_log.warning("state file %s: %s; settings will apply but not survive a "
-                                "restart", path, self.error)  # fmt: skip
+            control_log.warning(
+                "state file %s: %s; settings will apply but not survive a restart", path, self.error
+            )
 
     def get(self, camera: str) -> dict[str, Any] | None:
         stored = self.stored.get(camera)
@@ -154,13 +161,15 @@ class StateStore:
         self, camera: str, settings: Mapping[str, Any], supported: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The stored settings a worker reporting ``settings`` lacks and accepts."""
-        differing = {k: v for k, v in self.stored.get(camera, {}).items()
-                     if settings.get(k) != v}  # fmt: skip
+        differing = {k: v for k, v in self.stored.get(camera, {}).items() if settings.get(k) != v}
         try:
             camera_settings.validate(differing, supported)
         except camera_settings.SettingsError as bad:
-            control_log.warning("camera %s: stored settings the worker does not accept, not "
-                                "restored: %s", camera, bad)  # fmt: skip
+            control_log.warning(
+                "camera %s: stored settings the worker does not accept, not restored: %s",
+                camera,
+                bad,
+            )
             differing = {k: v for k, v in differing.items() if k not in bad.errors}
         return differing
 
@@ -205,8 +214,12 @@ class StateStore:
 
     def _failed(self, exc: OSError) -> None:
         self.error = f"cannot write: {exc.strerror or exc}"
-        self._complaints.warning("state", "state file %s: cannot write (%s); settings apply "
-                                 "but will not survive a restart", self.path, exc)  # fmt: skip
+        self._complaints.warning(
+            "state",
+            "state file %s: cannot write (%s); settings apply but will not survive a restart",
+            self.path,
+            exc,
+        )
 
     def _written(self) -> None:
         if self.error is not None:

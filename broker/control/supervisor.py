@@ -71,25 +71,42 @@ def worker_command(
     # A healthy broker speaks every heartbeat: an orphan timeout shorter than two would
     # have workers leave a live broker.
     orphan = max(orphan_timeout, 2 * heartbeat) if orphan_timeout > 0 else 0.0
-    controlled = [
-        "--control", control, "--heartbeat", f"{heartbeat:g}",
-        *(["--paused"] if camera.on_demand else []),
-        *(["--orphan-timeout", f"{orphan:g}"] if orphan else []),
-    ] if control else []  # fmt: skip
+    controlled = (
+        [
+            "--control",
+            control,
+            "--heartbeat",
+            f"{heartbeat:g}",
+            *(["--paused"] if camera.on_demand else []),
+            *(["--orphan-timeout", f"{orphan:g}"] if orphan else []),
+        ]
+        if control
+        else []
+    )
     return [
-        sys.executable, "-m", "cameras.worker",
-        "--broker", endpoint,
-        "--camera-id", camera.id,
+        sys.executable,
+        "-m",
+        "cameras.worker",
+        "--broker",
+        endpoint,
+        "--camera-id",
+        camera.id,
         *source,
-        "--width", str(camera.width),
-        "--height", str(camera.height),
-        "--fps", f"{camera.fps:g}",
-        "--format", camera.format,
-        "--quality", str(camera.quality),
-        "--log-level", log_level,
+        "--width",
+        str(camera.width),
+        "--height",
+        str(camera.height),
+        "--fps",
+        f"{camera.fps:g}",
+        "--format",
+        camera.format,
+        "--quality",
+        str(camera.quality),
+        "--log-level",
+        log_level,
         *controlled,
         *(["--lifeline", str(lifeline)] if lifeline is not None else []),
-    ]  # fmt: skip
+    ]
 
 
 def terminate_then_kill(grace: float) -> Callable[[trio.Process], Awaitable[None]]:
@@ -144,9 +161,13 @@ class Supervisor:
                 for camera in cameras:
                     # A worker that cannot even be started (EMFILE, say) is retried
                     # with backoff; it must not take the other cameras down.
-                    nursery.start_soon(self.faults.keep_running, "supervisor",
-                                       self.keep_running, camera,
-                                       name=f"worker:{camera.id}")  # fmt: skip
+                    nursery.start_soon(
+                        self.faults.keep_running,
+                        "supervisor",
+                        self.keep_running,
+                        camera,
+                        name=f"worker:{camera.id}",
+                    )
         finally:
             self.lifeline = None
             os.close(read_end)
@@ -155,10 +176,14 @@ class Supervisor:
     async def keep_running(self, camera: CameraConfig) -> None:
         delay = self.settings.restart_delay
         command = worker_command(
-            camera, self.endpoint, self.log_level, self.control, self.heartbeat,
+            camera,
+            self.endpoint,
+            self.log_level,
+            self.control,
+            self.heartbeat,
             lifeline=self.lifeline,
             orphan_timeout=self.settings.orphan_timeout if self.control else 0.0,
-        )  # fmt: skip
+        )
         while True:
             started = trio.current_time()
             pid, code = await self._run_once(camera, command)
@@ -185,14 +210,16 @@ class Supervisor:
         async def run(task_status: trio.TaskStatus[trio.Process]) -> None:
             try:
                 await trio.run_process(
-                    command, check=False, stdin=subprocess.DEVNULL,
+                    command,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
                     deliver_cancel=terminate_then_kill(self.settings.stop_grace),
                     # Its own session: a Ctrl-C in the terminal reaches the broker only,
                     # which then stops its workers in order instead of racing them.
                     start_new_session=True,
                     pass_fds=(self.lifeline,) if self.lifeline is not None else (),
                     task_status=task_status,
-                )  # fmt: skip
+                )
             finally:
                 watchdog.cancel()
 
@@ -223,9 +250,14 @@ class Supervisor:
                 silent = self.silent_for(camera)
                 if lost_too_long(silent, now - started, self.lost_limit):
                     quiet = now - started if silent is None else min(silent, now - started)
-                    log.warning("camera %s: worker pid %d silent on control for %.1f s "
-                                "(limit %g s): killing it to restart it", camera, process.pid,
-                                quiet, self.lost_limit)  # fmt: skip
+                    log.warning(
+                        "camera %s: worker pid %d silent on control for %.1f s "
+                        "(limit %g s): killing it to restart it",
+                        camera,
+                        process.pid,
+                        quiet,
+                        self.lost_limit,
+                    )
                     process.kill()
                     return
 

@@ -46,10 +46,13 @@ class WorkerLink:
 
     def describe(self, now: float, pending: int) -> dict[str, Any]:
         return {
-            "connected": self.connected, "pid": self.pid, "device": self.device,
-            "streaming": self.streaming, "last_seen_s": round(now - self.last_seen, 1),
+            "connected": self.connected,
+            "pid": self.pid,
+            "device": self.device,
+            "streaming": self.streaming,
+            "last_seen_s": round(now - self.last_seen, 1),
             "pending_commands": pending,
-        }  # fmt: skip
+        }
 
 
 def _ignore(*args: object) -> None:
@@ -86,12 +89,15 @@ class Workers:
     def hello(self, identity: bytes, camera: str, message: dict[str, Any]) -> WorkerLink | None:
         """Register a hello; None when it is refused (counted and logged)."""
         if message["camera"] != camera:
-            self.complaints.malformed("identity_mismatch", f"routing id {camera!r} said hello "
-                                      f"as {message['camera'][:80]!r}")  # fmt: skip
+            self.complaints.malformed(
+                "identity_mismatch",
+                f"routing id {camera!r} said hello as {message['camera'][:80]!r}",
+            )
             return None
         if not (camera in self.links or self.known(camera)):
-            self.complaints.malformed("unknown_camera", f"hello from camera {camera!r}, which "
-                                      "is not in the config")  # fmt: skip
+            self.complaints.malformed(
+                "unknown_camera", f"hello from camera {camera!r}, which is not in the config"
+            )
             return None
         now = self.clock()
         pid = message["pid"]
@@ -136,15 +142,17 @@ class Workers:
         before = link.settings
         link.settings = dict(settings)
         self.set_streaming(link, streaming)
-        return sorted(k for k in before.keys() | link.settings.keys()
-                      if before.get(k) != link.settings.get(k))  # fmt: skip
+        return sorted(
+            k for k in before.keys() | link.settings.keys() if before.get(k) != link.settings.get(k)
+        )
 
     def set_streaming(self, link: WorkerLink, streaming: bool) -> None:
         if link.streaming == streaming:
             return
         link.streaming = streaming
-        log.info("camera %s: worker %s streaming", link.camera, "started" if streaming else
-                 "stopped")  # fmt: skip
+        log.info(
+            "camera %s: worker %s streaming", link.camera, "started" if streaming else "stopped"
+        )
         self.events.publish("stream_started" if streaming else "stream_stopped", link.camera)
         self.changed(link.camera)
 
@@ -152,8 +160,9 @@ class Workers:
         link.connected = False
         log.warning("camera %s: worker lost (pid %d): %s", link.camera, link.pid, message)
         self.gone(link.camera, message)
-        self.events.publish("worker_lost", link.camera, reason=reason, pid=link.pid,
-                            message=message)  # fmt: skip
+        self.events.publish(
+            "worker_lost", link.camera, reason=reason, pid=link.pid, message=message
+        )
         self.changed(link.camera)
 
     def exited(self, camera: str, pid: int, how: str) -> None:

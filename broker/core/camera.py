@@ -40,8 +40,17 @@ class Freshness:
     the stream again. A step forward looks like faster transit and is accepted at once.
     """
 
-    __slots__ = ("_best", "_best_before", "_late_best", "_late_since", "_window_start",
-                 "max_age", "newest", "settle", "window")  # fmt: skip
+    __slots__ = (
+        "_best",
+        "_best_before",
+        "_late_best",
+        "_late_since",
+        "_window_start",
+        "max_age",
+        "newest",
+        "settle",
+        "window",
+    )
 
     def __init__(
         self, max_age: float, settle: float = CLOCK_SETTLE, window: float = OFFSET_WINDOW

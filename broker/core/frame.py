@@ -76,8 +76,15 @@ class Frame:
         """This frame as one binary message of the multiplexed ``/ws`` endpoint
         (`broker.protocol.mux`), built on first use."""
         if self._mux_message is None:
-            head = mux.encode_header(self.camera, self.seq, self.captured_at, self.format,
-                                     self.width, self.height, self.placeholder)  # fmt: skip
+            head = mux.encode_header(
+                self.camera,
+                self.seq,
+                self.captured_at,
+                self.format,
+                self.width,
+                self.height,
+                self.placeholder,
+            )
             length = len(head) + len(self.data)
             self._mux_message = websocket_binary_header(length) + head + self.data
         return self._mux_message

@@ -108,9 +108,13 @@ class Hub:
                 return Outcome.UNKNOWN
             if self.full:
                 self.errors[Outcome.FULL.value] += 1
-                self._complaints.warning("too_many_cameras", "camera %s: frame dropped, the "
-                                         "broker holds ingest.max_cameras (%d) cameras already",
-                                         frame.camera, self.max_cameras)  # fmt: skip
+                self._complaints.warning(
+                    "too_many_cameras",
+                    "camera %s: frame dropped, the "
+                    "broker holds ingest.max_cameras (%d) cameras already",
+                    frame.camera,
+                    self.max_cameras,
+                )
                 return Outcome.FULL
             info = CameraInfo(
                 frame.camera,
@@ -150,10 +154,16 @@ class Hub:
         freshness = camera.freshness
         late = frame.received_at - frame.captured_at - freshness.offset
         behind = freshness.newest - frame.captured_at
-        self._complaints.warning("stale", "camera %s: dropped a stale frame (seq %d, %.1f s "
-                                 "late, %.1f s behind the newest; the limit is %g s)",
-                                 camera.id, frame.seq, late, behind,
-                                 freshness.max_age)  # fmt: skip
+        self._complaints.warning(
+            "stale",
+            "camera %s: dropped a stale frame (seq %d, %.1f s "
+            "late, %.1f s behind the newest; the limit is %g s)",
+            camera.id,
+            frame.seq,
+            late,
+            behind,
+            freshness.max_age,
+        )
 
     def _retain(self, camera: Camera, frame: Frame) -> None:
         if camera.recent:  # no longer the newest: clients have (nearly) all sent it

@@ -130,4 +130,3 @@ class Placeholders:
 
 
 PLACEHOLDERS = Placeholders()  # shared by the offline watcher and the HTTP answers
-

@@ -68,9 +68,21 @@ class Subscriber:
     """One client's interest in one camera, with its own drop-oldest queue."""
 
     __slots__ = (
-        "bytes_sent", "camera", "client", "closed", "connected_at", "direct", "interval",
-        "kind", "lag", "next_due", "queue", "rate", "sent", "wake",
-    )  # fmt: skip
+        "bytes_sent",
+        "camera",
+        "client",
+        "closed",
+        "connected_at",
+        "direct",
+        "interval",
+        "kind",
+        "lag",
+        "next_due",
+        "queue",
+        "rate",
+        "sent",
+        "wake",
+    )
 
     def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
         self.camera = camera

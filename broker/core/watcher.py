@@ -27,9 +27,7 @@ def _keep(camera_id: str) -> None:
 
 
 class Watcher:
-    def __init__(
-        self, hub: Hub, session_ttl: float, forget: Callable[[str], None] = _keep
-    ) -> None:
+    def __init__(self, hub: Hub, session_ttl: float, forget: Callable[[str], None] = _keep) -> None:
         self.hub = hub
         self.session_ttl = session_ttl
         self.forget = forget  # told the id of each camera removed (its metrics go)
@@ -50,13 +48,19 @@ class Watcher:
             if camera.info.configured or now - last <= ttl:
                 continue
             if camera.info.session:
-                log.info("camera %s: ad-hoc session expired after %.0f s without frames",
-                         camera.id, now - last)  # fmt: skip
+                log.info(
+                    "camera %s: ad-hoc session expired after %.0f s without frames",
+                    camera.id,
+                    now - last,
+                )
             elif camera.subscribers:
                 continue  # an unconfigured camera someone watches stays, offline
             else:
-                log.info("camera %s: unconfigured camera forgotten after %.0f s without "
-                         "frames", camera.id, now - last)  # fmt: skip
+                log.info(
+                    "camera %s: unconfigured camera forgotten after %.0f s without frames",
+                    camera.id,
+                    now - last,
+                )
             self.hub.remove_camera(camera)
             self.forget(camera.id)
 
@@ -65,7 +69,13 @@ class Watcher:
         frame."""
         last_seq = camera.latest.seq if camera.latest is not None else 0
         frame = Frame.received(
-            camera.id, last_seq, time.time(), image.width, image.height, "jpeg", image.data,
+            camera.id,
+            last_seq,
+            time.time(),
+            image.width,
+            image.height,
+            "jpeg",
+            image.data,
             placeholder=True,
-        )  # fmt: skip
+        )
         self.hub.publish_placeholder(camera, frame)

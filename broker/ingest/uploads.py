@@ -49,9 +49,13 @@ class UploadError(Exception):
 
 
 def accept_upload(
-    hub: Hub, camera_id: str, content_type: str, body: bytes, max_width: int = MAX_DIMENSION,
+    hub: Hub,
+    camera_id: str,
+    content_type: str,
+    body: bytes,
+    max_width: int = MAX_DIMENSION,
     max_height: int = MAX_DIMENSION,
-) -> Frame:  # fmt: skip
+) -> Frame:
     """Check an upload for ``camera_id`` and publish it; the frame, or `UploadError`:
     404 ``unknown_camera`` (an unconfigured camera, unless unknown ones are accepted and
     the id is valid), the refusals of `parse_upload`, 503 ``too_many_cameras`` and 409
@@ -62,25 +66,34 @@ def accept_upload(
     image = parse_upload(content_type, body, max_width, max_height)
     camera = hub.cameras.get(camera_id)
     seq = camera.upload_seq if camera is not None else 0
-    frame = Frame.received(camera_id, seq, time.time(), image.width, image.height, image.format,
-                           image.data)  # fmt: skip
+    frame = Frame.received(
+        camera_id, seq, time.time(), image.width, image.height, image.format, image.data
+    )
     outcome = hub.publish(frame)
     if outcome is Outcome.UNKNOWN:
         raise UploadError("unknown_camera", f"no camera {camera_id!r}")
     if outcome is Outcome.FULL:
-        raise UploadError("too_many_cameras", "the broker holds ingest.max_cameras "
-                          f"({hub.max_cameras}) cameras already; try again later")  # fmt: skip
+        raise UploadError(
+            "too_many_cameras",
+            "the broker holds ingest.max_cameras "
+            f"({hub.max_cameras}) cameras already; try again later",
+        )
     if outcome is Outcome.STALE:
-        raise UploadError("stale_frame", "the frame is older than the camera's newest by "
-                          "more than ingest.offline_after; it was not shown")  # fmt: skip
+        raise UploadError(
+            "stale_frame",
+            "the frame is older than the camera's newest by "
+            "more than ingest.offline_after; it was not shown",
+        )
     hub.cameras[camera_id].upload_seq = seq + 1
     return frame
 
 
 def parse_upload(
-    content_type: str, body: bytes, max_width: int = MAX_DIMENSION,
+    content_type: str,
+    body: bytes,
+    max_width: int = MAX_DIMENSION,
     max_height: int = MAX_DIMENSION,
-) -> Upload:  # fmt: skip
+) -> Upload:
     """The checked upload, or `UploadError`: 415 ``unsupported_media_type`` or
     ``not_an_image``, 413 ``image_too_large``, 400 ``bad_form``."""
     media, params = _media_type(content_type)
@@ -94,7 +107,7 @@ def parse_upload(
             "unsupported_media_type",
             "Content-Type must be image/jpeg, image/png, image/webp, image/bmp or "
             f"multipart/form-data with one such file, got {media[:60] or 'none'!r}",
-        )  # fmt: skip
+        )
     found = sniff_format(body)
     if found != declared:
         raise UploadError(
@@ -118,7 +131,7 @@ def _check_size(width: int, height: int, max_width: int, max_height: int) -> Non
             "image_too_large",
             f"the image is {width}x{height} pixels; the limit is {max_width}x{max_height} "
             "(ingest.max_width x ingest.max_height)",
-        )  # fmt: skip
+        )
 
 
 def _pillow_size(declared: str, body: bytes) -> tuple[int, int]:
@@ -267,8 +280,6 @@ def _only_file(body: bytes, boundary: str) -> tuple[str, bytes]:
         if "filename=" in headers.get("content-disposition", ""):
             files.append((headers.get("content-type", ""), content.removesuffix(b"\r\n")))
     if len(files) != 1:
-        raise UploadError(
-            "bad_form", f"the form must carry exactly one file, got {len(files)}"
-        )
+        raise UploadError("bad_form", f"the form must carry exactly one file, got {len(files)}")
     media, _ = _media_type(files[0][0])
     return media, files[0][1]

@@ -47,10 +47,15 @@ def bind(
 ) -> tuple[zmq.Socket, list[str]]:
     """A SUB socket bound on ``endpoints``; returns it with the endpoints actually bound
     (``tcp://host:*`` picks a free port)."""
-    return bound_socket(context, zmq.SUB, endpoints, {
-        zmq.SUBSCRIBE: b"",
-        zmq.MAXMSGSIZE: max_part_bytes(max_frame_bytes),
-    })  # fmt: skip
+    return bound_socket(
+        context,
+        zmq.SUB,
+        endpoints,
+        {
+            zmq.SUBSCRIBE: b"",
+            zmq.MAXMSGSIZE: max_part_bytes(max_frame_bytes),
+        },
+    )
 
 
 async def run_ingest(
@@ -91,7 +96,10 @@ class Intake:
     ) -> None:
         self.hub, self.stats = hub, stats
         self.max_frame_bytes, self.max_width, self.max_height = (
-            max_frame_bytes, max_width, max_height)  # fmt: skip
+            max_frame_bytes,
+            max_width,
+            max_height,
+        )
         self.observe_latency = observe_latency
         # Keyed by reason only: a peer inventing camera ids must not invent log lines.
         self.complaints = LogThrottle(log)
@@ -109,9 +117,14 @@ class Intake:
             )
             return
         frame = Frame.received(
-            header.camera, header.seq, header.captured_at, header.width, header.height,
-            header.format, payload,
-        )  # fmt: skip
+            header.camera,
+            header.seq,
+            header.captured_at,
+            header.width,
+            header.height,
+            header.format,
+            payload,
+        )
         outcome = self.hub.publish(frame)
         if outcome is not Outcome.LIVE:
             if outcome is not Outcome.UNKNOWN:

@@ -40,13 +40,24 @@ MAX_PID = 2**32
 COMMANDS = ("update_settings", "start_stream", "stop_stream", "get_status", "restart_camera")
 
 # The fields each message type must carry, with their types.
-# fmt: off
 FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "hello": {"camera": str, "device": str, "supported": dict, "settings": dict,
-              "streaming": bool, "pid": int},
+    "hello": {
+        "camera": str,
+        "device": str,
+        "supported": dict,
+        "settings": dict,
+        "streaming": bool,
+        "pid": int,
+    },
     "heartbeat": {},
-    "reply": {"request_id": str, "success": bool, "message": str, "settings": dict,
-              "streaming": bool, "timestamp": (int, float)},
+    "reply": {
+        "request_id": str,
+        "success": bool,
+        "message": str,
+        "settings": dict,
+        "streaming": bool,
+        "timestamp": (int, float),
+    },
     "hello_request": {},
     "command": {"request_id": str, "command": str, "settings": dict},
 }
@@ -55,12 +66,19 @@ OPTIONAL: dict[str, dict[str, type]] = {
     "heartbeat": {"streaming": bool},
     "reply": {"errors": dict},
 }
-# fmt: on
 # Stable reasons of `ControlError`, as the broker counts them.
 REASONS = (
-    "oversize", "not_msgpack", "not_a_map", "bad_value", "unknown_type", "bad_version",
-    "bad_field", "bad_supported", "bad_settings", "bad_errors",
-)  # fmt: skip
+    "oversize",
+    "not_msgpack",
+    "not_a_map",
+    "bad_value",
+    "unknown_type",
+    "bad_version",
+    "bad_field",
+    "bad_supported",
+    "bad_settings",
+    "bad_errors",
+)
 
 
 class ControlError(ValueError):
@@ -105,8 +123,9 @@ def decode(data: bytes | memoryview) -> dict[str, Any]:
     for field, kinds in FIELDS[kind].items():
         value = message.get(field)
         if not _is(value, kinds):
-            raise ControlError("bad_field", f"{kind}: field {field!r} is missing or of the "
-                               "wrong type")  # fmt: skip
+            raise ControlError(
+                "bad_field", f"{kind}: field {field!r} is missing or of the wrong type"
+            )
         checked[field] = value
     for field, optional in OPTIONAL.get(kind, {}).items():
         if field in message:
@@ -134,12 +153,16 @@ def _check_values(value: Any, path: str, depth: int) -> None:
         return
     if isinstance(value, str):
         if len(value) > MAX_TEXT:
-            raise ControlError("bad_value", f"{where}: a string of {len(value)} characters "
-                               f"(at most {MAX_TEXT})")  # fmt: skip
+            raise ControlError(
+                "bad_value", f"{where}: a string of {len(value)} characters (at most {MAX_TEXT})"
+            )
         return
     if not isinstance(value, dict | list):
-        raise ControlError("bad_value", f"{where}: {type(value).__name__} is not allowed "
-                           "(strings, numbers, booleans, null, maps and arrays only)")  # fmt: skip
+        raise ControlError(
+            "bad_value",
+            f"{where}: {type(value).__name__} is not allowed "
+            "(strings, numbers, booleans, null, maps and arrays only)",
+        )
     if depth > MAX_DEPTH:
         raise ControlError("bad_value", f"{where}: nested deeper than {MAX_DEPTH} levels")
     if len(value) > MAX_ITEMS:
@@ -150,18 +173,21 @@ def _check_values(value: Any, path: str, depth: int) -> None:
         return
     for key, item in value.items():
         if not isinstance(key, str):
-            raise ControlError("bad_value", f"{where}: a key of type {type(key).__name__} "
-                               "(keys must be strings)")  # fmt: skip
+            raise ControlError(
+                "bad_value", f"{where}: a key of type {type(key).__name__} (keys must be strings)"
+            )
         if len(key) > MAX_KEY:
-            raise ControlError("bad_value", f"{where}: a key of {len(key)} characters (at "
-                               f"most {MAX_KEY})")  # fmt: skip
+            raise ControlError(
+                "bad_value", f"{where}: a key of {len(key)} characters (at most {MAX_KEY})"
+            )
         _check_values(item, f"{path}.{key}" if path else key, depth + 1)
 
 
 def _check_request_id(message: dict[str, Any]) -> None:
     if not 0 < len(message["request_id"]) <= MAX_REQUEST_ID:
-        raise ControlError("bad_field", f"{message['type']}: request_id must be 1 to "
-                           f"{MAX_REQUEST_ID} characters")  # fmt: skip
+        raise ControlError(
+            "bad_field", f"{message['type']}: request_id must be 1 to {MAX_REQUEST_ID} characters"
+        )
 
 
 def _check_reported(message: dict[str, Any]) -> None:
@@ -194,14 +220,14 @@ def _check_command(message: dict[str, Any]) -> None:
     _check_request_id(message)
     if message["command"] not in COMMANDS:
         shown = message["command"][:40]
-        raise ControlError("bad_field",
-                           f"unknown command {shown!r} (known: {', '.join(COMMANDS)})")  # fmt: skip
+        raise ControlError("bad_field", f"unknown command {shown!r} (known: {', '.join(COMMANDS)})")
     # A request, not a report: the worker validates it against its own rules and names
     # each bad key in its reply. Here only its shape: setting names to plain values.
     for key, value in message["settings"].items():
         if isinstance(value, dict | list) or value is None:
-            raise ControlError("bad_settings", f"command: settings: {key}: must be a number, "
-                               "string or boolean")  # fmt: skip
+            raise ControlError(
+                "bad_settings", f"command: settings: {key}: must be a number, string or boolean"
+            )
 
 
 def _nothing(message: dict[str, Any]) -> None:

@@ -34,8 +34,13 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "event", "event": self.event, "camera": self.camera,
-                "timestamp": self.timestamp, "data": dict(self.data)}  # fmt: skip
+        return {
+            "type": "event",
+            "event": self.event,
+            "camera": self.camera,
+            "timestamp": self.timestamp,
+            "data": dict(self.data),
+        }
 
     @classmethod
     def from_json(cls, message: Mapping[str, Any]) -> Event:

@@ -41,14 +41,23 @@ class MuxFrame:
 
 
 def encode_header(
-    camera: str, seq: int, captured_at: float, format: str, width: int, height: int,
+    camera: str,
+    seq: int,
+    captured_at: float,
+    format: str,
+    width: int,
+    height: int,
     placeholder: bool = False,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """The length prefix and JSON header that go before the image bytes."""
     fields: dict[str, object] = {
-        "camera": camera, "seq": seq, "captured_at": captured_at,
-        "format": format, "width": width, "height": height,
-    }  # fmt: skip
+        "camera": camera,
+        "seq": seq,
+        "captured_at": captured_at,
+        "format": format,
+        "width": width,
+        "height": height,
+    }
     if placeholder:
         fields["placeholder"] = True
     header = json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +118,11 @@ class CommandResult:
             camera=str(reply.get("camera", "")),
             command=str(reply.get("command", "")),
             error=error if isinstance(error, str) else None,
-            errors={str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict)
+            errors={str(k): str(v) for k, v in errors.items()}
+            if isinstance(errors, dict)
             else None,
-        )  # fmt: skip
+        )
 
 
-def _is_finite(value: object) -> bool:
+def _is_finite(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -14,7 +14,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from broker.protocol.wire import FORMATS, MAX_DIMENSION
 
@@ -198,12 +198,12 @@ def _problem(setting: Setting, value: Any, limits: Mapping[str, Any]) -> str | N
         return f"must be {_want(setting, limits)}, got {_show(value)} ({kind_of(value)})"
     lo, hi = _limit(limits, "min", setting.lo), _limit(limits, "max", setting.hi)
     choices = _choices(limits, setting.choices)
-    if setting.kind is str:
+    if isinstance(value, str):
         if not _encodable(value):
             return "must be valid Unicode text (it holds a lone surrogate)"
         if lo is not None and hi is not None and not lo <= len(value) <= hi:
             return f"must be {_num(lo)} to {_num(hi)} characters long, got {len(value)}"
-    elif lo is not None and hi is not None and not _within(value, lo, hi):
+    elif lo is not None and hi is not None and not _within(cast(float, value), lo, hi):
         return f"must be {_want(setting, limits)}, got {_show(value)}"
     if choices and value not in choices:
         return f"must be {_want(setting, limits)}, got {_show(value)}"
@@ -285,9 +285,14 @@ def kind_of(value: Any, table: str = "an object") -> str:
     if isinstance(value, bool):  # before int: bool is an int subclass
         return "a boolean"
     kinds: list[tuple[type, str]] = [
-        (int, "an integer"), (float, "a float"), (str, "a string"), (list, "an array"),
-        (dict, table), (type(None), "null"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, table),
+        (type(None), "null"),
         (dt.datetime, "a date-time"),  # before date: datetime is a date subclass
-        (dt.date, "a date"), (dt.time, "a time"),
-    ]  # fmt: skip
+        (dt.date, "a date"),
+        (dt.time, "a time"),
+    ]
     return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)

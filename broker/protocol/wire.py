@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgpack
 
@@ -139,7 +140,10 @@ def decode(
 _HEADER_KEYS = {"version", "camera", "seq", "captured_at", "width", "height", "format"}
 
 
-def _field(fields: dict, name: str, kind: type) -> object:
+_T = TypeVar("_T")
+
+
+def _field(fields: dict, name: str, kind: type[_T]) -> _T:
     if name not in fields:
         raise WireError("field", f"header field {name!r} is missing")
     value = fields[name]
@@ -175,8 +179,7 @@ def _check_caps(header: FrameHeader, max_width: int, max_height: int) -> None:
     if header.width > max_width or header.height > max_height:
         raise WireError(
             "dimensions",
-            f"a {header.width}x{header.height} frame exceeds the limit of "
-            f"{max_width}x{max_height}",
+            f"a {header.width}x{header.height} frame exceeds the limit of {max_width}x{max_height}",
         )
 
 

@@ -98,8 +98,7 @@ class Delivery:
         # connection cannot be reused.
         self.slow_disconnects += 1
         log.warning(
-            "client %s: camera %s: took no frame within %.1f s; disconnected "
-            "(sent %d, dropped %d)",
+            "client %s: camera %s: took no frame within %.1f s; disconnected (sent %d, dropped %d)",
             subscriber.client,
             subscriber.camera.id,
             send_timeout,
@@ -183,8 +182,14 @@ class DirectWriter:
 
     __slots__ = ("inflight", "lock", "message", "sock", "subscriber", "whole")
 
-    def __init__(self, lock: trio.Semaphore, sock: socket.socket, subscriber: Subscriber,
-                 message: Callable[[Frame], bytes], whole: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lock: trio.Semaphore,
+        sock: socket.socket,
+        subscriber: Subscriber,
+        message: Callable[[Frame], bytes],
+        whole: bool = False,
+    ) -> None:
         self.lock, self.sock, self.subscriber, self.message = lock, sock, subscriber, message
         self.whole = whole  # `finish` even when cancelled (see `write_whole`)
         self.inflight: tuple[Frame, memoryview] | None = None  # written in part
@@ -220,8 +225,9 @@ class DirectWriter:
             self.lock.release()
 
 
-async def write_whole(write: Callable[[bytes | memoryview], Awaitable[None]],
-                      data: bytes | memoryview) -> None:  # fmt: skip
+async def write_whole(
+    write: Callable[[bytes | memoryview], Awaitable[None]], data: bytes | memoryview
+) -> None:
     """Write ``data`` to the end even if the caller is cancelled meanwhile, within the
     caller's deadline (the send timeout of `Delivery.send_frames`).
 
@@ -250,9 +256,11 @@ async def next_event(listener: Listener) -> Event:
 
 
 def direct_writer(
-    ws: WebSocketConnection, subscriber: Subscriber, message: Callable[[Frame], bytes],
+    ws: WebSocketConnection,
+    subscriber: Subscriber,
+    message: Callable[[Frame], bytes],
     whole: bool = False,
-) -> DirectWriter | None:  # fmt: skip
+) -> DirectWriter | None:
     """A `DirectWriter` for ``ws``, or None when its internals do not allow one
     (`broker.serve.wsframes.direct_access`)."""
     access = direct_access(ws)

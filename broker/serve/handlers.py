@@ -77,8 +77,7 @@ class Handlers:
         if method == "OPTIONS":
             return Response(204, headers=[("allow", f"{allowed}, OPTIONS")])
         if method not in route.methods:
-            return error("method_not_allowed", f"{method} is not allowed on {path}",
-                         allow=allowed)  # fmt: skip
+            return error("method_not_allowed", f"{method} is not allowed on {path}", allow=allowed)
         if route.command:
             request_id = header(request, b"x-request-id")[:MAX_REQUEST_ID] if request else ""
             return await self.command(method, route, body, client_key, request_id or None)
@@ -92,9 +91,11 @@ class Handlers:
         if kind is Kind.NEXT:
             return await self.next_image(route.camera, route)
         if kind is Kind.WEBSOCKET or kind is Kind.MUX:
-            return error("upgrade_required",
-                         f"{path} is a WebSocket endpoint: connect with ws://",
-                         upgrade="websocket")  # fmt: skip
+            return error(
+                "upgrade_required",
+                f"{path} is a WebSocket endpoint: connect with ws://",
+                upgrade="websocket",
+            )
         if kind is Kind.SNAPSHOT:
             return await self.snapshot(route.camera)
         if kind is Kind.METRICS and self.metrics is not None:
@@ -137,8 +138,7 @@ class Handlers:
                 return error("invalid_json", f"the body is not JSON: {exc}")
             if not isinstance(settings, dict):
                 return error("invalid_json", "the body must be a JSON object of settings")
-            status = await self.control.command(camera, "update_settings", settings,
-                                                request_id)  # fmt: skip
+            status = await self.control.command(camera, "update_settings", settings, request_id)
         return status_response(status)
 
     # -- producers -----------------------------------------------------------------
@@ -147,12 +147,21 @@ class Handlers:
         """A frame POSTed by a producer: checked, then published like a worker's frame."""
         ingest = self.config.ingest
         try:
-            frame = accept_upload(self.hub, camera_id, content_type, body, ingest.max_width,
-                                  ingest.max_height)  # fmt: skip
+            frame = accept_upload(
+                self.hub, camera_id, content_type, body, ingest.max_width, ingest.max_height
+            )
         except UploadError as bad:
             return error(bad.code, str(bad))
-        return json_response({"camera": camera_id, "seq": frame.seq, "width": frame.width,
-                              "height": frame.height, "format": frame.format}, 201)  # fmt: skip
+        return json_response(
+            {
+                "camera": camera_id,
+                "seq": frame.seq,
+                "width": frame.width,
+                "height": frame.height,
+                "format": frame.format,
+            },
+            201,
+        )
 
     def create_session(self) -> Response:
         """An ad-hoc camera for an HTTP producer (seed 003's session)."""
@@ -164,11 +173,18 @@ class Handlers:
                 response.headers.append(("retry-after", refused.retry_after))
             return response
         base = f"/cameras/{camera_id}"
-        return json_response({
-            "id": camera_id, "ttl_s": self.config.ingest.session_ttl,
-            "upload": base + "/frames", "websocket": base, "snapshot": base + "/snapshot.jpg",
-            "mjpeg": base + "/mjpeg", "next": base + "/next.jpg",
-        }, 201)  # fmt: skip
+        return json_response(
+            {
+                "id": camera_id,
+                "ttl_s": self.config.ingest.session_ttl,
+                "upload": base + "/frames",
+                "websocket": base,
+                "snapshot": base + "/snapshot.jpg",
+                "mjpeg": base + "/mjpeg",
+                "next": base + "/next.jpg",
+            },
+            201,
+        )
 
     # -- camera images -------------------------------------------------------------
 
@@ -181,8 +197,9 @@ class Handlers:
             if not 0 <= timeout <= 60:
                 raise ValueError
         except ValueError:
-            return error("bad_query", "after must be an integer and timeout a number of "
-                         "seconds from 0 to 60")  # fmt: skip
+            return error(
+                "bad_query", "after must be an integer and timeout a number of seconds from 0 to 60"
+            )
         camera = self.hub.camera(camera_id)
         with trio.move_on_after(timeout):
             while (frame := self.hub.next_after(camera, after)) is None:
@@ -223,8 +240,11 @@ def status_response(status: CommandResult, **extra: object) -> Response:
 
 def frame_response(frame: Frame, now: float) -> Response:
     age = round((now - frame.received_at) * 1000)
-    headers = [("x-frame-seq", str(frame.seq)), ("x-frame-age-ms", str(age)),
-               ("x-frame-captured-at", f"{frame.captured_at:.6f}")]  # fmt: skip
+    headers = [
+        ("x-frame-seq", str(frame.seq)),
+        ("x-frame-age-ms", str(age)),
+        ("x-frame-captured-at", f"{frame.captured_at:.6f}"),
+    ]
     return Response(200, bytes(frame.data), f"image/{frame.format}", headers)
 
 

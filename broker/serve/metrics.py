@@ -26,9 +26,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class BrokerCollector(Collector):
-    def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
-                 worker_restarts: Callable[[], Mapping[str, int]],
-                 control: Control | None = None, faults: Faults | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hub: Hub,
+        ingest_errors: Mapping[str, int],
+        worker_restarts: Callable[[], Mapping[str, int]],
+        control: Control | None = None,
+        faults: Faults | None = None,
+    ) -> None:
         self.hub = hub
         self.faults = faults
         self.ingest_errors = ingest_errors
@@ -58,8 +63,11 @@ class BrokerCollector(Collector):
             restarts.add_metric([camera_id], count)
         yield from (received, delivered, dropped, sent_bytes, clients, online, errors, restarts)
         if self.faults is not None:
-            faults = counter("faults", "Unexpected exceptions contained at a boundary, by "
-                             "where they happened", "where")  # fmt: skip
+            faults = counter(
+                "faults",
+                "Unexpected exceptions contained at a boundary, by where they happened",
+                "where",
+            )
             for where, count in sorted(self.faults.counts.items()):
                 faults.add_metric([where], count)
             yield faults
@@ -67,12 +75,14 @@ class BrokerCollector(Collector):
             yield from self._control(self.control)
 
     def _control(self, control: Control) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        connected = gauge("worker_connected", "1 while the worker's control channel is up",
-                          "camera")  # fmt: skip
+        connected = gauge(
+            "worker_connected", "1 while the worker's control channel is up", "camera"
+        )
         for camera_id, link in sorted(control.links.items()):
             connected.add_metric([camera_id], int(link.connected))
-        commands = counter("commands", "Camera commands by outcome (ok or the error code)",
-                           "outcome")  # fmt: skip
+        commands = counter(
+            "commands", "Camera commands by outcome (ok or the error code)", "outcome"
+        )
         for outcome, count in sorted(control.results.items()):
             commands.add_metric([outcome], count)
         errors = counter("control_errors", "Malformed or refused control messages", "reason")
@@ -93,17 +103,25 @@ def gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
 
 
 class Metrics:
-    def __init__(self, hub: Hub, ingest_errors: Mapping[str, int],
-                 worker_restarts: Callable[[], Mapping[str, int]],
-                 control: Control | None = None, faults: Faults | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hub: Hub,
+        ingest_errors: Mapping[str, int],
+        worker_restarts: Callable[[], Mapping[str, int]],
+        control: Control | None = None,
+        faults: Faults | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(BrokerCollector(hub, ingest_errors, worker_restarts, control,
-                                               faults))  # fmt: skip
+        self.registry.register(
+            BrokerCollector(hub, ingest_errors, worker_restarts, control, faults)
+        )
         self.latency = Histogram(
             "camera_broker_latency_seconds",
             "Capture to ingest latency (needs the worker's clock in sync with the broker's)",
-            ["camera"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            ["camera"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def forget(self, camera_id: str) -> None:
         """Drop a removed camera's latency series, so ids that come and go stay bounded."""

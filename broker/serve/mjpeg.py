@@ -26,8 +26,14 @@ MJPEG_HEAD = (
 ).encode()
 
 
-async def serve(delivery: Delivery, stream: trio.SocketStream, camera_id: str,
-                max_fps: float | None, client: str, head_only: bool) -> None:  # fmt: skip
+async def serve(
+    delivery: Delivery,
+    stream: trio.SocketStream,
+    camera_id: str,
+    max_fps: float | None,
+    client: str,
+    head_only: bool,
+) -> None:
     """``multipart/x-mixed-replace`` until the client leaves."""
     with trio.move_on_after(delivery.config.send_timeout):
         await stream.send_all(MJPEG_HEAD)
@@ -39,15 +45,21 @@ async def serve(delivery: Delivery, stream: trio.SocketStream, camera_id: str,
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_eof, stream, nursery.cancel_scope)
-            await delivery.send_frames(stream.send_all, stream, subscriber, max_fps,
-                                       Frame.mjpeg_part)  # fmt: skip
+            await delivery.send_frames(
+                stream.send_all, stream, subscriber, max_fps, Frame.mjpeg_part
+            )
             nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):
         pass  # the client or the camera went away (raised in a nursery: a group)
     finally:
         hub.unsubscribe(subscriber)
-        log.info("client %s: left camera %s (sent %d frames, dropped %d)", client,
-                 camera_id, subscriber.sent, subscriber.dropped)  # fmt: skip
+        log.info(
+            "client %s: left camera %s (sent %d frames, dropped %d)",
+            client,
+            camera_id,
+            subscriber.sent,
+            subscriber.dropped,
+        )
 
 
 async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:

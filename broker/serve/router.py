@@ -53,23 +53,33 @@ class Kind(enum.Enum):
 
 
 STATIC_FILES = {
-    "/": "index.html", "/viewer.js": "viewer.js", "/settings.js": "settings.js",
+    "/": "index.html",
+    "/viewer.js": "viewer.js",
+    "/settings.js": "settings.js",
     "/viewer.css": "viewer.css",
-}  # fmt: skip
+}
 FIXED = {
-    "/healthz": Kind.HEALTH, "/api/cameras": Kind.CAMERAS, "/api/stats": Kind.STATS,
-    "/api/presets": Kind.PRESETS, "/metrics": Kind.METRICS, "/api/sessions": Kind.SESSIONS,
+    "/healthz": Kind.HEALTH,
+    "/api/cameras": Kind.CAMERAS,
+    "/api/stats": Kind.STATS,
+    "/api/presets": Kind.PRESETS,
+    "/metrics": Kind.METRICS,
+    "/api/sessions": Kind.SESSIONS,
     "/ws": Kind.MUX,
-}  # fmt: skip
+}
 CAMERA_OUTPUTS = {
-    "snapshot.jpg": Kind.SNAPSHOT, "mjpeg": Kind.MJPEG, "next.jpg": Kind.NEXT,
+    "snapshot.jpg": Kind.SNAPSHOT,
+    "mjpeg": Kind.MJPEG,
+    "next.jpg": Kind.NEXT,
     "frames": Kind.FRAMES,
-}  # fmt: skip
+}
 # The methods each kind answers (any other gets 405); GET and HEAD for the rest.
 METHODS = {
-    Kind.FRAMES: ("POST",), Kind.SESSIONS: ("POST",), Kind.PRESET: ("POST",),
+    Kind.FRAMES: ("POST",),
+    Kind.SESSIONS: ("POST",),
+    Kind.PRESET: ("POST",),
     Kind.SETTINGS: ("GET", "PATCH"),
-}  # fmt: skip
+}
 # What changes the broker or a camera: an operator token only.
 WRITES = frozenset((Kind.FRAMES, Kind.SESSIONS, Kind.SETTINGS, Kind.PRESET))
 
@@ -160,15 +170,22 @@ class Router:
         if not self.access.open and method != "OPTIONS":
             wait = self.auth_failures.wait(address)
             if wait > 0:
-                self._complaints.warning("429", "client %s: too many wrong tokens; refused "
-                                         "for %.1f s", client, wait)  # fmt: skip
+                self._complaints.warning(
+                    "429", "client %s: too many wrong tokens; refused for %.1f s", client, wait
+                )
                 return auth_throttled(wait), address
         grant = self.grant(method, route, token)
         if isinstance(grant, Response) and grant.status == 401:
             if token:
                 self.auth_failures.allow(address)  # spends one of the address's attempts
-            self._complaints.warning("401", "client %s: %s token for %s %s", client,
-                                     "invalid" if token else "no", method, route.path)  # fmt: skip
+            self._complaints.warning(
+                "401",
+                "client %s: %s token for %s %s",
+                client,
+                "invalid" if token else "no",
+                method,
+                route.path,
+            )
         key = token if token and not self.access.open else address
         return grant, key
 
@@ -184,8 +201,11 @@ class Router:
         if route.kind in WRITES and not grant.operator:
             return error("forbidden", f"{method} {route.path} needs an operator token")
         if route.kind is Kind.METRICS and grant.cameras is not None:
-            return error("forbidden", "/metrics covers every camera: it needs a token that "
-                         "is not limited to some cameras")  # fmt: skip
+            return error(
+                "forbidden",
+                "/metrics covers every camera: it needs a token that "
+                "is not limited to some cameras",
+            )
         return grant
 
     def stream_target(self, route: Route, grant: Grant) -> tuple[str, float | None]:
@@ -265,5 +285,8 @@ def forbidden_camera(camera_id: str) -> Response:
 def auth_throttled(wait: float) -> Response:
     """429 for an address that presented too many wrong tokens."""
     seconds = max(1, math.ceil(wait))
-    return error("too_many_failed_tokens", "too many wrong tokens from this address; "
-                 f"retry in {seconds} s", retry_after=str(seconds))  # fmt: skip
+    return error(
+        "too_many_failed_tokens",
+        f"too many wrong tokens from this address; retry in {seconds} s",
+        retry_after=str(seconds),
+    )

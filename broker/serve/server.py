@@ -108,10 +108,8 @@ class Server:
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
         self.views = Views(config, hub, self.health, control)
-        self.handlers = Handlers(config, hub, self.views, metrics, control, self.access,
-                                 commands)  # fmt: skip
-        self.wsapi = WsApi(config, hub, self.delivery, self.views, control, commands,
-                           self.faults)  # fmt: skip
+        self.handlers = Handlers(config, hub, self.views, metrics, control, self.access, commands)
+        self.wsapi = WsApi(config, hub, self.delivery, self.views, control, commands, self.faults)
         # Its per-message debug lines would let any client flood a debug log.
         library = logging.getLogger("trio-websocket")
         if library.level == logging.NOTSET:
@@ -137,14 +135,16 @@ class Server:
         self.port = listeners[0].socket.getsockname()[1]
         log.info("listening on http://%s:%d/", server.host, self.port)
         if self.access.open:
-            log.warning("no [[tokens]] configured: every client may watch and control "
-                        "every camera")  # fmt: skip
+            log.warning("no [[tokens]] configured: every client may watch and control every camera")
         else:
             log.info("%d token(s) configured: every request needs one", len(self.config.tokens))
         for token in self.config.tokens:
             if len(token.token) < MIN_TOKEN_LENGTH:
-                log.warning("%s is shorter than %d characters: easy to guess; use a long "
-                            "random one", token.label, MIN_TOKEN_LENGTH)  # fmt: skip
+                log.warning(
+                    "%s is shorter than %d characters: easy to guess; use a long random one",
+                    token.label,
+                    MIN_TOKEN_LENGTH,
+                )
         return listeners
 
     async def serve(self, listeners: list[trio.SocketListener]) -> None:
@@ -218,8 +218,9 @@ class Server:
             problem = protocol_problem(exc)
             status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
             self._count(status)
-            self._complaints.warning(str(status), "client %s: malformed request: %s", client,
-                                     problem)  # fmt: skip
+            self._complaints.warning(
+                str(status), "client %s: malformed request: %s", client, problem
+            )
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 await self._send(stream, conn, error("bad_request", problem, status=status))
             return None
@@ -279,10 +280,11 @@ class Server:
         else:
             return []
         if request.method == b"OPTIONS":
-            headers += [("access-control-allow-methods", CORS_METHODS),
-                        ("access-control-allow-headers",
-                         "content-type, authorization, x-request-id"),
-                        ("access-control-max-age", "600")]  # fmt: skip
+            headers += [
+                ("access-control-allow-methods", CORS_METHODS),
+                ("access-control-allow-headers", "content-type, authorization, x-request-id"),
+                ("access-control-max-age", "600"),
+            ]
         return headers
 
     async def _answer(
@@ -293,8 +295,11 @@ class Server:
         grant, client_key = self._authorize(method, route, request, client)
         # Only uploads carry a body; anything else may bring a small one, drained.
         refused = isinstance(grant, Response)
-        limit = MAX_REQUEST_HEAD if refused or route.kind is not Kind.FRAMES else (
-            self.config.ingest.max_frame_bytes)  # fmt: skip
+        limit = (
+            MAX_REQUEST_HEAD
+            if refused or route.kind is not Kind.FRAMES
+            else (self.config.ingest.max_frame_bytes)
+        )
         body = await self._read_body(stream, conn, request, limit)
         if body is None:
             response = error("too_large", f"the request body exceeds {limit} bytes")
@@ -303,8 +308,10 @@ class Server:
             raise trio.ClosedResourceError  # the rest of the body is unread: close
         if isinstance(grant, Response):
             response = grant
-        elif route.kind is Kind.MJPEG and method in ("GET", "HEAD") and (
-            route.camera in self.hub.cameras
+        elif (
+            route.kind is Kind.MJPEG
+            and method in ("GET", "HEAD")
+            and (route.camera in self.hub.cameras)
         ):
             try:
                 max_fps = fps_cap(route)
@@ -314,8 +321,7 @@ class Server:
                 await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
-            response = await self.handlers.answer(method, route, request, body, grant,
-                                                  client_key)  # fmt: skip
+            response = await self.handlers.answer(method, route, request, body, grant, client_key)
         if response.status >= 400:
             self._count(response.status)
         await self._send(stream, conn, response, head_only=method == "HEAD", origin=request)
@@ -325,8 +331,14 @@ class Server:
     ) -> tuple[Grant | Response, str]:
         return self.router.authorize(method, route, header(request, b"authorization"), client)
 
-    async def _mjpeg(self, stream: trio.SocketStream, camera_id: str, max_fps: float | None,
-                     client: str, head_only: bool) -> None:  # fmt: skip
+    async def _mjpeg(
+        self,
+        stream: trio.SocketStream,
+        camera_id: str,
+        max_fps: float | None,
+        client: str,
+        head_only: bool,
+    ) -> None:
         """An MJPEG stream; its head is out, so a fault can only end it, not answer 500."""
         try:
             await mjpeg.serve(self.delivery, stream, camera_id, max_fps, client, head_only)
@@ -383,12 +395,22 @@ class Server:
         except BadRequest as bad:
             self._count(bad.response.status)
             if bad.response.status in (400, 426):
-                self._complaints.warning("bad_handshake", "client %s: WebSocket upgrade "
-                                         "refused: %s", client, _message(bad.response))  # fmt: skip
+                self._complaints.warning(
+                    "bad_handshake",
+                    "client %s: WebSocket upgrade refused: %s",
+                    client,
+                    _message(bad.response),
+                )
             await self._send(stream, conn, bad.response)
             return None
-        return Upgrade(request_bytes(request, b""), conn.trailing_data[0], grant,
-                       route.kind is Kind.MUX, camera_id, max_fps)  # fmt: skip
+        return Upgrade(
+            request_bytes(request, b""),
+            conn.trailing_data[0],
+            grant,
+            route.kind is Kind.MUX,
+            camera_id,
+            max_fps,
+        )
 
     async def _websocket(self, stream: trio.SocketStream, upgrade: Upgrade, client: str) -> None:
         """Serve ``/ws`` or one camera's stream over an accepted upgrade. A fault while
@@ -413,8 +435,7 @@ class Server:
             if upgrade.multiplexed:
                 await self.wsapi.serve(ws, upgrade.grant, client)
             else:
-                await websocket.serve(self.delivery, ws, upgrade.camera, upgrade.max_fps,
-                                      client)  # fmt: skip
+                await websocket.serve(self.delivery, ws, upgrade.camera, upgrade.max_fps, client)
         except* CLIENT_GONE:
             pass
         except* Exception as group:

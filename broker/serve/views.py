@@ -56,11 +56,15 @@ class Views:
             if not grant.can_watch(camera.id):
                 continue
             sent, dropped, sent_bytes = camera.delivery_totals()
-            cameras.append({
-                **self._with_control(camera.summary(now)),
-                "frames_sent": sent, "frames_dropped": dropped, "bytes_sent": sent_bytes,
-                "subscribers": [s.stats(now) for s in camera.subscribers],
-            })  # fmt: skip
+            cameras.append(
+                {
+                    **self._with_control(camera.summary(now)),
+                    "frames_sent": sent,
+                    "frames_dropped": dropped,
+                    "bytes_sent": sent_bytes,
+                    "subscribers": [s.stats(now) for s in camera.subscribers],
+                }
+            )
         return {**self.health(), "cameras": cameras}
 
     def _with_control(self, summary: dict[str, Any]) -> dict[str, Any]:

@@ -22,9 +22,12 @@ log = logging.getLogger("broker.server")
 
 
 async def serve(
-    delivery: Delivery, ws: WebSocketConnection, camera_id: str, max_fps: float | None,
+    delivery: Delivery,
+    ws: WebSocketConnection,
+    camera_id: str,
+    max_fps: float | None,
     client: str,
-) -> None:  # fmt: skip
+) -> None:
     """Stream one camera's images to an accepted WebSocket until either side ends."""
     subscriber = delivery.hub.subscribe(camera_id, client, delivery.config.queue_depth)
     cap = f" (at most {max_fps:g} fps)" if max_fps else ""
@@ -49,9 +52,13 @@ async def _stream_frames(
         nursery.start_soon(_until_closed, ws, nursery.cancel_scope)
         try:
             await delivery.send_frames(
-                functools.partial(send_prebuilt, ws), transport(ws), subscriber, max_fps,
-                Frame.websocket_message, direct_writer(ws, subscriber, Frame.websocket_message),
-            )  # fmt: skip
+                functools.partial(send_prebuilt, ws),
+                transport(ws),
+                subscriber,
+                max_fps,
+                Frame.websocket_message,
+                direct_writer(ws, subscriber, Frame.websocket_message),
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except SubscriptionEnded:

@@ -74,9 +74,15 @@ class WsApi:
     """What every ``/ws`` connection shares, and the counters /healthz reports."""
 
     def __init__(
-        self, config: Config, hub: Hub, delivery: Delivery, views: Views,
-        control: Control | None, commands: CommandRate, faults: Faults | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        config: Config,
+        hub: Hub,
+        delivery: Delivery,
+        views: Views,
+        control: Control | None,
+        commands: CommandRate,
+        faults: Faults | None = None,
+    ) -> None:
         self.config = config
         self.hub = hub
         self.delivery = delivery
@@ -133,8 +139,9 @@ class Session:
         finally:
             for subscription in self.subscriptions.values():
                 self.api.hub.unsubscribe(subscription.subscriber)
-            log.info("client %s: left /ws (%d subscribe requests served)", self.client,
-                     self.subscribed)  # fmt: skip
+            log.info(
+                "client %s: left /ws (%d subscribe requests served)", self.client, self.subscribed
+            )
 
     def _end(self) -> None:
         """Stop every task of this connection (the client left, or was cut off)."""
@@ -154,9 +161,14 @@ class Session:
         except (TypeError, ValueError, RecursionError) as exc:
             self.api.faults.record("ws_api", exc, f"encoding a {message.get('type')!r} message")
             self.api.errors["internal_error"] += 1
-            data = json.dumps({"type": "error", "code": "internal_error",
-                               "message": "the broker could not encode this message",
-                               "request_id": echoable(message.get("request_id"))})  # fmt: skip
+            data = json.dumps(
+                {
+                    "type": "error",
+                    "code": "internal_error",
+                    "message": "the broker could not encode this message",
+                    "request_id": echoable(message.get("request_id")),
+                }
+            )
         timeout = self.api.config.server.send_timeout
         try:
             with trio.move_on_after(timeout) as timer:
@@ -166,8 +178,11 @@ class Session:
             return
         if timer.cancelled_caught:
             self.api.delivery.slow_disconnects += 1
-            log.warning("client %s: took no message within %.1f s on /ws; disconnected",
-                        self.client, timeout)  # fmt: skip
+            log.warning(
+                "client %s: took no message within %.1f s on /ws; disconnected",
+                self.client,
+                timeout,
+            )
             await abort(self.ws)
             self._end()
 
@@ -176,8 +191,7 @@ class Session:
 
     async def error(self, code: str, message: str, request_id: Any) -> None:
         self.api.errors[code] += 1
-        self.api.complaints.warning(code, "client %s: /ws error %s: %s", self.client, code,
-                                    message)  # fmt: skip
+        self.api.complaints.warning(code, "client %s: /ws error %s: %s", self.client, code, message)
         await self.reply("error", request_id, code=code, message=message)
 
     # -- receiving ---------------------------------------------------------------
@@ -199,13 +213,17 @@ class Session:
             request_id = request_id_of(request)
             if not within_rate:
                 rate = self.api.config.server.ws_request_rate
-                raise RequestError("rate_limited", f"more than {rate:g} requests a second on "
-                                   "this connection; this one was dropped")  # fmt: skip
+                raise RequestError(
+                    "rate_limited",
+                    f"more than {rate:g} requests a second on "
+                    "this connection; this one was dropped",
+                )
             kind = string_field(request, "type")
             handler = HANDLERS.get(kind)
             if handler is None:
-                raise RequestError("unknown_type", f"unknown type {kind!r} (known: "
-                                   f"{', '.join(HANDLERS)})")  # fmt: skip
+                raise RequestError(
+                    "unknown_type", f"unknown type {kind!r} (known: {', '.join(HANDLERS)})"
+                )
             await handler(self, request, request_id)
         except RequestError as bad:
             await self.error(bad.code, bad.message, request_id)
@@ -220,8 +238,10 @@ class Session:
         max_fps = request.get("max_fps")
         # The range check also excludes infinities (and a huge int without overflow).
         if max_fps is not None and not (is_number(max_fps) and 0 < max_fps <= MAX_FPS):
-            raise RequestError("invalid_field", "field 'max_fps' must be a number above 0 and "
-                               f"at most {MAX_FPS:g}, or null")  # fmt: skip
+            raise RequestError(
+                "invalid_field",
+                f"field 'max_fps' must be a number above 0 and at most {MAX_FPS:g}, or null",
+            )
         max_fps = None if max_fps is None else float(max_fps)
         self._drop(camera)  # subscribing again changes max_fps
         depth = self.api.config.server.queue_depth
@@ -229,8 +249,14 @@ class Session:
         subscription = self.subscriptions[camera] = Subscription(subscriber, max_fps)
         self.subscribed += 1
         cap = f" (at most {max_fps:g} fps)" if max_fps else ""
-        self.api.complaints.log(logging.INFO, "subscribe", "client %s: watching camera %s "
-                                "over /ws%s", self.client, camera, cap)  # fmt: skip
+        self.api.complaints.log(
+            logging.INFO,
+            "subscribe",
+            "client %s: watching camera %s over /ws%s",
+            self.client,
+            camera,
+            cap,
+        )
         await self.reply("subscribed", request_id, camera=camera, max_fps=max_fps)
         assert self._nursery is not None
         self._nursery.start_soon(self._send_frames, camera, subscription)
@@ -256,16 +282,18 @@ class Session:
         command = string_field(request, "command")
         known = (*COMMANDS, APPLY_PRESET)
         if command not in known:
-            raise RequestError("unknown_command", f"unknown command {command!r} (known: "
-                               f"{', '.join(known)})")  # fmt: skip
+            raise RequestError(
+                "unknown_command", f"unknown command {command!r} (known: {', '.join(known)})"
+            )
         settings = request.get("settings")
         if settings is not None and not isinstance(settings, dict):
             raise RequestError("invalid_field", "field 'settings' must be an object")
         preset = string_field(request, "preset") if command == APPLY_PRESET else None
         # Limited before anything else is decided, so refusals cost a client too.
         if not self.api.commands.allow(self.key):
-            raise RequestError("rate_limited", f"{self.api.commands.refusal()}; this one was "
-                               "dropped")  # fmt: skip
+            raise RequestError(
+                "rate_limited", f"{self.api.commands.refusal()}; this one was dropped"
+            )
         refusal = may_command(self.grant, camera)
         if refusal is not None:
             raise RequestError("forbidden", refusal)
@@ -273,8 +301,9 @@ class Session:
         if control is None:
             raise RequestError("no_control", "the broker has no control channel")
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_command, control, camera, command, settings, preset,
-                                 request_id)  # fmt: skip
+        self._nursery.start_soon(
+            self._run_command, control, camera, command, settings, preset, request_id
+        )
 
     # -- tasks ---------------------------------------------------------------------
 
@@ -287,9 +316,12 @@ class Session:
                 # Whole frames: an unsubscribe must not leave half of one on the wire.
                 await self.api.delivery.send_frames(
                     functools.partial(write_whole, functools.partial(send_prebuilt, ws)),
-                    transport(ws), subscriber, subscription.max_fps, Frame.mux_message,
+                    transport(ws),
+                    subscriber,
+                    subscription.max_fps,
+                    Frame.mux_message,
                     direct_writer(ws, subscriber, Frame.mux_message, whole=True),
-                )  # fmt: skip
+                )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._end()  # the client went away
                 return
@@ -305,15 +337,21 @@ class Session:
             return  # unsubscribed meanwhile
         self._drop(camera)
         if failed:
-            await self.error("internal_error", f"the broker failed to send camera {camera!r}; "
-                             "unsubscribed", None)  # fmt: skip
+            await self.error(
+                "internal_error", f"the broker failed to send camera {camera!r}; unsubscribed", None
+            )
         else:
             await self.reply("unsubscribed", None, camera=camera, reason="camera_removed")
 
     async def _run_command(
-        self, control: Control, camera: str, command: str, settings: dict[str, Any] | None,
-        preset: str | None, request_id: Any,
-    ) -> None:  # fmt: skip
+        self,
+        control: Control,
+        camera: str,
+        command: str,
+        settings: dict[str, Any] | None,
+        preset: str | None,
+        request_id: Any,
+    ) -> None:
         rid = None if request_id is None else str(request_id)
         try:
             if command == APPLY_PRESET:
@@ -358,10 +396,15 @@ class Session:
             return False
         subscription.scope.cancel()
         self.api.hub.unsubscribe(subscription.subscriber)
-        self.api.complaints.log(logging.INFO, "unsubscribe", "client %s: left camera %s on "
-                                "/ws (sent %d frames, dropped %d)", self.client, camera,
-                                subscription.subscriber.sent,
-                                subscription.subscriber.dropped)  # fmt: skip
+        self.api.complaints.log(
+            logging.INFO,
+            "unsubscribe",
+            "client %s: left camera %s on /ws (sent %d frames, dropped %d)",
+            self.client,
+            camera,
+            subscription.subscriber.sent,
+            subscription.subscriber.dropped,
+        )
         return True
 
 

@@ -50,8 +50,9 @@ OPCODES = frozenset((CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG))
 MAX_CONTROL_PAYLOAD = 125
 # Close codes a client may send: wsproto's list (it fails the connection on any other
 # below 3000), and the registered ranges for libraries (3000-3999) and private use.
-CLIENT_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
-                                1013)) | frozenset(range(3000, 5000))  # fmt: skip
+CLIENT_CLOSE_CODES = frozenset(
+    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013)
+) | frozenset(range(3000, 5000))
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
@@ -78,13 +79,18 @@ def handshake_problem(request: h11.Request) -> Response | None:
     version = values.get(b"sec-websocket-version", [])
     if version != [b"13"]:
         status, problem = (400, "missing") if not version else (426, "not 13")
-        return error("unsupported_version",
-                     f"header Sec-WebSocket-Version is {problem}: this server speaks "
-                     "WebSocket version 13", status=status, sec_websocket_version="13")  # fmt: skip
+        return error(
+            "unsupported_version",
+            f"header Sec-WebSocket-Version is {problem}: this server speaks WebSocket version 13",
+            status=status,
+            sec_websocket_version="13",
+        )
     keys = values.get(b"sec-websocket-key", [])
     if len(keys) != 1 or not _is_websocket_key(keys[0]):
-        return _bad_handshake("header Sec-WebSocket-Key must be the base64 encoding of 16 "
-                              "bytes (24 characters), sent once")  # fmt: skip
+        return _bad_handshake(
+            "header Sec-WebSocket-Key must be the base64 encoding of 16 "
+            "bytes (24 characters), sent once"
+        )
     for name in (b"connection", b"sec-websocket-protocol", b"sec-websocket-extensions"):
         if not all(value.isascii() for value in values.get(name, [])):
             return _bad_handshake(f"header {name.decode()} must be ASCII")

@@ -26,8 +26,10 @@ class RequestError(Exception):
 def parse_request(message: str | bytes) -> dict[str, Any]:
     """The JSON object of one client message, or RequestError."""
     if not isinstance(message, str):
-        raise RequestError("binary_message", "requests are JSON text messages; the broker "
-                           "accepts no binary messages")  # fmt: skip
+        raise RequestError(
+            "binary_message",
+            "requests are JSON text messages; the broker accepts no binary messages",
+        )
     if len(message) > MAX_REQUEST or len(message.encode()) > MAX_REQUEST:
         raise RequestError("too_large", f"a request may be at most {MAX_REQUEST} bytes")
     try:

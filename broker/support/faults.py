@@ -42,8 +42,14 @@ class Faults:
         ``where`` went out within the last few seconds."""
         self.counts[where] += 1
         detail = f" ({context})" if context else ""
-        self._log.error(where, "%s: unexpected %s%s; contained, carrying on", where,
-                        type(exc).__name__, detail, exc=exc)  # fmt: skip
+        self._log.error(
+            where,
+            "%s: unexpected %s%s; contained, carrying on",
+            where,
+            type(exc).__name__,
+            detail,
+            exc=exc,
+        )
 
     @contextlib.contextmanager
     def contain(self, where: str, context: str = "") -> Iterator[None]:

@@ -66,8 +66,9 @@ class Source:
         return frozenset()
 
 
-def make_source(source: str | None, device: str | None, size: Size | None,
-                fps: float, fmt: str) -> Source:  # fmt: skip
+def make_source(
+    source: str | None, device: str | None, size: Size | None, fps: float, fmt: str
+) -> Source:
     """The source the worker's ``--source`` or ``--device`` names."""
     # Imported here: each kind imports this package for the base classes.
     from cameras.sources.capture import CaptureSource

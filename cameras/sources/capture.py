@@ -35,10 +35,16 @@ class CaptureSource(Source):
 
     def open_capture(self) -> cv2.VideoCapture:
         if "://" in self.target:
-            return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-            ])  # fmt: skip
+            return cv2.VideoCapture(
+                self.target,
+                cv2.CAP_FFMPEG,
+                [
+                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                    STREAM_TIMEOUT_MS,
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                    STREAM_TIMEOUT_MS,
+                ],
+            )
         return cv2.VideoCapture(self.target)
 
     def reconfigure(self, size: Size | None, fps: float, fmt: str) -> None:

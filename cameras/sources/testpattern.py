@@ -60,14 +60,23 @@ class TestPattern:
         below[...] = self._texture[:, offset : offset + w]
         centre = (int(w / 2 + w / 3 * math.cos(seq / 15)), int(h / 2 + h / 3 * math.sin(seq / 10)))
         # On the part below the band only: the band covers the top of the disc.
-        cv2.circle(below, (centre[0], centre[1] - rows), max(4, h // 10), (40, 200, 250), -1,
-                   cv2.LINE_AA)  # fmt: skip
+        cv2.circle(
+            below, (centre[0], centre[1] - rows), max(4, h // 10), (40, 200, 250), -1, cv2.LINE_AA
+        )
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
         for text, y in ((f"frame {seq}", 0.12), (stamp, 0.24)):
             origin = (int(w * 0.04), int(h * y))
             if not self._glyphs.paste(frame, text, origin, rows):
-                cv2.putText(frame, text, origin, FONT, self._scale, TEXT_COLOUR,
-                            self._thickness, cv2.LINE_AA)  # fmt: skip
+                cv2.putText(
+                    frame,
+                    text,
+                    origin,
+                    FONT,
+                    self._scale,
+                    TEXT_COLOUR,
+                    self._thickness,
+                    cv2.LINE_AA,
+                )
         return frame
 
 
@@ -89,16 +98,26 @@ class Glyphs:
         descent = max(baseline for _, baseline in sizes.values())
         self.pad = thickness + 2
         self.tile_h = self.ascent + descent + 2 * self.pad
-        self.advance = {c: cv2.getTextSize(c * 2, FONT, scale, thickness)[0][0] - size[0]
-                        for c, (size, _) in sizes.items()}  # fmt: skip
+        self.advance = {
+            c: cv2.getTextSize(c * 2, FONT, scale, thickness)[0][0] - size[0]
+            for c, (size, _) in sizes.items()
+        }
         self.glyphs = {c: self._render(c) for c in GLYPHS}
         self.heads: dict[str, Image] = {}
 
     def _render(self, text: str) -> Image:
         width = sum(self.advance[c] for c in text) + 2 * self.pad + self.thickness
         tile = np.full((self.tile_h, width, 3), BAND_COLOUR, np.uint8)
-        cv2.putText(tile, text, (self.pad, self.pad + self.ascent), FONT, self.scale,
-                    TEXT_COLOUR, self.thickness, cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            tile,
+            text,
+            (self.pad, self.pad + self.ascent),
+            FONT,
+            self.scale,
+            TEXT_COLOUR,
+            self.thickness,
+            cv2.LINE_AA,
+        )
         return tile
 
     def paste(self, frame: Image, text: str, origin: tuple[int, int], band_rows: int) -> bool:

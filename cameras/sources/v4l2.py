@@ -128,8 +128,10 @@ class V4L2Source(CaptureSource):
         self._choose_mode(capture)
 
     def _choose_mode(self, capture: cv2.VideoCapture) -> None:
-        delivered = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                     int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))  # fmt: skip
+        delivered = (
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
         fourcc = fourcc_name(capture.get(cv2.CAP_PROP_FOURCC))
         self.delivered = delivered
         passthrough = not self.passthrough_refused and use_passthrough(
@@ -177,8 +179,11 @@ class V4L2Source(CaptureSource):
         auto, manual = self.ranges.get("auto_exposure"), self.ranges.get("exposure_time")
         if auto is not None and (not settings["auto_exposure"] or "auto_exposure" in self.touched):
             if settings["auto_exposure"]:
-                on = auto.default if auto.default != V4L2_EXPOSURE_MANUAL else (
-                    V4L2_EXPOSURE_APERTURE_PRIORITY)  # fmt: skip
+                on = (
+                    auto.default
+                    if auto.default != V4L2_EXPOSURE_MANUAL
+                    else (V4L2_EXPOSURE_APERTURE_PRIORITY)
+                )
                 if self._set("auto_exposure", on):
                     applied.update(("auto_exposure", "exposure_time"))
             elif manual is not None and self._set("auto_exposure", V4L2_EXPOSURE_MANUAL):
@@ -195,8 +200,12 @@ class V4L2Source(CaptureSource):
         self.touched.add(key)
         ok = bool(self.capture.set(V4L2_CONTROLS[key][0], value))
         if not ok:
-            log.info("%s: the driver refused %s=%d; applying it in software",
-                     self.description, key, value)  # fmt: skip
+            log.info(
+                "%s: the driver refused %s=%d; applying it in software",
+                self.description,
+                key,
+                value,
+            )
         return ok
 
     def read(self) -> Capture:
