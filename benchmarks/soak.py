@@ -127,10 +127,15 @@ def sample(run: Run, t: float) -> dict[str, Any]:
     assert run.broker is not None
     pid = run.broker.pid
     rss = common.rss_bytes(pid)
+    cpu = common.cpu_seconds(pid)
     reading: dict[str, Any] = {
         "t": round(t, 2),
         "rss_mb": None if rss is None else round(rss / 2**20, 2),
         "files": open_files(pid),
+        # To tell a broker that stalls (its CPU seconds jump) from a machine that is
+        # busy with other work (the load average climbs, the broker's CPU does not).
+        "cpu_s": None if cpu is None else round(cpu, 2),
+        "load1": round(os.getloadavg()[0], 2),
     }
     try:
         health = get_json(run.broker.url + "/healthz", timeout=5)
@@ -247,7 +252,7 @@ def execute(run: Run, _warmup: float) -> dict[str, Any]:
         common.progress(
             f"soak {now:6.0f}/{a.duration:g} s | RSS {reading['rss_mb']} MiB | "
             f"files {reading['files']} | tasks {reading.get('tasks')} | "
-            f"viewer {lap['fps']} fps"
+            f"viewer {lap['fps']} fps | broker CPU {reading['cpu_s']} s | load {reading['load1']}"
         )
         if broker.process.poll() is not None:
             died_at = round(now, 1)

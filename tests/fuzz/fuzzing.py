@@ -331,8 +331,11 @@ async def in_process_broker(
     capture = LogCapture()
     logger = logging.getLogger("broker")
     logger.addHandler(capture)
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.setLevel(logging.DEBUG)
+    # Only to `capture`: pytest's own log capture would keep every record of every
+    # example (thousands per test) and slow the suite; a failure shows its last lines.
+    logger.propagate = False
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.control.run)
@@ -350,6 +353,7 @@ async def in_process_broker(
     finally:
         logger.removeHandler(capture)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 async def camera_stream(broker: Broker, camera: str, interval: float = 0.1) -> None:

@@ -1,6 +1,6 @@
 """Fuzz target: the multiplexed WebSocket ``/ws`` (docs/protocol.md, "Clients → broker:
 many cameras on one WebSocket"), through the whole server path of an in-process broker
-(`Server.handle_connection`, the upgrade, trio-websocket, `broker.wsapi.Session`).
+(`Server.handle_connection`, the upgrade, trio-websocket, `broker.serve.wsapi.Session`).
 
 1. The JSON protocol: requests built from the protocol's shapes (subscribe,
    unsubscribe, ping, list_cameras, get_stats, command with settings and presets) with
