@@ -21,6 +21,7 @@ from benchmarks import (
     mjpeg,
     saturation,
     slow_clients,
+    soak,
     worker,
 )
 
@@ -32,6 +33,7 @@ SCENARIOS = {
     "connections": connections,
     "ingest": ingest,
     "worker": worker,
+    "soak": soak,  # not in "all": it runs for minutes by design
     "all": all_scenarios,
 }
 QUICK_SECONDS = 3.0

@@ -28,7 +28,7 @@ from broker.ingest import offline
 from broker.ingest import zeromq as ingest
 from broker.serve.metrics import Metrics
 from broker.serve.server import Server
-from broker.support import workdir
+from broker.support import introspect, workdir
 from broker.support.faults import Faults
 
 log = logging.getLogger("broker")
@@ -152,4 +152,6 @@ class Broker:
             "worker_restarts": self.worker_restarts(),
             "control": self.control.health(),
             "faults": self.faults.as_dict(),
+            "tasks": introspect.task_count(),  # a soak watches these two for leaks
+            "open_files": introspect.open_files(),
         }

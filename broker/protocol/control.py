@@ -112,7 +112,8 @@ def decode(data: bytes | memoryview) -> dict[str, Any]:
         raise ControlError("not_a_map", f"must be a msgpack map, got {type(message).__name__}")
     _check_values(message, "", 0)
     kind = message.get("type")
-    if kind not in FIELDS:
+    # A map or an array is unhashable: asking ``in FIELDS`` of it would raise TypeError.
+    if not isinstance(kind, str) or kind not in FIELDS:
         shown = kind if isinstance(kind, str) and len(kind) <= 40 else type(kind).__name__
         raise ControlError("unknown_type", f"unknown type {shown!r} (known: {', '.join(FIELDS)})")
     if type(message.get("version")) is not int or message["version"] != CONTROL_VERSION:

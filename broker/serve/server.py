@@ -202,8 +202,10 @@ class Server:
     async def _serve_requests(
         self, stream: trio.SocketStream, conn: h11.Connection, client: str
     ) -> Upgrade | None:
+        request: h11.Request | None = None
         try:
             while True:
+                request = None  # this cycle's (the last one was answered)
                 request = await self._receive_request(stream, conn, client)
                 if request is None:
                     return None
@@ -222,7 +224,11 @@ class Server:
                 str(status), "client %s: malformed request: %s", client, problem
             )
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self._send(stream, conn, error("bad_request", problem, status=status))
+                # The request's head may be in (its body was malformed): a HEAD answer
+                # has no body, and h11 refuses to send one.
+                head_only = request is not None and request.method == b"HEAD"
+                response = error("bad_request", problem, status=status)
+                await self._send(stream, conn, response, head_only=head_only)
             return None
 
     async def _receive_request(
@@ -304,7 +310,7 @@ class Server:
         if body is None:
             response = error("too_large", f"the request body exceeds {limit} bytes")
             self._count(413)
-            await self._send(stream, conn, response, origin=request)
+            await self._send(stream, conn, response, head_only=method == "HEAD", origin=request)
             raise trio.ClosedResourceError  # the rest of the body is unread: close
         if isinstance(grant, Response):
             response = grant
@@ -401,7 +407,8 @@ class Server:
                     client,
                     _message(bad.response),
                 )
-            await self._send(stream, conn, bad.response)
+            # A HEAD request may carry upgrade headers too: its refusal has no body.
+            await self._send(stream, conn, bad.response, head_only=request.method == b"HEAD")
             return None
         return Upgrade(
             request_bytes(request, b""),

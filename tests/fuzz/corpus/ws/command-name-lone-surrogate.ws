@@ -1,0 +1,1 @@
+õ7ú!=LØUDGŸØBRZ—@SSØ™@PRˆ@Ú^V—ØBRZ—@SSØQYVŽDbDŸUI^”FNÖDŸUI^”FNÀF”@PRØ¦TYÊJÖEŸPHR‰Ub^žØRJ

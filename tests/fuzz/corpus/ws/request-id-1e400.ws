@@ -1,0 +1,1 @@
+Бе7·!=L╪UDGЯ╪QTYЭ╪SXFПDNCеHY└R╬J
