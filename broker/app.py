@@ -93,6 +93,13 @@ class Broker:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
+                if self.server.certificates is not None:  # reloaded on change and SIGHUP
+                    nursery.start_soon(
+                        self.faults.keep_running,
+                        "tls_reload",
+                        self.server.certificates.watch,
+                        name="tls-reload",
+                    )
                 nursery.start_soon(
                     ingest.run_ingest,
                     socket,

@@ -396,7 +396,14 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     ``Semaphore(1)``, which trio-websocket uses the same way (``async with``). The OS
     socket is trio's internal ``_sock``: writing through it (never a bare fd number,
     which a new connection may reuse) fails cleanly once trio has closed the socket.
+
+    Over TLS (a ``trio.SSLStream`` under the connection) there is no such shortcut:
+    every byte must go through the encryption, so frames go through the stream, always
+    under the send lock (an ``SSLStream`` refuses two concurrent writers).
     """
+    stream = _socket_stream(ws)
+    if not isinstance(stream, trio.SocketStream):
+        return None
     current: trio.Semaphore | trio.StrictFIFOLock = ws._stream_lock
     if isinstance(current, trio.Semaphore):
         lock = current
@@ -405,8 +412,7 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     else:
         lock = trio.Semaphore(1)
         ws._stream_lock = lock  # type: ignore[assignment]  # used alike: ``async with``
-    stream = _socket_stream(ws)
-    sock = getattr(getattr(stream, "socket", None), "_sock", None)
+    sock = getattr(stream.socket, "_sock", None)
     return (lock, sock) if isinstance(sock, socket.socket) else None
 
 
