@@ -10,6 +10,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get_json(url: str, timeout: float = 5) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get_json(url: str, timeout: float = 5, context: ssl.SSLContext | None = None) -> object:
+    """``context``: what an https URL is verified with (a test CA, say)."""
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         return json.load(response)
 
 
@@ -44,7 +46,11 @@ def _env() -> dict[str, str]:
 
 
 def wait_for_health(
-    process: subprocess.Popen, url: str, logs: Callable[[], str], timeout: float = 20
+    process: subprocess.Popen,
+    url: str,
+    logs: Callable[[], str],
+    timeout: float = 20,
+    context: ssl.SSLContext | None = None,
 ) -> None:
     """Poll ``url``/healthz until the broker answers; fail fast if it exits. A 401 (a
     broker with [[tokens]], asked without one) is an answer too: the broker is up."""
@@ -53,7 +59,7 @@ def wait_for_health(
         if process.poll() is not None:
             raise RuntimeError(f"broker exited with {process.returncode}:\n{logs()}")
         try:
-            get_json(url + "/healthz", timeout=1)
+            get_json(url + "/healthz", timeout=1, context=context)
             return
         except urllib.error.HTTPError as answer:
             answer.close()
