@@ -21,6 +21,7 @@ from benchmarks import (
     mjpeg,
     saturation,
     slow_clients,
+    tls,
     worker,
 )
 
@@ -32,6 +33,7 @@ SCENARIOS = {
     "connections": connections,
     "ingest": ingest,
     "worker": worker,
+    "tls": tls,
     "all": all_scenarios,
 }
 QUICK_SECONDS = 3.0
