@@ -37,6 +37,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from broker.serve.http import Response, error, header
+from broker.serve.tls import TlsStream
 
 GOING_AWAY = 1001  # never 1000: the Grafana panel does not reconnect after a normal close
 PROTOCOL_ERROR = 1002
@@ -397,12 +398,17 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     socket is trio's internal ``_sock``: writing through it (never a bare fd number,
     which a new connection may reuse) fails cleanly once trio has closed the socket.
 
-    Over TLS (a ``trio.SSLStream`` under the connection) there is no such shortcut:
-    every byte must go through the encryption, so frames go through the stream, always
-    under the send lock (an ``SSLStream`` refuses two concurrent writers).
+    Over TLS (a `broker.serve.tls.TlsStream` under the connection) the socket is its
+    ``ssl.SSLSocket``, which encrypts what is written to it; any other stream (one
+    that would encrypt elsewhere, as ``trio.SSLStream`` does) gets None: every byte
+    must go through the encryption.
     """
     stream = _socket_stream(ws)
-    if not isinstance(stream, trio.SocketStream):
+    if isinstance(stream, TlsStream):
+        sock: object = stream.tls
+    elif isinstance(stream, trio.SocketStream):
+        sock = getattr(stream.socket, "_sock", None)
+    else:
         return None
     current: trio.Semaphore | trio.StrictFIFOLock = ws._stream_lock
     if isinstance(current, trio.Semaphore):
@@ -412,7 +418,6 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     else:
         lock = trio.Semaphore(1)
         ws._stream_lock = lock  # type: ignore[assignment]  # used alike: ``async with``
-    sock = getattr(stream.socket, "_sock", None)
     return (lock, sock) if isinstance(sock, socket.socket) else None
 
 
