@@ -7,9 +7,10 @@ HTTP is read, and the rest of the server runs unchanged on the resulting `TlsStr
 
 `TlsStream` is a ``trio.abc.Stream`` over a non-blocking ``ssl.SSLSocket``: OpenSSL
 writes its records straight to the socket. ``trio.SSLStream`` goes through memory BIOs
-instead (encrypt into one, copy out into a new bytes object, then send it), which
-measured at about twice the CPU per frame (benchmarks: tls; 140 KB frames, 137 against
-70 us per frame per client), and frames are encrypted once per viewer.
+instead (encrypt into one, copy the result out into a new bytes object, send that); and
+a plain socket underneath lets `broker.serve.delivery.DirectWriter` encrypt and write a
+frame to an idle viewer from ``Hub.publish`` itself, as it does without TLS, instead of
+waking the viewer's task. Frames are encrypted once per viewer: that cannot be shared.
 
 - The handshake is bounded by ``server.header_timeout``; one that fails or stalls is
   counted by reason (``/healthz`` ``tls``), logged rate-limited, and the connection
@@ -23,11 +24,9 @@ measured at about twice the CPU per frame (benchmarks: tls; 140 KB frames, 137 a
   SIGHUP; a new context serves new connections, connected clients keep theirs. A pair
   that cannot be loaded is logged and counted, and the old one kept.
 
-The direct-write fast path of `broker.serve.delivery` writes to the OS socket, which
-would bypass the encryption: `broker.serve.wsframes.direct_access` refuses any stream
-that is not a plain ``trio.SocketStream``, so over TLS every frame goes through
-`TlsStream.send_all`, under the connection's send lock (it refuses two concurrent
-senders, as trio's streams do).
+Every write, the direct one included, happens under the connection's send lock
+(`broker.serve.wsframes.direct_access`); `TlsStream.send_all` also refuses two
+concurrent senders, as trio's streams do.
 """
 
 from __future__ import annotations
