@@ -368,8 +368,8 @@ async def test_direct_writes_over_tls_finish_with_the_same_bytes() -> None:
 
     async def handler(stream: trio.SocketStream) -> None:
         tls = TlsStream.wrap(stream, server_context)
-        await tls.do_handshake()
-        async with trio.open_nursery() as nursery:
+        async with tls, trio.open_nursery() as nursery:
+            await tls.do_handshake()
             ws = await (await wrap_server_stream(nursery, tls)).accept()
             access = wsframes.direct_access(ws)
             assert access is not None

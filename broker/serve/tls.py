@@ -228,20 +228,32 @@ class Handshakes:
                 secured = TlsStream.wrap(stream, self.certificates.context)
             except OSError:  # the socket is already gone
                 return None
-            with trio.move_on_after(self.timeout):
-                try:
-                    await secured.do_handshake()
-                except trio.BrokenResourceError as exc:
-                    self._refused("handshake_failed", client, f"TLS handshake failed: {_why(exc)}")
-                    await secured.aclose()
-                    return None
-                self.stats.handshakes += 1
+            if await self._handshake(secured, client):
                 return secured
-            await secured.aclose()
-        self._refused(
-            "handshake_timeout", client, f"no TLS handshake within {self.timeout:g} s; disconnected"
-        )
+            await trio.aclose_forcefully(secured)
+            return None
+        self._refused("handshake_timeout", client, self._timed_out)
         return None
+
+    @property
+    def _timed_out(self) -> str:
+        return f"no TLS handshake within {self.timeout:g} s; disconnected"
+
+    async def _handshake(self, secured: TlsStream, client: str) -> bool:
+        """True once done; False when it failed or timed out (counted, logged). The
+        stream is closed if the task is cancelled meanwhile (shutdown)."""
+        try:
+            with trio.move_on_after(self.timeout):
+                await secured.do_handshake()
+                self.stats.handshakes += 1
+                return True
+            self._refused("handshake_timeout", client, self._timed_out)
+        except trio.BrokenResourceError as exc:
+            self._refused("handshake_failed", client, f"TLS handshake failed: {_why(exc)}")
+        except BaseException:
+            await trio.aclose_forcefully(secured)
+            raise
+        return False
 
     def _refused(self, reason: str, client: str, message: str) -> None:
         self.stats.refused[reason] += 1
