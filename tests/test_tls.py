@@ -337,6 +337,13 @@ async def test_a_selfsigned_broker_is_verified_by_name_and_address(tmp_path: Pat
                 await stream.do_handshake()  # verifies the name or address
                 assert stream.selected_alpn_protocol() is None  # we offered none
                 await stream.aclose()
+        # The client library, not trusting it, says so at once (not as a silent broker).
+        from broker import client as broker_client
+        from broker.client.errors import ConnectError
+
+        with trio.fail_after(5), pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            async with broker_client.connect(f"wss://127.0.0.1:{broker.port}/ws", reconnect=False):
+                pass
         wrong = ssl.create_default_context(cafile=str(out / "cert.pem"))
         with pytest.raises(ssl.SSLCertVerificationError):
             with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw:

@@ -178,5 +178,6 @@ wrote {cert} and {key} (the key readable by you only)
    - Grafana: the Live Image Panel and MJPEG Text panels connect from the viewer's
      browser, so trust the certificate in the browsers that open the dashboards
      (above). A Prometheus scraping /metrics: tls_config: {{ca_file: {cert.name}}}.
-   - The Python client: ssl.create_default_context(cafile="{cert.name}").
+   - The Python client: ssl.create_default_context(cafile="{cert.name}");
+     broker ctl: SSL_CERT_FILE={cert} broker ctl --url wss://{host}:8765/ws list
 """
