@@ -318,10 +318,8 @@ def test_selfsigned_writes_a_pair_clients_can_verify(tmp_path: Path, capsys) -> 
 @pytest.mark.timeout(60)
 async def test_a_selfsigned_broker_is_verified_by_name_and_address(tmp_path: Path) -> None:
     out = tmp_path / "tls"
-    assert (
-        main(["tls-selfsigned", "--host", "localhost", "--host", "127.0.0.1", "--out", str(out)])
-        == 0
-    )
+    hosts = ["--host", "localhost", "--host", "127.0.0.1"]
+    assert main(["tls-selfsigned", *hosts, "--days", "10", "--out", str(out)]) == 0
     path = tmp_path / "broker.toml"
     path.write_text(
         '[server]\ntls_cert = "tls/cert.pem"\ntls_key = "tls/key.pem"\n'
@@ -344,6 +342,8 @@ async def test_a_selfsigned_broker_is_verified_by_name_and_address(tmp_path: Pat
         with trio.fail_after(5), pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             async with broker_client.connect(f"wss://127.0.0.1:{broker.port}/ws", reconnect=False):
                 pass
+        assert "expires in 9 day(s): renew it" in broker.logs()  # (10 days less an hour)
+        assert health(broker)["tls"]["not_after"].startswith(str(dt.date.today().year)[:3])
         wrong = ssl.create_default_context(cafile=str(out / "cert.pem"))
         with pytest.raises(ssl.SSLCertVerificationError):
             with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw:

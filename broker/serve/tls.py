@@ -32,12 +32,14 @@ concurrent senders, as trio's streams do.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import re
 import signal
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,8 @@ from broker.support.logthrottle import LogThrottle
 log = logging.getLogger("broker.tls")
 
 POLL_INTERVAL = 2.0  # seconds between looks at the certificate files
+EXPIRY_WARNING = dt.timedelta(days=14)  # a certificate closer to its end is warned about
+EXPIRY_CHECK = 24 * 3600.0  # seconds between those warnings while it is served
 TLS_HANDSHAKE = 0x16  # the content type of the first TLS record (a ClientHello)
 MAX_PLAIN_HEAD = 16 * 1024  # what is read of a plain-HTTP request before answering it
 PLAIN_GRACE = 1.0  # seconds to let a plain-HTTP client read the answer before closing
@@ -97,15 +101,27 @@ def _no_password() -> bytes:
     raise _EncryptedKey("the key is encrypted with a passphrase; give an unencrypted key")
 
 
-def describe(cert: str | os.PathLike[str]) -> str:
-    """``serial S, valid until DATE`` of the first certificate in a PEM file, for logs."""
+def describe(cert: str | os.PathLike[str]) -> tuple[str, dt.datetime | None]:
+    """``serial S, valid until DATE`` of the first certificate in a PEM file, for logs,
+    and that date."""
     from cryptography import x509
 
     try:
         first = x509.load_pem_x509_certificate(Path(cert).read_bytes())
     except (OSError, ValueError) as exc:
-        return f"unreadable ({exc})"
-    return f"serial {first.serial_number:x}, valid until {first.not_valid_after_utc:%Y-%m-%d}"
+        return f"unreadable ({exc})", None
+    until = first.not_valid_after_utc
+    return f"serial {first.serial_number:x}, valid until {until:%Y-%m-%d %H:%M} UTC", until
+
+
+def _check_expiry(until: dt.datetime | None, cert: Path) -> None:
+    if until is None:
+        return
+    left = until - dt.datetime.now(dt.UTC)
+    if left <= dt.timedelta(0):
+        log.error("TLS certificate %s has EXPIRED: clients will refuse it; renew it", cert)
+    elif left < EXPIRY_WARNING:
+        log.warning("TLS certificate %s expires in %d day(s): renew it", cert, left.days)
 
 
 @dataclass(slots=True)
@@ -115,6 +131,7 @@ class TlsStats:
     handshakes: int = 0  # completed
     reloads: int = 0  # certificate pairs loaded after the first
     reload_failures: int = 0  # new pairs refused (the old one kept)
+    not_after: dt.datetime | None = None  # the end of the served certificate's validity
     # Connections refused, by reason: plain_http, handshake_failed, handshake_timeout.
     refused: Counter[str] = field(default_factory=Counter)
 
@@ -124,6 +141,7 @@ class TlsStats:
             "refused": dict(self.refused),
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
+            "not_after": self.not_after.isoformat() if self.not_after else None,
         }
 
 
@@ -136,8 +154,14 @@ class Certificates:
         self.stats = TlsStats()
         self._stamp = self._stamps()
         self._pending: Stamp | None = None
+        self._expiry_checked = time.monotonic()
         self.context = build_context(self.cert, self.key)
-        log.info("TLS certificate %s: %s", self.cert, describe(self.cert))
+        self._loaded("TLS certificate %s: %s", self.cert)
+
+    def _loaded(self, message: str, detail: object) -> None:
+        text, self.stats.not_after = describe(self.cert)
+        log.info(message, detail, text)
+        _check_expiry(self.stats.not_after, self.cert)
 
     def _stamps(self) -> Stamp:
         stamps: list[tuple[int, int, int] | None] = []
@@ -153,6 +177,9 @@ class Certificates:
     def poll(self) -> bool:
         """Reload once the files changed and then stayed as they are for one poll (a
         renewal writes two files, not at once); True when a new pair was loaded."""
+        if time.monotonic() - self._expiry_checked > EXPIRY_CHECK:
+            self._expiry_checked = time.monotonic()
+            _check_expiry(self.stats.not_after, self.cert)
         stamp = self._stamps()
         if stamp == self._stamp:
             self._pending = None
@@ -173,7 +200,7 @@ class Certificates:
             return False
         self.context = context
         self.stats.reloads += 1
-        log.info("TLS certificate reloaded (%s): %s", why, describe(self.cert))
+        self._loaded("TLS certificate reloaded (%s): %s", why)
         return True
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
