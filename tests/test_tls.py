@@ -365,7 +365,7 @@ async def test_direct_writes_over_tls_finish_with_the_same_bytes() -> None:
     from broker.core.subscriber import Subscriber
     from broker.serve import wsframes
     from broker.serve.delivery import DirectWriter
-    from broker.serve.tls import TlsStream
+    from broker.serve.tlsstream import TlsStream
 
     ca = trustme.CA()
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -181,7 +181,7 @@ class DirectWriter:
     the queue, where the task learns why.
 
     Over TLS ``sock`` is the connection's non-blocking ``ssl.SSLSocket``
-    (`broker.serve.tls.TlsStream`): ``send`` encrypts and writes the whole frame or
+    (`broker.serve.tlsstream.TlsStream`): ``send`` encrypts and writes the whole frame or
     raises "want write", after which OpenSSL must be given the same bytes again, so the
     whole frame becomes the rest, and `TlsStream.send_all` finishes it.
     """

@@ -37,7 +37,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from broker.serve.http import Response, error, header
-from broker.serve.tls import TlsStream
+from broker.serve.tlsstream import TlsStream
 
 GOING_AWAY = 1001  # never 1000: the Grafana panel does not reconnect after a normal close
 PROTOCOL_ERROR = 1002
@@ -398,7 +398,7 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     socket is trio's internal ``_sock``: writing through it (never a bare fd number,
     which a new connection may reuse) fails cleanly once trio has closed the socket.
 
-    Over TLS (a `broker.serve.tls.TlsStream` under the connection) the socket is its
+    Over TLS (a `broker.serve.tlsstream.TlsStream` under the connection) the socket is its
     ``ssl.SSLSocket``, which encrypts what is written to it; any other stream (one
     that would encrypt elsewhere, as ``trio.SSLStream`` does) gets None: every byte
     must go through the encryption.
