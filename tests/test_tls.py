@@ -161,6 +161,16 @@ async def test_https_wss_and_ws_over_tls_and_what_is_refused(tmp_path: Path) -> 
             assert answer.startswith(b"HTTP/1.1 400 ")
             assert b"this port serves https: use https://cams.lan:8443/" in answer
             assert b"secret" not in answer
+            # One that never finishes its request head is answered all the same.
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as plain:
+                plain.sendall(b"GET / HTTP/1.1\r\n")
+                started = time.monotonic()
+                answer = b""
+                while chunk := plain.recv(4096):
+                    answer += chunk
+            assert HEADER_TIMEOUT * 0.8 < time.monotonic() - started < HEADER_TIMEOUT + 2
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            assert f"use https://HOST:{broker.port}/".encode() in answer
             # A client that stalls mid-handshake is cut off at header_timeout; a viewer
             # and new clients are not held up meanwhile.
             stalled = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
@@ -183,7 +193,7 @@ async def test_https_wss_and_ws_over_tls_and_what_is_refused(tmp_path: Path) -> 
             nursery.cancel_scope.cancel()
         report = health(broker)
         assert report["tls"]["refused"] == {
-            "plain_http": 1,
+            "plain_http": 2,
             "handshake_timeout": 1,
             "handshake_failed": 1,
         }
@@ -411,3 +421,34 @@ async def test_direct_writes_over_tls_finish_with_the_same_bytes() -> None:
                 assert await ws.get_message() == "text from trio-websocket"
             nursery.cancel_scope.cancel()
     assert rests == [len(websocket_binary_header(len(big))) + len(big)]
+
+
+# -- pure parts ---------------------------------------------------------------------
+
+
+def test_certificates_reload_once_the_files_settle(tmp_path: Path) -> None:
+    from broker.serve.tls import Certificates, Handshakes
+
+    ca = trustme.CA()
+    first = issue(ca, tmp_path)
+    certificates = Certificates(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    assert certificates.stats.not_after is not None
+    context = certificates.context
+    assert not certificates.poll()  # nothing changed
+    second = issue(ca, tmp_path)
+    assert second != first
+    assert not certificates.poll()  # changed: wait one more look (a renewal writes two files)
+    assert certificates.poll()  # settled: loaded
+    assert certificates.context is not context and certificates.stats.reloads == 1
+    (tmp_path / "key.pem").write_text("broken\n")
+    assert not certificates.poll() and not certificates.poll()  # refused, counted
+    assert certificates.stats.reload_failures == 1
+    assert not certificates.reload("SIGHUP") and certificates.stats.reload_failures == 2
+    assert certificates.stats.reloads == 1  # the pair loaded second still serves
+
+    handshakes = Handshakes(certificates, 1.0, port=8443)
+    host = handshakes._host
+    assert host(b"GET / HTTP/1.1\r\nHost: cams.lan:8765\r\n\r\n") == "cams.lan:8765"
+    assert host(b"GET / HTTP/1.1\r\nhost: [fe80::1]:8765\r\n\r\n") == "[fe80::1]:8765"
+    assert host(b"GET / HTTP/1.1\r\nHost: <script>x</script>\r\n\r\n") == "HOST:8443"
+    assert host(b"GET / HTTP/1.1\r\n") == "HOST:8443"

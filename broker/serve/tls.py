@@ -240,8 +240,7 @@ class Handshakes:
                 return None  # closed before saying anything: nothing to count
         if first and first[0] != TLS_HANDSHAKE and first.isalpha():  # "GET ...": plain HTTP
             self._refused("plain_http", client, "plain HTTP on the TLS port; told to use https")
-            with trio.move_on_after(self.timeout):
-                await self._answer_plain(stream)
+            await self._answer_plain(stream)
             return None
         if first:
             try:
@@ -280,21 +279,23 @@ class Handshakes:
         self._complaints.warning(reason, "client %s: %s", client, message)
 
     async def _answer_plain(self, stream: trio.SocketStream) -> None:
-        """Read the request head (bounded), answer 400 naming the https URL, and let the
-        client read it before the connection closes."""
+        """Read the request head (bounded in size and time: a head that never ends is
+        answered all the same), answer 400 naming the https URL, and let the client
+        read it before the connection closes."""
         head = b""
-        while b"\r\n\r\n" not in head and len(head) < MAX_PLAIN_HEAD:
-            chunk = await stream.receive_some(MAX_PLAIN_HEAD)
-            if not chunk:
-                break
-            head += chunk
+        with trio.move_on_after(self.timeout):
+            while b"\r\n\r\n" not in head and len(head) < MAX_PLAIN_HEAD:
+                chunk = await stream.receive_some(MAX_PLAIN_HEAD)
+                if not chunk:
+                    break
+                head += chunk
         text = f"this port serves https: use https://{self._host(head)}/\n".encode()
         answer = (
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(text), text)
         )
-        await stream.send_all(answer)
         with trio.move_on_after(PLAIN_GRACE):
+            await stream.send_all(answer)
             await stream.send_eof()
             while await stream.receive_some(MAX_PLAIN_HEAD):
                 pass  # closing with unread bytes would reset the connection
