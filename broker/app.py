@@ -65,6 +65,8 @@ class Broker:
             control=self.control,
             faults=self.faults,
         )
+        if self.server.tls is not None:
+            self.metrics.add_tls(self.server.tls.stats)
         self.port = 0
         self.ingest_endpoints: list[str] = []
         self.control_endpoints: list[str] = []

@@ -199,6 +199,11 @@ async def test_https_wss_and_ws_over_tls_and_what_is_refused(tmp_path: Path) -> 
         }
         assert report["tls"]["handshakes"] >= 6
         assert report["faults"] == {}
+        with urllib.request.urlopen(broker.url + "/metrics", timeout=5, context=context) as answer:
+            metrics = answer.read().decode()
+        assert 'camera_broker_tls_refused_total{reason="handshake_timeout"} 1.0' in metrics
+        assert 'camera_broker_tls_reloads_total{outcome="failed"} 0.0' in metrics
+        assert "camera_broker_tls_certificate_expiry_seconds 3." in metrics  # year 3000
         logs = broker.logs()
         assert "plain HTTP on the TLS port" in logs
         assert "no TLS handshake within 1 s" in logs
