@@ -24,6 +24,7 @@ rate cap). ``lap`` on stdin prints the summary of the window so far and starts a
     python -m benchmarks.client --port 8765 --camera cam0:4 --camera cam1:4
     python -m benchmarks.client --port 8765 --camera cam0:2 --mode throttled --read-rate 1e6
     python -m benchmarks.client --port 8765 --camera cam0:4 --protocol mjpeg
+    python -m benchmarks.client --port 8765 --camera cam0:4 --tls cert.pem   # wss, https
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import os
 import resource
 import selectors
 import socket
+import ssl
 import sys
 import time
 from array import array
@@ -237,13 +239,17 @@ def open_connection(
     rcvbuf: int = 0,
     protocol: str = "websocket",
     query: str = "",
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[Connection, bytes]:
-    """Connect and handshake (blocking); returns the connection and bytes already read."""
+    """Connect and handshake (blocking); returns the connection and bytes already read.
+    With ``tls``, over TLS (wss, https) verified with that context."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(30)
     sock.connect(("127.0.0.1", port))
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
     suffix = f"?{query}" if query else ""
     if protocol == "mjpeg":
         request, expect = f"GET /cameras/{camera}/mjpeg{suffix} HTTP/1.1\r\n", b"HTTP/1.1 200"
@@ -340,10 +346,17 @@ class Client:
         return max(wait, 0.001)
 
     def _receive(self, conn: Connection) -> None:
+        self._receive_once(conn)
+        sock = conn.sock
+        # TLS: decrypted bytes may wait in the SSL object, where select cannot see them.
+        while isinstance(sock, ssl.SSLSocket) and conn.reading and sock.pending():
+            self._receive_once(conn)
+
+    def _receive_once(self, conn: Connection) -> None:
         size = int(conn.tokens) if self.read_rate else RECV_BYTES
         try:
             count = conn.sock.recv_into(self.buffer, size)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):  # the latter: half a TLS record
             return
         except OSError:
             count = 0
@@ -440,6 +453,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--query", default="", help="query string for every URL, e.g. fps=1")
     p.add_argument(
+        "--tls",
+        metavar="CAFILE",
+        help="connect over TLS (wss, https), trusting the certificates in CAFILE",
+    )
+    p.add_argument(
         "--brief",
         action="store_true",
         help="leave each connection's latency samples out of the summary",
@@ -459,12 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     raise_open_files(sum(count for _, count in args.camera) + 64)
     client = Client([], args.mode, args.read_rate, args.brief)
+    tls = ssl.create_default_context(cafile=args.tls) if args.tls else None
     drained = time.monotonic()
     for camera, count in args.camera:
         for i in range(count):
             name = f"{args.name}{camera}/{i}"
             conn, rest = open_connection(
-                args.port, camera, name, args.rcvbuf, args.protocol, args.query
+                args.port, camera, name, args.rcvbuf, args.protocol, args.query, tls
             )
             conn.feed(memoryview(rest), time.time())
             client.add(conn)

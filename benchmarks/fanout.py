@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=2,
         help="client processes sharing the connections (default 2)",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="the broker serves https/wss (a self-signed certificate); clients verify it",
+    )
 
 
 def analyse(run: Run, raw: dict) -> dict[str, object]:
@@ -189,10 +194,12 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
     if args.clients is None:
         args.clients = 2 if args.quick else 8
 
+    over = " over TLS" if args.tls else ""
+
     def execute(run: Run, warmup: float) -> dict:
         a = run.args
         common.progress(
-            f"{scenario}: {a.cameras} cameras x {a.clients} {protocol} clients, "
+            f"{scenario}: {a.cameras} cameras x {a.clients} {protocol} clients{over}, "
             f"{a.width}x{a.height} q{a.quality} at {a.fps:g} fps; warm-up "
             f"{warmup:g} s, measure {a.duration:g} s"
         )
@@ -210,7 +217,7 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
         **common.result_head(
             scenario,
             started,
-            f"{a.cameras} cameras x {a.clients} {protocol} clients, {a.width}x{a.height} "
+            f"{a.cameras} cameras x {a.clients} {protocol} clients{over}, {a.width}x{a.height} "
             f"q{a.quality} {a.fps:g} fps, {a.duration:g} s",
             a,
             (
@@ -223,6 +230,7 @@ def run_fanout(args: argparse.Namespace, scenario: str, protocol: str) -> int:
                 "client_procs",
                 "duration",
                 "quick",
+                "tls",
             ),
             warmup=warmup,
             protocol=protocol,

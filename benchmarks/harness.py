@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.procs import Broker, Child, Workspace, get_json
+from benchmarks.procs import Broker, Child, Workspace
 
 # The broker binds a ZeroMQ control socket (tcp://0.0.0.0:5556) unless told otherwise:
 # benchmark brokers bind none, so several can run at once (and beside a real broker).
@@ -41,10 +42,29 @@ class Run:
     def endpoint(self) -> str:
         return f"ipc://{self.work.path / 'bench.ipc'}"
 
+    @property
+    def tls(self) -> bool:
+        """``--tls``: the broker serves https/wss with a self-signed certificate."""
+        return bool(getattr(self.args, "tls", False))
+
+    @property
+    def cert(self) -> Path:
+        return self.work.path / "cert.pem"
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.cert)) if self.tls else None
+
 
 def write_config(run: Run, extra: str = "") -> Path:
-    """The broker config for ``run``'s cameras; ``extra`` is appended (more tables)."""
+    """The broker config for ``run``'s cameras; ``extra`` is appended (more tables).
+    With ``--tls`` a self-signed certificate for 127.0.0.1 is made for it."""
     a = run.args
+    if run.tls:
+        from broker.trust import selfsigned
+
+        selfsigned.write(selfsigned.generate(["127.0.0.1"]), run.work.path, force=True)
+        extra += f'\n[server]\ntls_cert = "{run.cert}"\ntls_key = "{run.work.path / "key.pem"}"\n'
     return write_broker_config(
         run.work.path, run.endpoint, run.camera_ids, a.width, a.height, a.fps, extra
     )
@@ -72,7 +92,7 @@ def write_broker_config(
 
 
 def start_broker(run: Run, config: Path) -> Broker:
-    run.broker = Broker(config, run.work.path / "broker.log")
+    run.broker = Broker(config, run.work.path / "broker.log", run.ssl_context)
     run.broker.wait_ready()
     common.progress(f"broker up on port {run.broker.port} (pid {run.broker.pid})")
     return run.broker
@@ -133,9 +153,11 @@ def start_clients(
     ``procs`` (default ``--client-procs``) client processes; ``port`` defaults to the
     broker's. Returns the new processes, also added to ``run.clients``."""
     per_camera = run.args.clients if per_camera is None else per_camera
-    if port is None:
+    if port is None:  # the broker's: over TLS with --tls (else a plain ceiling sender)
         assert run.broker is not None
         port = run.broker.port
+        if run.tls:
+            options = [*options, "--tls", str(run.cert)]
     procs = max(
         1, min(run.args.client_procs if procs is None else procs, len(run.camera_ids) * per_camera)
     )
@@ -214,7 +236,7 @@ def measure(run: Run, seconds: float | None = None, label: str = "measure") -> d
         "broker_peak_rss_bytes": peak_rss,
         "replays": {cid: r.expect(10) for cid, r in zip(run.camera_ids, run.replays, strict=True)},
         "clients": [c.expect(30) for c in run.clients],
-        "health": get_json(run.broker.url + "/healthz"),
+        "health": run.broker.get_json("/healthz"),
     }
 
 

@@ -10,6 +10,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get_json(url: str, timeout: float = 5) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get_json(url: str, timeout: float = 5, context: ssl.SSLContext | None = None) -> object:
+    """``context``: what an https URL is verified with (a test CA, say)."""
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         return json.load(response)
 
 
@@ -44,7 +46,11 @@ def _env() -> dict[str, str]:
 
 
 def wait_for_health(
-    process: subprocess.Popen, url: str, logs: Callable[[], str], timeout: float = 20
+    process: subprocess.Popen,
+    url: str,
+    logs: Callable[[], str],
+    timeout: float = 20,
+    context: ssl.SSLContext | None = None,
 ) -> None:
     """Poll ``url``/healthz until the broker answers; fail fast if it exits. A 401 (a
     broker with [[tokens]], asked without one) is an answer too: the broker is up."""
@@ -53,7 +59,7 @@ def wait_for_health(
         if process.poll() is not None:
             raise RuntimeError(f"broker exited with {process.returncode}:\n{logs()}")
         try:
-            get_json(url + "/healthz", timeout=1)
+            get_json(url + "/healthz", timeout=1, context=context)
             return
         except urllib.error.HTTPError as answer:
             answer.close()
@@ -142,11 +148,13 @@ class Child:
 
 
 class Broker:
-    """``python -m broker run CONFIG --listen 127.0.0.1:PORT``, ready once /healthz answers."""
+    """``python -m broker run CONFIG --listen 127.0.0.1:PORT``, ready once /healthz answers.
+    ``ssl_context``: for a config with server.tls_cert, what verifies it (https `url`)."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, ssl_context: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
         self.log = log
+        self.ssl_context = ssl_context
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [
@@ -173,15 +181,18 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
+
+    def get_json(self, path: str) -> object:
+        return get_json(self.url + path, context=self.ssl_context)
 
     def wait_ready(self, timeout: float = 20) -> None:
-        wait_for_health(self.process, self.url, self.logs, timeout)
+        wait_for_health(self.process, self.url, self.logs, timeout, self.ssl_context)
 
     def wait_online(self, camera_ids: list[str], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            online = {c["id"] for c in get_json(self.url + "/api/cameras") if c["online"]}
+            online = {c["id"] for c in self.get_json("/api/cameras") if c["online"]}
             if online >= set(camera_ids):
                 return
             time.sleep(0.2)

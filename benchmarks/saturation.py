@@ -78,6 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unsustained steps tolerated before the ramp stops (default 1: it "
         "stops after two in a row; a busy machine can spoil one step)",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="the broker serves wss (a self-signed certificate); the ceiling stays plain "
+        "send_all, so the ratio is the cost of TLS and the broker together",
+    )
 
 
 def _defaults(a: argparse.Namespace) -> None:
@@ -465,8 +471,8 @@ def run(args: argparse.Namespace) -> int:
         **common.result_head(
             SCENARIO,
             started,
-            f"{a.cameras} cameras, {a.width}x{a.height} q{a.quality} {a.fps:g} fps, "
-            f"{a.duration:g} s per step",
+            f"{a.cameras} cameras{' over TLS' if a.tls else ''}, {a.width}x{a.height} "
+            f"q{a.quality} {a.fps:g} fps, {a.duration:g} s per step",
             a,
             (
                 "cameras",
@@ -479,6 +485,7 @@ def run(args: argparse.Namespace) -> int:
                 "patience",
                 "duration",
                 "quick",
+                "tls",
             ),
             warmup=warmup,
         ),

@@ -22,6 +22,7 @@ from benchmarks import (
     saturation,
     slow_clients,
     soak,
+    tls,
     worker,
 )
 
@@ -34,6 +35,7 @@ SCENARIOS = {
     "ingest": ingest,
     "worker": worker,
     "soak": soak,  # not in "all": it runs for minutes by design
+    "tls": tls,
     "all": all_scenarios,
 }
 QUICK_SECONDS = 3.0

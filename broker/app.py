@@ -65,6 +65,8 @@ class Broker:
             control=self.control,
             faults=self.faults,
         )
+        if self.server.tls is not None:
+            self.metrics.add_tls(self.server.tls.stats)
         self.port = 0
         self.ingest_endpoints: list[str] = []
         self.control_endpoints: list[str] = []
@@ -93,6 +95,13 @@ class Broker:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
+                if self.server.certificates is not None:  # reloaded on change and SIGHUP
+                    nursery.start_soon(
+                        self.faults.keep_running,
+                        "tls_reload",
+                        self.server.certificates.watch,
+                        name="tls-reload",
+                    )
                 nursery.start_soon(
                     ingest.run_ingest,
                     socket,

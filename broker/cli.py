@@ -1,5 +1,6 @@
 """The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG``,
-``broker grafana CONFIG`` and ``broker ctl ...`` (a client of a running broker)."""
+``broker grafana CONFIG``, ``broker tls-selfsigned`` and ``broker ctl ...`` (a client of
+a running broker)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = root.parse_args(argv)
     if args.command == "ctl":
         return ctl.run(args, root)
+    if args.command == "tls-selfsigned":
+        return tls_selfsigned(args.host, Path(args.out), args.days, args.force)
     try:
         config = configuration.load(args.config)
     except configuration.ConfigError as exc:
@@ -60,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             first = first.exceptions[0]
         log.error("cannot start: %s", first)
         return 1
+    return 0
+
+
+def tls_selfsigned(hosts: list[str], out: Path, days: int, force: bool) -> int:
+    """Write OUT/cert.pem and OUT/key.pem for ``hosts``; print how to use and trust them."""
+    from broker.trust import selfsigned  # cryptography: loaded only for this command
+
+    try:
+        made = selfsigned.generate(hosts, days)
+        cert, key = selfsigned.write(made, out, force)
+    except (ValueError, OSError) as exc:
+        print(f"tls-selfsigned: {exc}", file=sys.stderr)
+        return 2
+    print(selfsigned.instructions(made, cert, key, hosts), end="")
     return 0
 
 
@@ -124,6 +141,22 @@ def parser() -> argparse.ArgumentParser:
         "--public-url", required=True, help="the broker as browsers reach it: http://HOST:8765"
     )
     dashboards.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    selfsigned = commands.add_parser(
+        "tls-selfsigned",
+        help="write a self-signed certificate and key (DIR/cert.pem, DIR/key.pem) for https",
+    )
+    selfsigned.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a host name or IP address clients use to reach the broker (repeat for each)",
+    )
+    selfsigned.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    selfsigned.add_argument(
+        "--days", type=int, default=825, help="validity in days (825, the most Apple accepts)"
+    )
+    selfsigned.add_argument("--force", action="store_true", help="replace existing files")
     ctl.add_parser(commands)
     return root
 

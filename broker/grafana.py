@@ -160,6 +160,13 @@ def run(config: Config, public_url: str, out_dir: str) -> int:
     except ValueError as exc:
         print(f"--public-url: {exc}", file=sys.stderr)
         return 2
+    if config.server.tls_cert and urlsplit(public_url).scheme.lower() != "https":
+        print(
+            "--public-url: the broker serves only https and wss (server.tls_cert is set): "
+            f"use https://, got {public_url!r}",
+            file=sys.stderr,
+        )
+        return 2
     for path in write(out_dir, files):
         print(path)
     return 0

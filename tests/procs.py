@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class BrokerProcess:
-    """``token``: for a config with [[tokens]], what `cameras` and `wait_online` ask with."""
+    """``token``: for a config with [[tokens]], what `cameras` and `wait_online` ask with.
+    ``ssl_context``: for a config with server.tls_cert, what verifies the broker (its
+    `url` is then https)."""
 
     def __init__(
         self,
@@ -26,16 +29,19 @@ class BrokerProcess:
         port: int | None = None,
         log: Path | None = None,
         token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.port = port or free_port()
         self.log = log or config.with_suffix(".log")
         self.token = token
+        self.ssl_context = ssl_context
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> BrokerProcess:
         with open(self.log, "ab") as log:
@@ -56,12 +62,12 @@ class BrokerProcess:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_for_health(self.process, self.url, self.logs, timeout)
+        wait_for_health(self.process, self.url, self.logs, timeout, self.ssl_context)
         return self
 
     def cameras(self) -> dict[str, dict]:
         query = f"?token={quote(self.token, safe='')}" if self.token else ""
-        cameras = get_json(self.url + "/api/cameras" + query)
+        cameras = get_json(self.url + "/api/cameras" + query, context=self.ssl_context)
         assert isinstance(cameras, list)
         return {c["id"]: c for c in cameras}
 

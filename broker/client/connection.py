@@ -222,14 +222,23 @@ class Link:
             with trio.fail_after(self.options.connect_timeout):
                 if not endpoint.tls:
                     return await trio.open_tcp_stream(endpoint.host, endpoint.port)
-                return await trio.open_ssl_over_tcp_stream(
+                stream = await trio.open_ssl_over_tcp_stream(
                     endpoint.host,
                     endpoint.port,
                     https_compatible=True,
                     ssl_context=self.options.ssl_context or ssl.create_default_context(),
                 )
+                try:  # now: a certificate refused later would look like a silent broker
+                    await stream.do_handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+                return stream
         except (OSError, trio.TooSlowError) as exc:
             reason = f"cannot reach {endpoint.address} ({_why(exc)})"
+            raise ConnectError(f"cannot connect to {self.url}: {reason}", "unreachable") from exc
+        except trio.BrokenResourceError as exc:  # the TLS handshake failed
+            reason = f"TLS handshake with {endpoint.address} failed ({exc.__cause__ or exc})"
             raise ConnectError(f"cannot connect to {self.url}: {reason}", "unreachable") from exc
 
     async def _serve(

@@ -52,7 +52,8 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
 
 def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate already-parsed TOML; raises `ConfigError` listing every problem.
-    A relative ``control.state_file`` is resolved against ``base`` (the config's folder)."""
+    A relative ``control.state_file``, ``server.tls_cert`` or ``server.tls_key`` is
+    resolved against ``base`` (the config's folder)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a table, got {typed(data)}")
     problems = Problems()
@@ -75,6 +76,7 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     rules.check_default_camera(tables.get("server", {}), camera_ids, problems)
     rules.check_token_cameras(tokens, camera_ids, problems)
     rules.check_max_cameras(tables.get("ingest", {}), len(cameras), problems)
+    rules.tls_files(tables.setdefault("server", {}), base, problems)
     if problems.messages:
         raise ConfigError(problems.messages)
     control = tables.get("control", {})

@@ -9,7 +9,10 @@ value would only add noise to the messages.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import ssl
+from pathlib import Path
 from typing import Any
 
 from broker.config.engine import Problems, check_unique, tables, unknown
@@ -190,3 +193,65 @@ def check_default_camera(server: dict[str, Any], ids: set[str], problems: Proble
     problems.add(
         "server.default_camera", f"must name a configured camera ({known}), got {show(name)}"
     )
+
+
+def tls_files(server: dict[str, Any], base: Path | None, problems: Problems) -> None:
+    """``server.tls_cert`` and ``tls_key``: both or neither, each a readable file. Relative
+    paths are resolved against ``base`` (the config's folder; else the working folder),
+    in ``server``, so the broker opens what was checked whatever its working folder.
+    Then they must make a usable pair (the broker checks again at start and on reload)."""
+    if {"server.tls_cert", "server.tls_key"} & problems.paths:
+        return
+    cert, key = server.get("tls_cert", ""), server.get("tls_key", "")
+    if bool(cert) != bool(key):
+        given, missing = ("tls_cert", "tls_key") if cert else ("tls_key", "tls_cert")
+        problems.add(
+            f"server.{missing}",
+            f"must be set with server.{given} (TLS needs both the certificate and its key), "
+            'or both left ""',
+        )
+        return
+    for name, value in (("tls_cert", cert), ("tls_key", key)):
+        if not value:
+            continue
+        path = Path(value) if base is None else base / value  # an absolute one stays
+        if not path.is_file():
+            where = "no such file" if not path.exists() else "not a file"
+            problems.add(f"server.{name}", f"{show(value)}: {where} ({path})")
+        elif not os.access(path, os.R_OK):
+            problems.add(f"server.{name}", f"{show(value)}: not readable by this user ({path})")
+        server[name] = str(path.absolute())
+    if cert and not ({"server.tls_cert", "server.tls_key"} & problems.paths):
+        _check_pair(server["tls_cert"], server["tls_key"], problems)
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _encrypted() -> bytes:
+    raise _Encrypted  # OpenSSL asks only for an encrypted key; never prompt
+
+
+def _check_pair(cert: str, key: str, problems: Problems) -> None:
+    try:
+        ssl.create_default_context(cafile=cert)
+    except (ssl.SSLError, ValueError) as exc:
+        problems.add("server.tls_cert", f"{cert}: not a PEM certificate{_reason(exc)}")
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_encrypted)
+    except _Encrypted:
+        problem = f"{key}: encrypted with a passphrase; give an unencrypted key"
+        problems.add("server.tls_key", problem)
+    except ssl.SSLError as exc:
+        reason = _reason(exc)
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            problems.add("server.tls_key", f"{key}: not the private key of server.tls_cert")
+        else:
+            problems.add("server.tls_key", f"{key}: not a PEM private key{reason}")
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    return f" ({reason})" if reason else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -178,6 +179,11 @@ class DirectWriter:
     cancelled first, the connection is aborted (in `Delivery.send_frames`), since it
     holds half a frame. A socket that refuses (full, closed, reset) leaves the frame to
     the queue, where the task learns why.
+
+    Over TLS ``sock`` is the connection's non-blocking ``ssl.SSLSocket``
+    (`broker.serve.tlsstream.TlsStream`): ``send`` encrypts and writes the whole frame or
+    raises "want write", after which OpenSSL must be given the same bytes again, so the
+    whole frame becomes the rest, and `TlsStream.send_all` finishes it.
     """
 
     __slots__ = ("inflight", "lock", "message", "sock", "subscriber", "whole")
@@ -201,6 +207,10 @@ class DirectWriter:
         self.lock.acquire_nowait()
         try:
             sent = self.sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            # TLS: OpenSSL has taken the frame in hand (some records may be out) and must
+            # be offered the same bytes again: all of them are the rest to write.
+            sent = 0
         except OSError:  # BlockingIOError included
             self.lock.release()
             return False

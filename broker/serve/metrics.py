@@ -20,6 +20,7 @@ from broker.support.faults import Faults
 
 if TYPE_CHECKING:
     from broker.control import Control
+    from broker.serve.tls import TlsStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -94,6 +95,38 @@ class BrokerCollector(Collector):
 PREFIX = "camera_broker_"
 
 
+class TlsCollector(Collector):
+    """``camera_broker_tls_*``: handshakes, refused connections by reason, certificate
+    reloads by outcome and the served certificate's expiry."""
+
+    def __init__(self, stats: TlsStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.stats
+        yield CounterMetricFamily(
+            PREFIX + "tls_handshakes", "Completed TLS handshakes", value=stats.handshakes
+        )
+        refused = counter(
+            "tls_refused",
+            "Connections refused before HTTP (plain_http, handshake_failed, handshake_timeout)",
+            "reason",
+        )
+        for reason, count in sorted(stats.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        reloads = counter("tls_reloads", "Certificate reloads by outcome", "outcome")
+        reloads.add_metric(["ok"], stats.reloads)
+        reloads.add_metric(["failed"], stats.reload_failures)
+        yield reloads
+        if stats.not_after is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "tls_certificate_expiry_seconds",
+                "When the served certificate expires, in Unix seconds",
+                value=stats.not_after.timestamp(),
+            )
+
+
 def counter(name: str, documentation: str, label: str) -> CounterMetricFamily:
     return CounterMetricFamily(PREFIX + name, documentation, labels=[label])
 
@@ -122,6 +155,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def add_tls(self, stats: TlsStats) -> None:
+        """Export the TLS counters of the port (`broker.serve.tls`)."""
+        self.registry.register(TlsCollector(stats))
 
     def forget(self, camera_id: str) -> None:
         """Drop a removed camera's latency series, so ids that come and go stay bounded."""

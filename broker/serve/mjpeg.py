@@ -28,7 +28,7 @@ MJPEG_HEAD = (
 
 async def serve(
     delivery: Delivery,
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     camera_id: str,
     max_fps: float | None,
     client: str,
@@ -62,7 +62,7 @@ async def serve(
         )
 
 
-async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+async def _until_eof(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
     """Ignore what an MJPEG client sends; when it closes, stop its stream."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         while await stream.receive_some(4096):

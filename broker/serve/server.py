@@ -35,6 +35,7 @@ from broker.serve.delivery import Delivery
 from broker.serve.handlers import Handlers
 from broker.serve.http import Response, error, h11_response, header, protocol_problem
 from broker.serve.router import BadRequest, CommandRate, Kind, Route, Router, fps_cap, parse
+from broker.serve.tls import Certificates, Handshakes
 from broker.serve.views import Views
 from broker.serve.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
 from broker.serve.wsapi import WsApi
@@ -110,6 +111,10 @@ class Server:
         self.views = Views(config, hub, self.health, control)
         self.handlers = Handlers(config, hub, self.views, metrics, control, self.access, commands)
         self.wsapi = WsApi(config, hub, self.delivery, self.views, control, commands, self.faults)
+        # With TLS every connection is wrapped before a byte of HTTP is read (serve.tls).
+        tls = config.server
+        self.certificates = Certificates(tls.tls_cert, tls.tls_key) if tls.tls_cert else None
+        self.tls = Handshakes(self.certificates, tls.header_timeout) if self.certificates else None
         # Its per-message debug lines would let any client flood a debug log.
         library = logging.getLogger("trio-websocket")
         if library.level == logging.NOTSET:
@@ -126,6 +131,7 @@ class Server:
             **self._app_health(),
             "ws_connections": self.wsapi.connections,  # on /ws
             "ws_errors": dict(self.wsapi.errors),  # error messages sent on /ws, by code
+            **({"tls": self.tls.stats.as_dict()} if self.tls else {}),
         }
 
     async def listen(self) -> list[trio.SocketListener]:
@@ -133,7 +139,10 @@ class Server:
         server = self.config.server
         listeners = await trio.open_tcp_listeners(server.port, host=server.host or None)
         self.port = listeners[0].socket.getsockname()[1]
-        log.info("listening on http://%s:%d/", server.host, self.port)
+        if self.tls is not None:
+            self.tls.port = self.port
+        scheme = "https" if self.tls else "http"
+        log.info("listening on %s://%s:%d/", scheme, server.host, self.port)
         if self.access.open:
             log.warning("no [[tokens]] configured: every client may watch and control every camera")
         else:
@@ -154,9 +163,10 @@ class Server:
     # -- connections ---------------------------------------------------------
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        """Serve one connection. Its error boundary: nothing raised here reaches the
-        listener; an unexpected exception is counted in ``faults`` (answered, where an
-        answer is still possible, further down) and the connection closed."""
+        """Serve one connection (over TLS when configured). Its error boundary: nothing
+        raised here reaches the listener; an unexpected exception is counted in
+        ``faults`` (answered, where an answer is still possible, further down) and the
+        connection closed."""
         try:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
             host, port = stream.socket.getpeername()[:2]
@@ -165,25 +175,32 @@ class Server:
             return
         client = f"{host}:{port}"
         where = "http"
+        transport: trio.abc.Stream = stream
         try:
+            if self.tls is not None:
+                where = "tls"
+                secured = await self.tls.secure(stream, client)
+                if secured is None:  # refused, counted and logged
+                    return
+                transport, where = secured, "http"
             # The HTTP state (h11's connection, the request) lives only in _serve_http's
             # frame, so a long-lived WebSocket does not keep it: a few KB per viewer.
-            upgrade = await self._serve_http(stream, client)
+            upgrade = await self._serve_http(transport, client)
             if upgrade is not None:
                 where = upgrade.where
-                await self._websocket(stream, upgrade, client)
+                await self._websocket(transport, upgrade, client)
         except* CLIENT_GONE:
             pass
         except* Exception as group:
             self._fault(where, group)
         finally:
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(transport)
 
     def _fault(self, where: str, group: BaseExceptionGroup) -> None:
         leaves = _leaves(group)
         self.faults.record(where, leaves[0] if len(leaves) == 1 else group)
 
-    async def _serve_http(self, stream: trio.SocketStream, client: str) -> Upgrade | None:
+    async def _serve_http(self, stream: trio.abc.Stream, client: str) -> Upgrade | None:
         """Answer requests until the connection ends, or return an accepted upgrade."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         try:
@@ -200,7 +217,7 @@ class Server:
         return None
 
     async def _serve_requests(
-        self, stream: trio.SocketStream, conn: h11.Connection, client: str
+        self, stream: trio.abc.Stream, conn: h11.Connection, client: str
     ) -> Upgrade | None:
         request: h11.Request | None = None
         try:
@@ -232,14 +249,14 @@ class Server:
             return None
 
     async def _receive_request(
-        self, stream: trio.SocketStream, conn: h11.Connection, client: str
+        self, stream: trio.abc.Stream, conn: h11.Connection, client: str
     ) -> h11.Request | None:
         """The next request head, or None when the client closed or took too long."""
         with trio.move_on_after(self.config.server.header_timeout):
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(64 * 1024))
+                    conn.receive_data(bytes(await stream.receive_some(64 * 1024)))
                     continue
                 if isinstance(event, h11.Request):
                     return event
@@ -255,7 +272,7 @@ class Server:
 
     async def _send(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         conn: h11.Connection,
         response: Response,
         head_only: bool = False,
@@ -294,7 +311,7 @@ class Server:
         return headers
 
     async def _answer(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
+        self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, client: str
     ) -> None:
         method = request.method.decode("ascii", "replace")
         route = parse(request.target)
@@ -339,7 +356,7 @@ class Server:
 
     async def _mjpeg(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         camera_id: str,
         max_fps: float | None,
         client: str,
@@ -354,7 +371,7 @@ class Server:
             self._fault("http", group)
 
     async def _read_body(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, limit: int
+        self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, limit: int
     ) -> bytes | None:
         """The request body, or None when it is larger than ``limit``."""
         declared = header(request, b"content-length")
@@ -365,7 +382,7 @@ class Server:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(64 * 1024))
+                    conn.receive_data(bytes(await stream.receive_some(64 * 1024)))
                 elif isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > limit:
@@ -383,7 +400,7 @@ class Server:
     # -- WebSocket upgrades --------------------------------------------------------
 
     async def _check_upgrade(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, client: str
+        self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, client: str
     ) -> Upgrade | None:
         """The upgrade to serve, or None after refusing it at the handshake, before
         accepting: 400/426 for a malformed upgrade, then 429/401/403/404/400."""
@@ -419,7 +436,7 @@ class Server:
             max_fps,
         )
 
-    async def _websocket(self, stream: trio.SocketStream, upgrade: Upgrade, client: str) -> None:
+    async def _websocket(self, stream: trio.abc.Stream, upgrade: Upgrade, client: str) -> None:
         """Serve ``/ws`` or one camera's stream over an accepted upgrade. A fault while
         serving it closes it with 1011; a protocol violation by the client with the close
         frame `ReplayStream` has sent, after letting the client read it."""

@@ -38,6 +38,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from broker.serve.http import Response, error, header
+from broker.serve.tlsstream import TlsStream
 
 GOING_AWAY = 1001  # never 1000: the Grafana panel does not reconnect after a normal close
 PROTOCOL_ERROR = 1002
@@ -397,7 +398,19 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     ``Semaphore(1)``, which trio-websocket uses the same way (``async with``). The OS
     socket is trio's internal ``_sock``: writing through it (never a bare fd number,
     which a new connection may reuse) fails cleanly once trio has closed the socket.
+
+    Over TLS (a `broker.serve.tlsstream.TlsStream` under the connection) the socket is its
+    ``ssl.SSLSocket``, which encrypts what is written to it; any other stream (one
+    that would encrypt elsewhere, as ``trio.SSLStream`` does) gets None: every byte
+    must go through the encryption.
     """
+    stream = _socket_stream(ws)
+    if isinstance(stream, TlsStream):
+        sock: object = stream.tls
+    elif isinstance(stream, trio.SocketStream):
+        sock = getattr(stream.socket, "_sock", None)
+    else:
+        return None
     current: trio.Semaphore | trio.StrictFIFOLock = ws._stream_lock
     if isinstance(current, trio.Semaphore):
         lock = current
@@ -406,8 +419,6 @@ def direct_access(ws: WebSocketConnection) -> tuple[trio.Semaphore, socket.socke
     else:
         lock = trio.Semaphore(1)
         ws._stream_lock = lock  # type: ignore[assignment]  # used alike: ``async with``
-    stream = _socket_stream(ws)
-    sock = getattr(getattr(stream, "socket", None), "_sock", None)
     return (lock, sock) if isinstance(sock, socket.socket) else None
 
 

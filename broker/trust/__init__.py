@@ -1,0 +1,1 @@
+"""Trust: what lets the broker be reached from a network (certificates, keys, tokens)."""
