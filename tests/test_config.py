@@ -16,6 +16,7 @@ from broker.config import (
     ControlConfig,
     IngestConfig,
     RetentionConfig,
+    SecurityConfig,
     ServerConfig,
     WorkersConfig,
     from_dict,
@@ -202,7 +203,7 @@ BAD_CONFIGS = [
         '[server]\ncolour = "red"',
         [
             "server.colour: unknown key (known keys: listen, queue_depth, send_timeout, "
-            "header_timeout, default_camera, cors_origins, ws_request_rate, auth_failure_burst, auth_failure_rate)"
+            "header_timeout, default_camera, cors_origins, ws_request_rate, auth_failure_burst, auth_failure_rate, tls_cert, tls_key)"
         ],
         id="unknown-key-list",
     ),
@@ -577,6 +578,7 @@ def test_example_config_is_the_defaults() -> None:
     assert config.ingest == IngestConfig()
     assert config.workers == WorkersConfig()
     assert config.retention == RetentionConfig()
+    assert config.security == SecurityConfig()
     assert config.control.endpoints == ControlConfig().endpoints
     assert Path(config.control.state_file) == CONFIG_DIR / ControlConfig().state_file
     assert config.cameras == (CameraConfig(id="front"),)
@@ -591,6 +593,7 @@ def test_example_config_has_every_key() -> None:
         "workers": WorkersConfig,
         "retention": RetentionConfig,
         "control": ControlConfig,
+        "security": SecurityConfig,
         "cameras": CameraConfig,
     }
     commented = {"presets", "tokens"}  # examples in comments: the default is none

@@ -17,6 +17,7 @@ from broker.config.model import (
     ControlConfig,
     IngestConfig,
     RetentionConfig,
+    SecurityConfig,
     ServerConfig,
     TokenConfig,
     WorkersConfig,
@@ -107,6 +108,8 @@ SPECS: dict[type, dict[str, Spec]] = {
         "ws_request_rate": Spec(float, 1, 10000),
         "auth_failure_burst": Spec(int, 1, 10000),
         "auth_failure_rate": Spec(float, 0.001, 1000),
+        "tls_cert": Spec(str),
+        "tls_key": Spec(str),
     },
     IngestConfig: {
         "endpoints": Spec(tuple, item=Spec(str, rule=_endpoint_problem)),
@@ -131,6 +134,14 @@ SPECS: dict[type, dict[str, Spec]] = {
         "command_timeout": Spec(float, 0.1, 300),
         "command_rate": Spec(float, 0.1, 10000),
         "state_file": Spec(str),
+    },
+    SecurityConfig: {
+        "keys_dir": Spec(str),
+        "allow_insecure_network": Spec(bool),
+        "jwt_secret_file": Spec(str),
+        "jwks_file": Spec(str),
+        "revoked": Spec(tuple, item=Spec(str)),
+        "clock_skew": Spec(float, 0, 3600),
     },
     TokenConfig: {
         "token": Spec(str, rule=_token_problem),

@@ -43,6 +43,8 @@ class ServerConfig:
     ws_request_rate: float = 50.0  # requests per second per /ws connection (burst: as many)
     auth_failure_burst: int = 10  # failed tokens an address may present at once
     auth_failure_rate: float = 0.2  # further failed tokens per second and address; then 429
+    tls_cert: str = ""  # PEM certificate chain, relative to the config file; "" = plain HTTP
+    tls_key: str = ""  # PEM private key of tls_cert, relative to the config file
 
     @property
     def host(self) -> str:
@@ -98,6 +100,18 @@ class ControlConfig:
     command_timeout: float = 5.0  # seconds a worker has to answer a command
     command_rate: float = 10.0  # commands per second per client (burst: as many)
     state_file: str = "camera-broker.state.json"  # relative to the config file; "" = none
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may publish and answer for a camera, and which signed tokens are honoured."""
+
+    keys_dir: str = ""  # CURVE keys (broker keys init/add), relative to the config file
+    allow_insecure_network: bool = False  # allow non-loopback ZeroMQ endpoints without keys
+    jwt_secret_file: str = ""  # HS256 secret for signed tokens (broker share)
+    jwks_file: str = ""  # public keys (RS256/ES256) of an identity provider, as a JWKS
+    revoked: tuple[str, ...] = ()  # ids (jti) of signed tokens refused from now on
+    clock_skew: float = 30.0  # seconds of clock difference tolerated on exp and nbf
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +174,7 @@ class Config:
     workers: WorkersConfig = WorkersConfig()
     retention: RetentionConfig = RetentionConfig()
     control: ControlConfig = ControlConfig()
+    security: SecurityConfig = SecurityConfig()
     cameras: tuple[CameraConfig, ...] = ()
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → settings
     tokens: tuple[TokenConfig, ...] = ()  # none: every client may do everything
@@ -182,6 +197,7 @@ SECTIONS: dict[str, type] = {
     "workers": WorkersConfig,
     "retention": RetentionConfig,
     "control": ControlConfig,
+    "security": SecurityConfig,
 }
 TOP_LEVEL = [*SECTIONS, "cameras", "presets", "tokens"]
 
