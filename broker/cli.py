@@ -1,5 +1,6 @@
 """The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG``,
-``broker grafana CONFIG`` and ``broker ctl ...`` (a client of a running broker)."""
+``broker grafana CONFIG``, ``broker keys ...`` (camera keys) and ``broker ctl ...`` (a
+client of a running broker)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import zmq
 from broker import config as configuration
 from broker import ctl, grafana
 from broker.app import Broker
+from broker.trust import keys
 
 log = logging.getLogger("broker")
 
@@ -27,12 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     args = root.parse_args(argv)
     if args.command == "ctl":
         return ctl.run(args, root)
+    if args.command == "keys":
+        return keys.run(args)
     try:
         config = configuration.load(args.config)
     except configuration.ConfigError as exc:
         print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
+        return 2
+    problem = keys_problem(config)
+    if problem is not None:
+        print(f"{args.config}: 1 error(s)\n  security.keys_dir: {problem}", file=sys.stderr)
         return 2
     if args.command == "check":
         print("ok")
@@ -61,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", first)
         return 1
     return 0
+
+
+def keys_problem(config: configuration.Config) -> str | None:
+    """What makes ``security.keys_dir`` unusable (no broker key pair, a secret others
+    can read), or None."""
+    if not config.security.keys_dir:
+        return None
+    folder = Path(config.security.keys_dir)
+    try:
+        keys.load_secret(keys.broker_secret(folder))
+        keys.load_public(keys.broker_public(folder))
+    except keys.KeyFileError as exc:
+        return f"{exc} (make the broker's keys with `broker keys init --dir {folder}`)"
+    return None
 
 
 def _with_listen(path: str, listen: str) -> dict[str, object]:
@@ -124,6 +146,7 @@ def parser() -> argparse.ArgumentParser:
         "--public-url", required=True, help="the broker as browsers reach it: http://HOST:8765"
     )
     dashboards.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    keys.add_parser(commands)
     ctl.add_parser(commands)
     return root
 
