@@ -37,6 +37,10 @@ from broker.trust import keys as keyfiles
 
 log = logging.getLogger("broker")
 
+# ZeroMQ I/O threads with camera keys: CURVE decryption runs in them, one connection per
+# thread; two let two workers' frames be decrypted at once (docs/security.md).
+IO_THREADS = 2
+
 
 class Broker:
     def __init__(self, config: Config, log_level: str = "info") -> None:
@@ -80,7 +84,7 @@ class Broker:
     async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
         workdir.remove_stale()
         folder = workdir.create()
-        context = zmq.Context()
+        context = zmq.Context(io_threads=IO_THREADS if self.config.security.keys_dir else 1)
         try:
             ingest_security, control_security, worker_keys = self.secure(context, folder)
             if self.insecure_network:
