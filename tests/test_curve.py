@@ -10,6 +10,7 @@ cuts a camera off without a restart.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import stat
@@ -28,6 +29,7 @@ from helpers import sample_jpeg
 from procs import ROOT, BrokerProcess, free_port, get_json, wait_until
 from survival import Viewer
 
+from broker.cli import main
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
 from broker.protocol import wire
@@ -38,14 +40,13 @@ PYTHON = sys.executable
 FORGED = sample_jpeg(160, 120, quality=11)  # what no real worker sends
 
 
-def broker_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "broker", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd or ROOT,
-    )
+def broker_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``broker ARGS`` run in this process (it is quick and synchronous), its exit code
+    and output as a `CompletedProcess`."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -218,14 +219,41 @@ def test_forged_frames_are_refused_and_counted(lab: Lab) -> None:
             time.sleep(0.05)
         assert len(viewer.arrivals) > seen + 10  # the real camera streams on
     errors = lab.health()["ingest"]["errors"]
-    assert errors.get("no_curve", 0) >= 1, errors
+    # Without a key: refused at the handshake, seen as a mechanism mismatch, or as a
+    # failed handshake when the peer noticed first and hung up.
+    assert errors.get("no_curve", 0) + errors.get("handshake_failed", 0) >= 1, errors
     assert errors.get("unknown_key", 0) >= 1, errors
     assert errors.get("wrong_camera", 0) >= 20, errors  # other_key's and wrong_id's frames
     cameras = lab.broker.cameras()
     assert cameras["front"]["online"] and not cameras["back"]["online"]
     assert cameras["front"]["width"] == 160
     logs = lab.broker.logs()
-    assert "ingest: refused (wrong_camera)" in logs and "ingest: refused (no_curve)" in logs
+    assert "ingest: refused (wrong_camera)" in logs and "ingest: refused (unknown_key)" in logs
+
+
+def test_supervised_workers_get_private_keys_in_a_private_folder(lab: Lab) -> None:
+    lab.broker.wait_online("local")
+    health = lab.health()
+    assert health["camera_keys"] is True and health["insecure_network"] is False
+    (ipc,) = [e for e in health["control"]["endpoints"] if e.startswith("ipc://")]
+    folder = Path(ipc.removeprefix("ipc://")).parent
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "keys" / "local.key_secret").stat().st_mode) == 0o600
+    # Its key is local's only: the same key publishing as front is refused.
+    rogue = lab.socket(zmq.PUB)
+    options = curve_client(
+        str(keyfiles.broker_public(lab.keys)), str(folder / "keys" / "local.key_secret")
+    )
+    for option, value in options.items():
+        rogue.setsockopt(option, value)
+    rogue.connect(lab.ingest)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        rogue.send_multipart(forged_frame("front", 1))
+        time.sleep(0.05)
+    assert lab.health()["ingest"]["errors"].get("wrong_camera", 0) >= 10
+    assert not lab.broker.cameras()["front"]["online"]
 
 
 def rogue_hello(socket: zmq.Socket[bytes], camera: str) -> None:
@@ -265,7 +293,7 @@ def test_a_rogue_dealer_cannot_take_over_a_camera(lab: Lab) -> None:
     for socket in (no_key, other_key):
         assert not socket.poll(200), "a rogue received a command"
     errors = lab.health()["control"]["errors"]
-    assert errors.get("no_curve", 0) >= 1, errors
+    assert errors.get("no_curve", 0) + errors.get("handshake_failed", 0) >= 1, errors
     assert errors.get("wrong_camera", 0) >= 1, errors
     assert lab.broker.cameras()["front"]["name"] != "HIJACKED"
     assert worker_connected(lab, "front")
@@ -391,3 +419,47 @@ def test_insecure_network_is_allowed_when_asked_and_shown(tmp_path: Path) -> Non
         assert isinstance(health, dict)
         assert health["insecure_network"] is True and health["camera_keys"] is False
         assert "security.allow_insecure_network: tcp://0.0.0.0:* reachable" in broker.logs()
+
+
+# --- the ZAP answers, pure ---
+
+
+def zap_keys(tmp_path: Path, keys_dir: Path) -> tuple[Any, Any]:
+    from collections import Counter
+
+    from broker.trust.curve import CameraKeys, Refusals
+
+    counts: Counter[str] = Counter()
+    keys = CameraKeys(keys_dir, Refusals({"ingest": counts}))
+    keys.reload()
+    return keys, counts
+
+
+def test_zap_accepts_only_listed_keys(tmp_path: Path, keys_dir: Path) -> None:
+    from zmq.utils import z85
+
+    keys, counts = zap_keys(tmp_path, keys_dir)
+    front = keyfiles.load_public(keyfiles.camera_public(keys_dir, "front"))
+    request = [b"peer", b"", b"1.0", b"7", b"ingest", b"10.0.0.9", b"", b"CURVE"]
+    ok = keys.answer([*request, z85.decode(front)])
+    assert ok == [b"peer", b"", b"1.0", b"7", b"200", b"OK", front.encode(), b""]
+    stranger, _ = zmq.curve_keypair()
+    no = keys.answer([*request, z85.decode(stranger)])
+    assert no is not None and no[4] == b"400" and no[6] == b""
+    plain = keys.answer([b"peer", b"", b"1.0", b"8", b"ingest", b"x", b"", b"NULL"])
+    assert plain is not None and plain[4] == b"400"
+    assert dict(counts) == {"unknown_key": 1, "not_curve": 1}
+    assert keys.answer([b"peer", b"1.0"]) is None  # no envelope delimiter
+    assert keys.answer([b"peer", b"", b"2.0", b"1", b"", b"", b"", b"CURVE", b"k"]) is None
+    assert keys.answer([*request, b"short"]) is not None  # refused, never an exception
+
+
+def test_the_key_set_follows_the_folder(tmp_path: Path, keys_dir: Path) -> None:
+    keys, _ = zap_keys(tmp_path, keys_dir)
+    assert sorted(keys.owners.values()) == ["back", "front"]
+    assert not keys.reload()  # nothing changed
+    keyfiles.camera_public(keys_dir, "back").unlink()
+    assert keys.reload() and sorted(keys.owners.values()) == ["front"]
+    (keys_dir / "cameras" / "bad name.key").write_text("not a key")
+    (keys_dir / "cameras" / "odd.key").write_text("not a key either")
+    assert keys.reload() and sorted(keys.owners.values()) == ["front"]

@@ -7,8 +7,9 @@ the broker's secret key. Three checks stand between a peer and a camera:
    on ``inproc://zeromq.zap.01`` in the broker's context, about each CURVE client key:
    a key that is not in the live set (`CameraKeys`) is refused. The answer's User-Id is
    the key itself (Z85), and libzmq attaches it to every message of that connection.
-   A peer without CURVE never gets that far: its handshake fails (mechanism mismatch),
-   which a socket monitor (`watch_handshakes`) counts.
+   A peer without CURVE never gets that far: its handshake fails, which a socket
+   monitor (`watch_handshakes`) counts: as ``no_curve`` when the broker saw the
+   mechanism mismatch, as ``handshake_failed`` when the peer hung up first.
 2. Each message (`CameraKeys.refusal`): a frame, hello, heartbeat or reply for camera X
    is accepted only when its User-Id is a key of the live set that belongs to X. So a
    key is bound to its camera, and a removed key is refused from its next message on,
@@ -35,6 +36,7 @@ interval (`Refusals`).
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -218,10 +220,14 @@ async def watch_handshakes(
                 continue
             endpoint = event["endpoint"]
             where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else "?"
-            if event["value"] == MECHANISM_MISMATCH:
-                refused(domain, "no_curve", f"a peer without CURVE (no key) on {where}")
-            else:
-                refused(domain, "handshake_failed", f"a failed CURVE handshake on {where}")
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                if event["value"] == MECHANISM_MISMATCH:
+                    refused(domain, "no_curve", f"a peer without CURVE (no key) on {where}")
+                else:
+                    refused(domain, "handshake_failed", f"a ZMTP error in a handshake on {where}")
+            else:  # no detail: the peer hung up first (one without CURVE often does)
+                why = os.strerror(int(event["value"])) if event["value"] else "closed"
+                refused(domain, "handshake_failed", f"a handshake that failed on {where}: {why}")
     finally:
         receiver.close()
 
