@@ -13,9 +13,11 @@ import contextlib
 import io
 import json
 import os
+import socket as net
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -297,6 +299,80 @@ def test_a_rogue_dealer_cannot_take_over_a_camera(lab: Lab) -> None:
     assert errors.get("wrong_camera", 0) >= 1, errors
     assert lab.broker.cameras()["front"]["name"] != "HIJACKED"
     assert worker_connected(lab, "front")
+
+
+class CuttableProxy(threading.Thread):
+    """A TCP forwarder to ``target`` whose connections the test can cut: the peer's
+    ZeroMQ socket then reconnects, as after a network blip."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(name="proxy", daemon=True)
+        self.target = target
+        self.listener = net.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open: list[net.socket] = []
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = net.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pump(source: net.socket, sink: net.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(net.SHUT_RDWR)
+            end.close()
+
+    def cut(self) -> int:
+        with self.lock:
+            ends, self.open = self.open, []
+        for end in ends:
+            with contextlib.suppress(OSError):
+                end.shutdown(net.SHUT_RDWR)
+            end.close()
+        return len(ends) // 2
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_a_keyed_worker_that_reconnects_is_answered_on_its_new_route(lab: Lab) -> None:
+    host, port = lab.control.removeprefix("tcp://").rsplit(":", 1)
+    proxy = CuttableProxy((host, int(port)))
+    proxy.start()
+    try:
+        lab.control = f"tcp://127.0.0.1:{proxy.port}"  # the worker's control goes through it
+        lab.worker("front")
+        wait_until(lambda: worker_connected(lab, "front"), 20, "front's worker to say hello")
+        assert proxy.cut() == 1
+        time.sleep(1.0)  # the worker reconnects (a new route); heartbeats flow again
+        code, answer = http(
+            "PATCH", f"{lab.broker.url}/api/cameras/front/settings", {"quality": 44}
+        )
+        assert code == 200 and answer["success"], answer
+        assert answer["settings"]["quality"] == 44
+    finally:
+        proxy.close()
 
 
 def test_removing_a_key_cuts_the_camera_off_without_a_restart(lab: Lab) -> None:

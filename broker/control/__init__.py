@@ -273,7 +273,13 @@ class Control:
             )
             if self._channel is not None:
                 self._channel.send_quietly(identity, HELLO_REQUEST)
-        elif kind == "heartbeat":
+            return
+        if link.identity != identity:
+            # With camera keys the ROUTER draws a route per connection, and the key
+            # vouches for the camera: a worker that reconnected speaks on a new route,
+            # and is answered there (without keys the route is the camera id).
+            link.identity = identity
+        if kind == "heartbeat":
             if isinstance(message.get("streaming"), bool):
                 self.workers.set_streaming(link, message["streaming"])
         else:

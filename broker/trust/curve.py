@@ -19,7 +19,7 @@ the broker's secret key. Three checks stand between a peer and a camera:
    claims another camera's routing id. So on the control ROUTER a camera is known by
    its key, not by its routing id: workers with keys set no routing id (the ROUTER
    draws one, starting with a zero byte), the broker answers a camera on the route its
-   last hello came from, and the ROUTER runs without ``ROUTER_HANDOVER``, so no peer
+   latest message came on, and the ROUTER runs without ``ROUTER_HANDOVER``, so no peer
    can take over a route in use. A peer that chooses a routing id other than its
    key's camera has every message dropped (``wrong_camera``).
 
