@@ -215,6 +215,7 @@ class Broker:
                 curve.monitor(socket),
                 domain,
                 keys.refused,
+                self.faults,
                 name=f"handshakes:{domain}",
             )
 

@@ -46,6 +46,7 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
+from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
 from broker.support.zmqtrio import TrioSocket
 from broker.trust import keys as keyfiles
@@ -206,7 +207,7 @@ def monitor(socket: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
 
 
 async def watch_handshakes(
-    monitor_socket: zmq.Socket[bytes], domain: str, refused: Refusals
+    monitor_socket: zmq.Socket[bytes], domain: str, refused: Refusals, faults: Faults
 ) -> None:
     """Count the peers refused at the handshake (no CURVE, or a broken one) until
     cancelled; closes the monitor socket on the way out."""
@@ -214,22 +215,26 @@ async def watch_handshakes(
     try:
         while True:
             parts = await receiver.receive_multipart()
-            try:
-                event = parse_monitor_message([part.bytes for part in parts])
-            except Exception:  # a monitor message is libzmq's: never expected to fail
-                continue
-            endpoint = event["endpoint"]
-            where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else "?"
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                if event["value"] == MECHANISM_MISMATCH:
-                    refused(domain, "no_curve", f"a peer without CURVE (no key) on {where}")
-                else:
-                    refused(domain, "handshake_failed", f"a ZMTP error in a handshake on {where}")
-            else:  # no detail: the peer hung up first (one without CURVE often does)
-                why = os.strerror(int(event["value"])) if event["value"] else "closed"
-                refused(domain, "handshake_failed", f"a handshake that failed on {where}: {why}")
+            with faults.contain("handshakes"):
+                handshake_failed(parse_monitor_message([p.bytes for p in parts]), domain, refused)
     finally:
         receiver.close()
+
+
+def handshake_failed(event: Mapping[str, object], domain: str, refused: Refusals) -> None:
+    """Count one monitor event; anything but a failed handshake is ignored."""
+    endpoint = event.get("endpoint")
+    where = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else "?"
+    value = event.get("value")
+    if event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == MECHANISM_MISMATCH:
+            refused(domain, "no_curve", f"a peer without CURVE (no key) on {where}")
+        else:
+            refused(domain, "handshake_failed", f"a ZMTP error in a handshake on {where}")
+    elif event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        # No detail: the peer hung up first (one without CURVE often does).
+        why = os.strerror(value) if isinstance(value, int) and value else "closed"
+        refused(domain, "handshake_failed", f"a handshake that failed on {where}: {why}")
 
 
 def supervised_keys(folder: Path, cameras: Iterable[str]) -> dict[str, tuple[str, Path]]:
