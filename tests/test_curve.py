@@ -505,7 +505,7 @@ def test_insecure_network_is_allowed_when_asked_and_shown(tmp_path: Path) -> Non
 # --- the ZAP answers, pure ---
 
 
-def zap_keys(tmp_path: Path, keys_dir: Path) -> tuple[Any, Any]:
+def zap_keys(keys_dir: Path) -> tuple[Any, Any]:
     from collections import Counter
 
     from broker.trust.curve import CameraKeys, Refusals
@@ -516,10 +516,10 @@ def zap_keys(tmp_path: Path, keys_dir: Path) -> tuple[Any, Any]:
     return keys, counts
 
 
-def test_zap_accepts_only_listed_keys(tmp_path: Path, keys_dir: Path) -> None:
+def test_zap_accepts_only_listed_keys(keys_dir: Path) -> None:
     from zmq.utils import z85
 
-    keys, counts = zap_keys(tmp_path, keys_dir)
+    keys, counts = zap_keys(keys_dir)
     front = keyfiles.load_public(keyfiles.camera_public(keys_dir, "front"))
     request = [b"peer", b"", b"1.0", b"7", b"ingest", b"10.0.0.9", b"", b"CURVE"]
     ok = keys.answer([*request, z85.decode(front)])
@@ -535,8 +535,8 @@ def test_zap_accepts_only_listed_keys(tmp_path: Path, keys_dir: Path) -> None:
     assert keys.answer([*request, b"short"]) is not None  # refused, never an exception
 
 
-def test_the_key_set_follows_the_folder(tmp_path: Path, keys_dir: Path) -> None:
-    keys, _ = zap_keys(tmp_path, keys_dir)
+def test_the_key_set_follows_the_folder(keys_dir: Path) -> None:
+    keys, _ = zap_keys(keys_dir)
     assert sorted(keys.owners.values()) == ["back", "front"]
     assert not keys.reload()  # nothing changed
     keyfiles.camera_public(keys_dir, "back").unlink()
