@@ -393,6 +393,14 @@ def test_removing_a_key_cuts_the_camera_off_without_a_restart(lab: Lab) -> None:
     assert took < 8, took
     errors = lab.health()["ingest"]["errors"]
     assert errors.get("key_removed", 0) >= 1, errors
+    # New handshakes with the removed key are refused too.
+    again = lab.socket(zmq.PUB, key="front")
+    again.connect(lab.ingest)
+    wait_until(
+        lambda: lab.health()["ingest"]["errors"].get("unknown_key", 0) >= 1,
+        10,
+        "a handshake with the removed key to be refused",
+    )
     assert lab.broker.process is not None and lab.broker.process.pid == pid
     assert lab.broker.process.poll() is None
     lab.broker.wait_online("local")  # the others carry on

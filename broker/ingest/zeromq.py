@@ -29,7 +29,9 @@ class IngestStats:
     def __init__(self) -> None:
         self.frames = 0
         self.bytes = 0
-        self.errors: Counter[str] = Counter()  # by WireError.reason, plus "unknown_camera"
+        # By WireError.reason, plus "unknown_camera", and with camera keys the
+        # refusals of broker.trust.curve (no_curve, unknown_key, wrong_camera...).
+        self.errors: Counter[str] = Counter()
 
     def as_dict(self) -> dict[str, object]:
         return {"frames": self.frames, "bytes": self.bytes, "errors": dict(self.errors)}
