@@ -552,3 +552,41 @@ def test_the_key_set_follows_the_folder(keys_dir: Path) -> None:
     (keys_dir / "cameras" / "bad name.key").write_text("not a key")
     (keys_dir / "cameras" / "odd.key").write_text("not a key either")
     assert keys.reload() and sorted(keys.owners.values()) == ["front"]
+
+
+def test_the_worker_needs_both_key_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from cameras.cli import parse
+
+    base = ["--broker", "tcp://127.0.0.1:5555", "--camera-id", "front", "--source", "test-pattern"]
+    with pytest.raises(SystemExit) as exited:
+        parse([*base, "--broker-key", "broker.key"])
+    assert exited.value.code == 2
+    assert "--broker-key and --key go together" in capsys.readouterr().err
+    options = parse([*base, "--broker-key", "b.key", "--key", "front.key_secret"])
+    assert (options.broker_key, options.key) == ("b.key", "front.key_secret")
+
+
+def test_a_worker_with_an_unreadable_key_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "cameras.worker",
+            "--broker",
+            "tcp://127.0.0.1:1",
+            "--camera-id",
+            "front",
+            "--source",
+            "test-pattern",
+            "--broker-key",
+            str(tmp_path / "missing.key"),
+            "--key",
+            str(tmp_path / "missing.key_secret"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "--broker-key" in done.stderr and "cannot read" in done.stderr
