@@ -78,8 +78,10 @@ class Broker:
         self.control_endpoints: list[str] = []
         self.started_at = time.monotonic()
         self.keys: curve.CameraKeys | None = None  # with security.keys_dir: CURVE
-        self.zap: zmq.Socket[bytes] | None = None  # the ZAP handler's socket, then
-        self.insecure_network = bool(config.network_endpoints()) and not (config.security.keys_dir)
+        self.zap: zmq.Socket[bytes] | None = None  # the ZAP handler's socket, with keys
+        # Ingest or control reachable from other hosts without keys (allowed by
+        # security.allow_insecure_network): warned at start, shown in /healthz.
+        self.insecure_network = bool(config.network_endpoints()) and not config.security.keys_dir
 
     async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
         workdir.remove_stale()
@@ -117,7 +119,7 @@ class Broker:
             self.port = self.server.port
             async with trio.open_nursery() as nursery:
                 if self.keys is not None:
-                    self.start_curve(nursery, context, socket)
+                    self.start_curve(nursery, socket)
                 await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
@@ -193,12 +195,7 @@ class Broker:
             worker_keys,
         )
 
-    def start_curve(
-        self,
-        nursery: trio.Nursery,
-        context: zmq.Context[zmq.Socket[bytes]],
-        ingest_socket: zmq.Socket[bytes],
-    ) -> None:
+    def start_curve(self, nursery: trio.Nursery, ingest_socket: zmq.Socket[bytes]) -> None:
         """The ZAP handler, the key watcher and the handshake counters."""
         keys = self.keys
         assert keys is not None and self.zap is not None and self.control.socket is not None

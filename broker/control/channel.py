@@ -6,6 +6,10 @@ it checks each message's frames, routing id and encoding, and hands the well-for
 ones to the control plane; anything else is counted by reason (`Complaints`) and
 dropped. The edge-triggered FD and the kick after a send live in
 `broker.support.zmqtrio`.
+
+With camera keys (`broker.trust.curve`) a worker's camera is the one its key belongs
+to, not its routing id: keyed workers let the ROUTER draw their route, and a message
+whose key does not speak for its camera is refused before anything else looks at it.
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ def bind(
     heartbeat: float = 1.0,
 ) -> tuple[zmq.Socket[bytes], list[str]]:
     """A ROUTER bound on ``endpoints``, with the endpoints actually bound. ``security``:
-    the CURVE server options (`broker.trust.curve.server_options`); then no peer may
-    take over a routing id in use (no ``ROUTER_HANDOVER``: a key must not take another
-    camera's route), and ZMTP heartbeats every ``heartbeat`` seconds free the id of a
-    connection that went silent, so a restarted worker gets its id back soon."""
+    the CURVE server options (`broker.trust.curve.server_options`); then keyed workers
+    have routes the ROUTER draws, no peer may take over a route in use (no
+    ``ROUTER_HANDOVER``), and ZMTP heartbeats every ``heartbeat`` seconds drop a
+    connection that went silent."""
     options: dict[int, int | bytes] = {
         zmq.ROUTER_MANDATORY: 1,  # a send to a gone worker fails at once
         zmq.ROUTER_HANDOVER: 1,  # a restarted worker takes over its id
