@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.procs import Broker, Child, Workspace
 
-# The broker binds a ZeroMQ control socket (tcp://0.0.0.0:5556) unless told otherwise:
+# The broker binds a ZeroMQ control socket (tcp://127.0.0.1:5556) unless told otherwise:
 # benchmark brokers bind none, so several can run at once (and beside a real broker).
 NO_CONTROL_SOCKET = "[control]\nendpoints = []\n"
 

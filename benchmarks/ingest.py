@@ -7,6 +7,11 @@ frame sent is received). Phase 1: a bare blocking pyzmq SUB loop (``recv_multipa
 ingest rate read from ``/healthz`` (``ingest.frames``). Same publishers, same payload,
 same endpoint type; the ratio is broker fps / bare fps.
 
+With ``--curve``, two more phases over tcp on loopback, as remote workers connect: the
+broker without keys, then with ``security.keys_dir`` and every publisher a CURVE client
+with its camera's key. The CURVE ratio is keyed fps / plain fps (target
+`CURVE_TARGET`).
+
 Also a child program: ``python -m benchmarks.ingest publish|receive ...`` (see --help).
 """
 
@@ -24,9 +29,10 @@ from pathlib import Path
 
 from benchmarks import common
 from benchmarks.harness import wait, write_broker_config
-from benchmarks.procs import Broker, Child, Workspace, get_json
+from benchmarks.procs import Broker, Child, Workspace, free_port, get_json
 
 TARGET_RATIO = 0.9
+CURVE_TARGET = 0.8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--hwm", type=int, default=16, help="publishers' SNDHWM, the bare receiver's RCVHWM (16)"
+    )
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="also measure ingest with camera keys (CURVE) against without, both over tcp",
     )
 
 
@@ -74,6 +85,11 @@ def publish(args: argparse.Namespace) -> int:
     sock.setsockopt(zmq.XPUB_NODROP, 1)  # full queue: send blocks (EAGAIN), never drops
     sock.setsockopt(zmq.SNDTIMEO, 200)
     sock.setsockopt(zmq.LINGER, 0)
+    if args.broker_key:
+        from cameras.link import curve_client
+
+        for option, value in curve_client(args.broker_key, args.key).items():
+            sock.setsockopt(option, value)
     sock.connect(args.endpoint)
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     print(json.dumps({"ready": True, "frame_bytes": len(payload), "quality": quality}), flush=True)
@@ -153,9 +169,21 @@ class Run:
         return [f"cam{i}" for i in range(self.args.publishers)]
 
 
-def start_publishers(run: Run, endpoint: str, phase: str) -> list[Child]:
+def start_publishers(run: Run, endpoint: str, phase: str, keys: Path | None = None) -> list[Child]:
+    """One publisher per camera; with ``keys`` (a keys folder), each a CURVE client with
+    its camera's key."""
     a, pubs = run.args, []
     for cid in run.camera_ids:
+        curve = (
+            []
+            if keys is None
+            else [
+                "--broker-key",
+                str(keys / "broker.key"),
+                "--key",
+                str(keys / "cameras" / f"{cid}.key_secret"),
+            ]
+        )
         argv = [
             "-m",
             "benchmarks.ingest",
@@ -168,6 +196,7 @@ def start_publishers(run: Run, endpoint: str, phase: str) -> list[Child]:
             str(a.frame_kb),
             "--hwm",
             str(a.hwm),
+            *curve,
         ]
         pubs.append(Child(f"publisher {cid}", argv, run.work.path / f"pub-{phase}-{cid}.log"))
     run.children += pubs
@@ -259,22 +288,40 @@ def bare_phase(run: Run, warmup: float) -> dict[str, object]:
     return result
 
 
-def broker_phase(run: Run, warmup: float) -> dict[str, object]:
-    endpoint = f"ipc://{run.work.path / 'broker.ipc'}"
-    run.broker = Broker(
-        write_broker_config(run.work.path, endpoint, run.camera_ids), run.work.path / "broker.log"
+def make_keys(run: Run) -> Path:
+    """A keys folder with the broker's key and one per camera (as `broker keys` does)."""
+    from broker.trust import keys as keyfiles
+
+    folder = keyfiles.private_folder(run.work.path / "keys")
+    keyfiles.write_pair(folder, keyfiles.BROKER)
+    cameras = keyfiles.private_folder(folder / keyfiles.CAMERAS)
+    for cid in run.camera_ids:
+        keyfiles.write_pair(cameras, cid)
+    return folder
+
+
+def broker_phase(
+    run: Run, warmup: float, name: str = "broker", tcp: bool = False, curve: bool = False
+) -> dict[str, object]:
+    """The real broker; over ipc, or over tcp on loopback, with camera keys if ``curve``."""
+    endpoint = (
+        f"tcp://127.0.0.1:{free_port()}" if tcp else f"ipc://{run.work.path / (name + '.ipc')}"
     )
+    keys = make_keys(run) if curve else None
+    extra = f'[security]\nkeys_dir = "{keys}"\n' if keys is not None else ""
+    config = write_broker_config(run.work.path, endpoint, run.camera_ids, extra=extra)
+    run.broker = Broker(config, run.work.path / f"{name}.log")
     run.broker.wait_ready()
-    common.progress(f"broker up on port {run.broker.port} (pid {run.broker.pid})")
-    pubs = start_publishers(run, endpoint, "broker")
+    common.progress(f"{name}: broker up on port {run.broker.port} (pid {run.broker.pid})")
+    pubs = start_publishers(run, endpoint, name, keys)
     run.broker.wait_online(run.camera_ids)
-    common.progress(f"broker: {len(pubs)} publishers online")
+    common.progress(f"{name}: {len(pubs)} publishers online")
     url = run.broker.url + "/healthz"
 
     def counter() -> int:
         return get_json(url)["ingest"]["frames"]
 
-    result = phase(run, "broker", warmup, counter, run.broker.pid, pubs)
+    result = phase(run, name, warmup, counter, run.broker.pid, pubs)
     health = get_json(url)
     result["health"] = health
     result["rss_bytes"] = common.rss_bytes(run.broker.pid)
@@ -305,10 +352,22 @@ def print_report(result: dict) -> None:
         f"bare {bare['fps'] * mb:.0f} MB/s; broker ingest errors "
         f"{broker['health']['ingest']['errors'] or 'none'}"
     )
+    curve = result.get("curve")
+    if curve:
+        print("\ncamera keys (CURVE), both over tcp on loopback:")
+        rows = [
+            [name, r["frames"], r["fps"], r["receiver_cores"], r["receiver_cpu_us_per_frame"]]
+            for name, r in (("broker, no keys", curve["plain"]), ("broker, CURVE", curve["curve"]))
+        ]
+        print(common.format_table(headers[:5], rows))
     t = result["targets"]["ratio"]
     print("\ntargets:")
     value = common.ratio_text(t["value"])
     print(f"  broker/bare   {value:>8}  >= {t['limit']:<5g}  {common.met(t['met'])}")
+    c = result["targets"].get("curve_ratio")
+    if c:
+        value = common.ratio_text(c["value"])
+        print(f"  curve/plain   {value:>8}  >= {c['limit']:<5g}  {common.met(c['met'])}")
 
 
 def chart(result: dict, path: Path) -> None:
@@ -348,7 +407,7 @@ def headline(result: dict) -> list[dict]:
     """The target as a row of the suite's summary (``python -m benchmarks all``)."""
     bare, broker = result["bare"], result["broker"]
     t = result["targets"]["ratio"]
-    return [
+    rows = [
         {
             "target": f"broker ingest >= {TARGET_RATIO:g} x a bare pyzmq receive loop",
             "measured": f"{common.ratio_text(t['value'])} ({broker['fps']:.0f} vs "
@@ -356,6 +415,18 @@ def headline(result: dict) -> list[dict]:
             "met": t["met"],
         }
     ]
+    c = result["targets"].get("curve_ratio")
+    if c:
+        curve = result["curve"]
+        rows.append(
+            {
+                "target": f"CURVE ingest >= {CURVE_TARGET:g} x ingest without keys (tcp)",
+                "measured": f"{common.ratio_text(c['value'])} ({curve['curve']['fps']:.0f} vs "
+                f"{curve['plain']['fps']:.0f} frames/s)",
+                "met": c["met"],
+            }
+        )
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -370,6 +441,12 @@ def run(args: argparse.Namespace) -> int:
         frame_bytes = len(build_payload(args.frame_kb * 1000)[0])
         bare = bare_phase(bench, warmup)
         broker = broker_phase(bench, warmup)
+        curve = None
+        if args.curve:
+            plain = broker_phase(bench, warmup, "tcp", tcp=True)
+            keyed = broker_phase(bench, warmup, "tcp+curve", tcp=True, curve=True)
+            ratio = round(keyed["fps"] / plain["fps"], 3) if plain["fps"] else None
+            curve = {"plain": plain, "curve": keyed, "ratio": ratio}
     except BaseException:
         common.progress(f"failed; logs kept in {bench.work.keep_logs(args.out)}")
         raise
@@ -387,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
             f"{a.publishers} publishers, {frame_bytes / 1000:.0f} KB frames, ipc, "
             f"{a.duration:g} s per phase",
             a,
-            ("publishers", "frame_kb", "hwm", "duration", "quick"),
+            ("publishers", "frame_kb", "hwm", "curve", "duration", "quick"),
             warmup=warmup,
         ),
         "frame_bytes": frame_bytes,
@@ -399,8 +476,20 @@ def run(args: argparse.Namespace) -> int:
                 "limit": TARGET_RATIO,
                 "value": ratio,
                 "met": ratio is not None and ratio >= TARGET_RATIO,
-            }
+            },
+            **(
+                {
+                    "curve_ratio": {
+                        "limit": CURVE_TARGET,
+                        "value": curve["ratio"],
+                        "met": curve["ratio"] is not None and curve["ratio"] >= CURVE_TARGET,
+                    }
+                }
+                if curve
+                else {}
+            ),
         },
+        **({"curve": curve} if curve else {}),
         "samples": bench.samples,
     }
     return common.report(result, args.out, "ingest", started, print_report, chart)
@@ -414,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--camera", required=True)
     pub.add_argument("--frame-kb", type=int, default=200)
     pub.add_argument("--hwm", type=int, default=16)
+    pub.add_argument("--broker-key", help="the broker's public key file: publish with CURVE")
+    pub.add_argument("--key", help="this camera's secret key file (with --broker-key)")
     rec = sub.add_parser("receive", help="bare blocking SUB loop, counting frames")
     rec.add_argument("--endpoint", required=True)
     rec.add_argument("--hwm", type=int, default=16)

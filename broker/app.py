@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import trio
 import zmq
@@ -30,8 +31,15 @@ from broker.serve.metrics import Metrics
 from broker.serve.server import Server
 from broker.support import introspect, workdir
 from broker.support.faults import Faults
+from broker.support.zmqtrio import TrioSocket
+from broker.trust import curve
+from broker.trust import keys as keyfiles
 
 log = logging.getLogger("broker")
+
+# ZeroMQ I/O threads with camera keys: CURVE decryption runs in them, one connection per
+# thread; two let two workers' frames be decrypted at once (docs/security.md).
+IO_THREADS = 2
 
 
 class Broker:
@@ -71,28 +79,49 @@ class Broker:
         self.ingest_endpoints: list[str] = []
         self.control_endpoints: list[str] = []
         self.started_at = time.monotonic()
+        self.keys: curve.CameraKeys | None = None  # with security.keys_dir: CURVE
+        self.zap: zmq.Socket[bytes] | None = None  # the ZAP handler's socket, with keys
+        # Ingest or control reachable from other hosts without keys (allowed by
+        # security.allow_insecure_network): warned at start, shown in /healthz.
+        self.insecure_network = bool(config.network_endpoints()) and not config.security.keys_dir
 
     async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
         workdir.remove_stale()
         folder = workdir.create()
-        context = zmq.Context()
+        context = zmq.Context(io_threads=IO_THREADS if self.config.security.keys_dir else 1)
         try:
+            ingest_security, control_security, worker_keys = self.secure(context, folder)
+            if self.insecure_network:
+                log.warning(
+                    "security.allow_insecure_network: %s reachable from the network without "
+                    "camera keys: anyone who reaches them can publish video for any camera "
+                    "and answer for it (set security.keys_dir)",
+                    ", ".join(self.config.network_endpoints()),
+                )
             # Workers on this host publish over ipc://, which is faster than tcp.
             local = f"ipc://{folder}/ingest.ipc"
             socket, self.ingest_endpoints = ingest.bind(
-                context, [*self.config.ingest.endpoints, local], self.config.ingest.max_frame_bytes
+                context,
+                [*self.config.ingest.endpoints, local],
+                self.config.ingest.max_frame_bytes,
+                ingest_security,
             )
             for endpoint in self.ingest_endpoints:
                 log.info("ingest bound on %s", endpoint)
             control_local = f"ipc://{folder}/control.ipc"
             self.control_endpoints = self.control.bind(
-                context, [*self.config.control.endpoints, control_local]
+                context,
+                [*self.config.control.endpoints, control_local],
+                control_security,
+                self.keys,
             )
             for endpoint in self.control_endpoints:
                 log.info("control bound on %s", endpoint)
             listeners = await self.server.listen()
             self.port = self.server.port
             async with trio.open_nursery() as nursery:
+                if self.keys is not None:
+                    self.start_curve(nursery, socket)
                 await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 if self.server.certificates is not None:  # reloaded on change and SIGHUP
@@ -112,6 +141,7 @@ class Broker:
                     self.faults,
                     self.config.ingest.max_width,
                     self.config.ingest.max_height,
+                    self.keys,
                     name="ingest",
                 )
                 nursery.start_soon(
@@ -134,12 +164,66 @@ class Broker:
                         silent_for=self.control.silent_for,
                         lost_after=self.config.control.lost_after,
                         faults=self.faults,
+                        extra_args=worker_keys,
                     )
                     nursery.start_soon(self.supervisor.run, supervised, name="supervisor")
                 task_status.started(self)
         finally:
             context.destroy(linger=0)
             shutil.rmtree(folder, ignore_errors=True)
+
+    def secure(
+        self, context: zmq.Context[zmq.Socket[bytes]], folder: Path
+    ) -> tuple[dict[int, int | bytes] | None, dict[int, int | bytes] | None, dict[str, list[str]]]:
+        """With ``security.keys_dir``: load the broker's key and the camera keys, make a
+        throw-away key pair for each supervised worker, and bind the ZAP handler (before
+        any CURVE socket). Returns the ingest and control socket options and each
+        supervised worker's key arguments; without keys_dir, nothing."""
+        if not self.config.security.keys_dir:
+            return None, None, {}
+        keys_dir = Path(self.config.security.keys_dir)
+        _, secret = keyfiles.load_secret(keyfiles.broker_secret(keys_dir))
+        broker_key = keyfiles.broker_public(keys_dir)
+        keyfiles.load_public(broker_key)  # workers get it: it must be there and sound
+        refusals = curve.Refusals(
+            {curve.INGEST: self.ingest_stats.errors, curve.CONTROL: self.control.errors}
+        )
+        self.keys = curve.CameraKeys(keys_dir, refusals)
+        supervised = [camera.id for camera in self.config.cameras if camera.supervised]
+        worker_keys = {}
+        for camera, (public, secret_file) in curve.supervised_keys(
+            folder / "keys", supervised
+        ).items():
+            self.keys.add_fixed(public, camera)
+            worker_keys[camera] = ["--broker-key", str(broker_key), "--key", str(secret_file)]
+        self.keys.reload()
+        self.zap = curve.bind_zap(context)
+        return (
+            curve.server_options(secret, curve.INGEST),
+            curve.server_options(secret, curve.CONTROL),
+            worker_keys,
+        )
+
+    def start_curve(self, nursery: trio.Nursery, ingest_socket: zmq.Socket[bytes]) -> None:
+        """The ZAP handler, the key watcher and the handshake counters."""
+        keys = self.keys
+        assert keys is not None and self.zap is not None and self.control.socket is not None
+        zap = TrioSocket(self.zap, sends=True)
+        keep_running = self.faults.keep_running
+        nursery.start_soon(keep_running, "zap", curve.serve_zap, zap, keys, name="zap")
+        nursery.start_soon(keep_running, "keys", curve.watch_keys, keys, name="keys")
+        for domain, socket in (
+            (curve.INGEST, ingest_socket),
+            (curve.CONTROL, self.control.socket),
+        ):
+            nursery.start_soon(
+                curve.watch_handshakes,
+                curve.monitor(socket),
+                domain,
+                keys.refused,
+                self.faults,
+                name=f"handshakes:{domain}",
+            )
 
     def observe_latency(self, camera_id: str, seconds: float) -> None:
         self.metrics.latency.labels(camera_id).observe(seconds)
@@ -163,4 +247,6 @@ class Broker:
             "faults": self.faults.as_dict(),
             "tasks": introspect.task_count(),  # a soak watches these two for leaks
             "open_files": introspect.open_files(),
+            "camera_keys": self.keys is not None,
+            "insecure_network": self.insecure_network,
         }

@@ -1,6 +1,6 @@
 """The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG``,
-``broker grafana CONFIG``, ``broker tls-selfsigned`` and ``broker ctl ...`` (a client of
-a running broker)."""
+``broker grafana CONFIG``, ``broker tls-selfsigned``, ``broker keys ...`` (camera keys)
+and ``broker ctl ...`` (a client of a running broker)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import zmq
 from broker import config as configuration
 from broker import ctl, grafana
 from broker.app import Broker
+from broker.trust import keys
 
 log = logging.getLogger("broker")
 
@@ -30,12 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         return ctl.run(args, root)
     if args.command == "tls-selfsigned":
         return tls_selfsigned(args.host, Path(args.out), args.days, args.force)
+    if args.command == "keys":
+        return keys.run(args)
     try:
         config = configuration.load(args.config)
     except configuration.ConfigError as exc:
         print(f"{args.config}: {len(exc.errors)} error(s)", file=sys.stderr)
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
+        return 2
+    problem = keys_problem(config)
+    if problem is not None:
+        print(f"{args.config}: 1 error(s)\n  security.keys_dir: {problem}", file=sys.stderr)
         return 2
     if args.command == "check":
         print("ok")
@@ -78,6 +85,20 @@ def tls_selfsigned(hosts: list[str], out: Path, days: int, force: bool) -> int:
         return 2
     print(selfsigned.instructions(made, cert, key, hosts), end="")
     return 0
+
+
+def keys_problem(config: configuration.Config) -> str | None:
+    """What makes ``security.keys_dir`` unusable (no broker key pair, a secret others
+    can read), or None."""
+    if not config.security.keys_dir:
+        return None
+    folder = Path(config.security.keys_dir)
+    try:
+        keys.load_secret(keys.broker_secret(folder))
+        keys.load_public(keys.broker_public(folder))
+    except keys.KeyFileError as exc:
+        return f"{exc} (make the broker's keys with `broker keys init --dir {folder}`)"
+    return None
 
 
 def _with_listen(path: str, listen: str) -> dict[str, object]:
@@ -157,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
         "--days", type=int, default=825, help="validity in days (825, the most Apple accepts)"
     )
     selfsigned.add_argument("--force", action="store_true", help="replace existing files")
+    keys.add_parser(commands)
     ctl.add_parser(commands)
     return root
 

@@ -49,6 +49,8 @@ class WorkerOptions:
     lifeline: int | None = None  # read end of a pipe only the broker holds open
     orphan_timeout: float = 0.0  # exit after this long without the broker; 0: never
     log_level: str = "info"
+    broker_key: str | None = None  # the broker's public key file (CURVE)
+    key: str | None = None  # this camera's secret key file (CURVE); with broker_key
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -79,6 +81,8 @@ class WorkerOptions:
             return "--paused needs --control (nothing else could start the stream)"
         if self.orphan_timeout and not self.control:
             return "--orphan-timeout needs --control (the broker is heard there)"
+        if (self.broker_key is None) != (self.key is None):
+            return "--broker-key and --key go together (CURVE needs both)"
         return None
 
 
@@ -152,6 +156,17 @@ def parser() -> argparse.ArgumentParser:
         help="exit after this long without a word from the broker on the "
         "control channel (needs --control; default: wait forever)",
     )
+    p.add_argument(
+        "--broker-key",
+        metavar="FILE",
+        help="the broker's public key (broker.key from `broker keys init`): encrypt and "
+        "authenticate both links with CURVE; needs --key",
+    )
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="this camera's secret key (cameras/ID.key_secret from `broker keys add ID`)",
+    )
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p
 
@@ -178,6 +193,8 @@ def parse(argv: Sequence[str] | None = None) -> WorkerOptions:
             lifeline=args.lifeline,
             orphan_timeout=args.orphan_timeout or 0.0,
             log_level=args.log_level,
+            broker_key=args.broker_key,
+            key=args.key,
         )
     except ValueError as exc:
         p.error(str(exc))

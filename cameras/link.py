@@ -13,12 +13,15 @@ drain what is queued. `Liveness` is the pure timing part.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import zmq
+import zmq.auth
 
 from broker.protocol import control
 from broker.support.logthrottle import LogThrottle
@@ -68,14 +71,48 @@ class Liveness:
         return was_gone
 
 
+class KeyFileProblem(ValueError):
+    """A key file the worker cannot use; the message names it."""
+
+
+def curve_client(broker_key: str, key: str) -> dict[int, bytes]:
+    """The CURVE client options from the broker's public key file and this camera's
+    secret key file (ZeroMQ's certificate format); `KeyFileProblem` says what is wrong."""
+    try:
+        server, _ = zmq.auth.load_certificate(broker_key)
+    except (OSError, ValueError) as exc:
+        raise KeyFileProblem(f"--broker-key {broker_key}: cannot read: {exc}") from None
+    try:
+        mode = os.stat(key).st_mode
+        public, secret = zmq.auth.load_certificate(key)
+    except (OSError, ValueError) as exc:
+        raise KeyFileProblem(f"--key {key}: cannot read: {exc}") from None
+    if server is None or len(server) != 40:
+        raise KeyFileProblem(f"--broker-key {broker_key}: holds no CURVE public key")
+    if secret is None or public is None or len(secret) != 40:
+        raise KeyFileProblem(f"--key {key}: holds no secret key (give the .key_secret file)")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileProblem(f"--key {key}: other users may read it (chmod 600 it)")
+    return {zmq.CURVE_SERVERKEY: server, zmq.CURVE_PUBLICKEY: public, zmq.CURVE_SECRETKEY: secret}
+
+
 def open_dealer(
-    context: zmq.Context[zmq.Socket[bytes]], endpoint: str, camera: str, interval: float
+    context: zmq.Context[zmq.Socket[bytes]],
+    endpoint: str,
+    camera: str,
+    interval: float,
+    curve: dict[int, bytes] | None = None,
 ) -> zmq.Socket[bytes]:
-    """A DEALER whose routing id is the camera id, connected to ``endpoint``
-    (`zmq.ZMQError` for a bad endpoint)."""
+    """A DEALER connected to ``endpoint`` (`zmq.ZMQError` for a bad endpoint). Its
+    routing id is the camera id; with ``curve`` (the `curve_client` options) it has
+    none: the broker knows the camera by its key and draws the route itself, so a
+    restarted worker never finds its old route still held (docs/security.md)."""
     socket: zmq.Socket[bytes] = context.socket(zmq.DEALER)
     try:
-        socket.setsockopt(zmq.ROUTING_ID, camera.encode())
+        for option, value in (curve or {}).items():
+            socket.setsockopt(option, value)
+        if not curve:
+            socket.setsockopt(zmq.ROUTING_ID, camera.encode())
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         socket.setsockopt(zmq.MAXMSGSIZE, 16 * control.MAX_MESSAGE_BYTES)

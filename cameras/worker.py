@@ -48,7 +48,13 @@ from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
 from cameras.cli import WorkerOptions
 from cameras.commands import SIZE_KEYS
 from cameras.encoding import encode
-from cameras.link import ControlLink, keep_connection_fresh, open_dealer
+from cameras.link import (
+    ControlLink,
+    KeyFileProblem,
+    curve_client,
+    keep_connection_fresh,
+    open_dealer,
+)
 from cameras.sources import Capture, Size, Source, SourceError, make_source
 
 log = logging.getLogger("camera-worker")
@@ -395,10 +401,19 @@ def serve(options: WorkerOptions, stop: Stop) -> int:
     them; the exit status (2: a bad endpoint)."""
     camera = options.camera_id
     source = make_source(options.source, options.device, options.size, options.fps, options.format)
+    curve = None
+    if options.broker_key is not None and options.key is not None:
+        try:
+            curve = curve_client(options.broker_key, options.key)
+        except KeyFileProblem as exc:
+            log.error("camera %s: %s", camera, exc)
+            return 2
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     socket: zmq.Socket[bytes] = context.socket(zmq.PUB)
     control = None
     try:
+        for option, value in (curve or {}).items():
+            socket.setsockopt(option, value)
         socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         socket.setsockopt(zmq.LINGER, 0)
         keep_connection_fresh(socket, options.heartbeat)  # a partition's backlog is dropped
@@ -409,7 +424,7 @@ def serve(options: WorkerOptions, stop: Stop) -> int:
             return 2
         if options.control:
             try:
-                control = open_dealer(context, options.control, camera, options.heartbeat)
+                control = open_dealer(context, options.control, camera, options.heartbeat, curve)
             except zmq.ZMQError as exc:
                 log.error("camera %s: bad --control %s: %s", camera, options.control, exc)
                 return 2
@@ -424,6 +439,8 @@ def serve(options: WorkerOptions, stop: Stop) -> int:
             controlled,
             " (paused)" if options.paused else "",
         )
+        if curve is not None:
+            log.info("camera %s: both links use CURVE with the key %s", camera, options.key)
         worker = Worker(options, socket, source, control)
         worker.run(stop)
         if worker.ended is not None:

@@ -419,7 +419,8 @@ def test_empty_file_is_the_defaults() -> None:
     assert config.cameras == ()
     assert config.default_camera is None
     assert (config.server.host, config.server.port) == ("0.0.0.0", 8765)
-    assert config.ingest.endpoints == ("tcp://0.0.0.0:5555",)
+    assert config.ingest.endpoints == ("tcp://127.0.0.1:5555",)
+    assert config.control.endpoints == ("tcp://127.0.0.1:5556",)
 
 
 def test_empty_tables_are_the_defaults() -> None:
@@ -534,7 +535,7 @@ def test_listen_property_on_an_unchecked_value() -> None:
 
 @pytest.mark.parametrize("endpoint", ["tcp://*:5555", "tcp://[::1]:5555", "ipc:///tmp/cams"])
 def test_endpoints(endpoint: str) -> None:
-    config = parse(f'[ingest]\nendpoints = ["{endpoint}"]')
+    config = parse(f'[ingest]\nendpoints = ["{endpoint}"]\n[security]\nkeys_dir = "keys"')
     assert config.ingest.endpoints == (endpoint,)
 
 

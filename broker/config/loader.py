@@ -21,6 +21,7 @@ from broker.config.model import (
     ControlConfig,
     IngestConfig,
     RetentionConfig,
+    SecurityConfig,
     ServerConfig,
     TokenConfig,
     WorkersConfig,
@@ -52,8 +53,8 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
 
 def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate already-parsed TOML; raises `ConfigError` listing every problem.
-    A relative ``control.state_file``, ``server.tls_cert`` or ``server.tls_key`` is
-    resolved against ``base`` (the config's folder)."""
+    A relative ``control.state_file``, ``server.tls_cert``, ``server.tls_key`` or
+    ``security.keys_dir`` is resolved against ``base`` (the config's folder)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a table, got {typed(data)}")
     problems = Problems()
@@ -77,18 +78,25 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     rules.check_token_cameras(tokens, camera_ids, problems)
     rules.check_max_cameras(tables.get("ingest", {}), len(cameras), problems)
     rules.tls_files(tables.setdefault("server", {}), base, problems)
+    rules.check_network_exposure(
+        tables.get("ingest", {}), tables.get("control", {}), tables.get("security", {}), problems
+    )
     if problems.messages:
         raise ConfigError(problems.messages)
     control = tables.get("control", {})
     state_file = control.get("state_file", ControlConfig().state_file)
     if state_file and base is not None:
         control["state_file"] = str(base / state_file)  # an absolute one stays as it is
+    security = tables.get("security", {})
+    if security.get("keys_dir") and base is not None:
+        security["keys_dir"] = str(base / security["keys_dir"])
     return Config(
         server=ServerConfig(**tables.get("server", {})),
         ingest=IngestConfig(**tables.get("ingest", {})),
         workers=WorkersConfig(**tables.get("workers", {})),
         retention=RetentionConfig(**tables.get("retention", {})),
         control=ControlConfig(**control),
+        security=SecurityConfig(**security),
         cameras=tuple(CameraConfig(**camera) for camera in cameras),
         presets=presets,
         tokens=tuple(TokenConfig(**token) for token in tokens),

@@ -59,7 +59,7 @@ class ServerConfig:
 class IngestConfig:
     """The ZeroMQ side, where camera workers deliver frames."""
 
-    endpoints: tuple[str, ...] = ("tcp://0.0.0.0:5555",)  # bound for external workers
+    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5555",)  # bound for external workers
     max_frame_bytes: int = 16 * 1024 * 1024  # larger frames are dropped
     max_width: int = 8192  # wider frames and uploads are refused before decoding
     max_height: int = 8192  # taller frames and uploads are refused before decoding
@@ -94,7 +94,7 @@ class WorkersConfig:
 class ControlConfig:
     """The control channel to workers (settings, commands) and its limits."""
 
-    endpoints: tuple[str, ...] = ("tcp://0.0.0.0:5556",)  # ROUTER bound for external workers
+    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5556",)  # ROUTER bound for external workers
     heartbeat_interval: float = 1.0  # seconds between heartbeats, both ways
     lost_after: float = 3.0  # seconds without a word before a worker counts as lost
     command_timeout: float = 5.0  # seconds a worker has to answer a command
@@ -179,6 +179,14 @@ class Config:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → settings
     tokens: tuple[TokenConfig, ...] = ()  # none: every client may do everything
 
+    def network_endpoints(self) -> list[str]:
+        """The ingest and control endpoints reachable from other hosts (`is_loopback`)."""
+        return [
+            endpoint
+            for endpoint in (*self.ingest.endpoints, *self.control.endpoints)
+            if not is_loopback(endpoint)
+        ]
+
     def camera(self, camera_id: str) -> CameraConfig | None:
         return next((c for c in self.cameras if c.id == camera_id), None)
 
@@ -220,6 +228,25 @@ def split_listen(listen: str) -> tuple[str, int]:
             f"got {show(listen)}"
         )
     return host, int(port)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this host only: ``ipc://`` and
+    ``inproc://``, or ``tcp://`` on 127.0.0.0/8, ``[::1]`` or ``localhost``. Anything
+    else (``*``, 0.0.0.0, ``::``, an interface name, a LAN address, a host name) counts
+    as reachable from the network."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # Labels of letters, digits, "-" and (leniently, as resolvers accept it) "_".

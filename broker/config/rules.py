@@ -24,6 +24,7 @@ from broker.config.model import (
     ScheduleEntry,
     TokenConfig,
     WorkersConfig,
+    is_loopback,
 )
 from broker.config.show import key, show, typed
 from broker.protocol import settings as camera_settings
@@ -146,6 +147,35 @@ def check_heartbeat(control: dict[str, Any], problems: Problems) -> None:
             "control.lost_after",
             f"must be at least twice heartbeat_interval ({show(interval)}), got {show(lost)}",
         )
+
+
+EXPOSED = {
+    "ingest": "publish video as any camera",
+    "control": "take over any camera's control channel",
+}
+
+
+def check_network_exposure(
+    ingest: dict[str, Any], control: dict[str, Any], security: dict[str, Any], problems: Problems
+) -> None:
+    """A ZeroMQ endpoint other hosts can reach needs camera keys, or an explicit yes."""
+    if security.get("keys_dir") or security.get("allow_insecure_network"):
+        return
+    for name, values, default in (
+        ("ingest", ingest, _INGEST.endpoints),
+        ("control", control, _CONTROL.endpoints),
+    ):
+        if any(path.startswith(f"{name}.endpoints") for path in problems.paths):
+            continue  # already wrong: one message per mistake
+        for i, endpoint in enumerate(values.get("endpoints", default)):
+            if is_loopback(endpoint):
+                continue
+            problems.add(
+                f"{name}.endpoints[{i}]",
+                f"{show(endpoint)} is reachable from other hosts, and without camera keys "
+                f"anyone who reaches it can {EXPOSED[name]}: set security.keys_dir (see "
+                "`broker keys init`), or security.allow_insecure_network = true to accept that",
+            )
 
 
 def check_max_cameras(ingest: dict[str, Any], configured: int, problems: Problems) -> None:

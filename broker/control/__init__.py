@@ -47,6 +47,7 @@ from broker.core.hub import Hub
 from broker.protocol import control as protocol
 from broker.protocol.results import CommandResult
 from broker.support.faults import Faults
+from broker.trust.curve import CameraKeys
 
 log = logging.getLogger("broker.control")
 
@@ -104,6 +105,7 @@ class Control:
         hub.hooks.unwatched = self.on_demand.unwatched
         bridge.announce_cameras(hub.hooks, self.events)
         self._channel: RouterChannel | None = None
+        self.socket: zmq.Socket[bytes] | None = None  # the bound ROUTER, for its monitor
         # Shared with the parts, read by /metrics and /healthz.
         self.links = self.workers.links
         self.errors = self.complaints.counts  # malformed or refused messages, by reason
@@ -111,11 +113,22 @@ class Control:
 
     # -- running ---------------------------------------------------------------
 
-    def bind(self, context: zmq.Context[zmq.Socket[bytes]], endpoints: Sequence[str]) -> list[str]:
+    def bind(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoints: Sequence[str],
+        security: dict[int, int | bytes] | None = None,
+        keys: CameraKeys | None = None,
+    ) -> list[str]:
         """Bind the ROUTER (raises `zmq.ZMQError`, e.g. address in use); returns the
-        endpoints bound, ``tcp://host:*`` resolved to its port."""
-        socket, self.endpoints = channel.bind(context, endpoints)
-        self._channel = self.commands.channel = RouterChannel(socket, self.complaints)
+        endpoints bound, ``tcp://host:*`` resolved to its port. With ``security`` (the
+        CURVE server options) and ``keys``, only camera keys are heard
+        (`broker.trust.curve`)."""
+        socket, self.endpoints = channel.bind(
+            context, endpoints, security, self.config.control.heartbeat_interval
+        )
+        self.socket = socket
+        self._channel = self.commands.channel = RouterChannel(socket, self.complaints, keys)
         return self.endpoints
 
     async def run(
@@ -260,7 +273,13 @@ class Control:
             )
             if self._channel is not None:
                 self._channel.send_quietly(identity, HELLO_REQUEST)
-        elif kind == "heartbeat":
+            return
+        if link.identity != identity:
+            # With camera keys the ROUTER draws a route per connection, and the key
+            # vouches for the camera: a worker that reconnected speaks on a new route,
+            # and is answered there (without keys the route is the camera id).
+            link.identity = identity
+        if kind == "heartbeat":
             if isinstance(message.get("streaming"), bool):
                 self.workers.set_streaming(link, message["streaming"])
         else:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -134,8 +134,10 @@ class Supervisor:
         silent_for: Callable[[str], float | None] | None = None,
         lost_after: float = 3.0,
         faults: Faults | None = None,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.settings = settings
+        self.extra_args = extra_args or {}  # per camera id: its key arguments (CURVE)
         self.faults = faults if faults is not None else Faults()
         self.endpoint = endpoint
         self.control = control  # the broker's control endpoint for its workers
@@ -184,6 +186,7 @@ class Supervisor:
             lifeline=self.lifeline,
             orphan_timeout=self.settings.orphan_timeout if self.control else 0.0,
         )
+        command += self.extra_args.get(camera.id, ())
         while True:
             started = trio.current_time()
             pid, code = await self._run_once(camera, command)

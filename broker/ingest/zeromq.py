@@ -20,6 +20,7 @@ from broker.protocol import wire
 from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
 from broker.support.zmqtrio import TrioSocket, bound_socket
+from broker.trust.curve import INGEST, CameraKeys
 
 log = logging.getLogger("broker.ingest")
 
@@ -28,7 +29,9 @@ class IngestStats:
     def __init__(self) -> None:
         self.frames = 0
         self.bytes = 0
-        self.errors: Counter[str] = Counter()  # by WireError.reason, plus "unknown_camera"
+        # By WireError.reason, plus "unknown_camera", and with camera keys the
+        # refusals of broker.trust.curve (no_curve, unknown_key, wrong_camera...).
+        self.errors: Counter[str] = Counter()
 
     def as_dict(self) -> dict[str, object]:
         return {"frames": self.frames, "bytes": self.bytes, "errors": dict(self.errors)}
@@ -43,15 +46,20 @@ def max_part_bytes(max_frame_bytes: int) -> int:
 
 
 def bind(
-    context: zmq.Context, endpoints: Sequence[str], max_frame_bytes: int = 16 * 1024 * 1024
+    context: zmq.Context,
+    endpoints: Sequence[str],
+    max_frame_bytes: int = 16 * 1024 * 1024,
+    security: dict[int, int | bytes] | None = None,
 ) -> tuple[zmq.Socket, list[str]]:
     """A SUB socket bound on ``endpoints``; returns it with the endpoints actually bound
-    (``tcp://host:*`` picks a free port)."""
+    (``tcp://host:*`` picks a free port). ``security``: the CURVE server options
+    (`broker.trust.curve.server_options`), set before binding."""
     return bound_socket(
         context,
         zmq.SUB,
         endpoints,
         {
+            **(security or {}),
             zmq.SUBSCRIBE: b"",
             zmq.MAXMSGSIZE: max_part_bytes(max_frame_bytes),
         },
@@ -67,12 +75,14 @@ async def run_ingest(
     faults: Faults | None = None,
     max_width: int = wire.MAX_DIMENSION,
     max_height: int = wire.MAX_DIMENSION,
+    keys: CameraKeys | None = None,
 ) -> None:
     """Receive frames until cancelled; closes ``socket`` on the way out. A message that
-    trips a bug costs that message only (counted under ``faults`` as ``ingest``)."""
+    trips a bug costs that message only (counted under ``faults`` as ``ingest``). With
+    ``keys`` (CURVE), a frame is taken only from its camera's key."""
     faults = faults if faults is not None else Faults()
     receiver = TrioSocket(socket)
-    intake = Intake(hub, stats, max_frame_bytes, max_width, max_height, observe_latency)
+    intake = Intake(hub, stats, max_frame_bytes, max_width, max_height, observe_latency, keys)
     try:
         while True:
             parts = await receiver.receive_multipart()
@@ -93,8 +103,10 @@ class Intake:
         max_width: int = wire.MAX_DIMENSION,
         max_height: int = wire.MAX_DIMENSION,
         observe_latency: Callable[[str, float], None] | None = None,
+        keys: CameraKeys | None = None,
     ) -> None:
         self.hub, self.stats = hub, stats
+        self.keys = keys
         self.max_frame_bytes, self.max_width, self.max_height = (
             max_frame_bytes,
             max_width,
@@ -116,6 +128,11 @@ class Intake:
                 error.reason, "ingest: rejected a malformed message (%s): %s", error.reason, error
             )
             return
+        if self.keys is not None:
+            refusal = self.keys.refusal(parts[-1], header.camera)
+            if refusal is not None:
+                self.keys.refused(INGEST, refusal, f"a frame for {header.camera}")
+                return
         frame = Frame.received(
             header.camera,
             header.seq,
