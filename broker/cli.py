@@ -1,10 +1,12 @@
 """The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG``,
-``broker grafana CONFIG`` and ``broker ctl ...`` (a client of a running broker)."""
+``broker grafana CONFIG``, ``broker share CAMERA`` (links with a signed token) and
+``broker ctl ...`` (a client of a running broker)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import signal
 import sys
@@ -14,8 +16,9 @@ import trio
 import zmq
 
 from broker import config as configuration
-from broker import ctl, grafana
+from broker import ctl, grafana, share
 from broker.app import Broker
+from broker.trust.tokens import RedactingFilter
 
 log = logging.getLogger("broker")
 
@@ -27,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = root.parse_args(argv)
     if args.command == "ctl":
         return ctl.run(args, root)
+    if args.command == "share" and not args.config:
+        root.error("share: --config FILE is needed (or set CAMERA_BROKER_CONFIG)")
     try:
         config = configuration.load(args.config)
     except configuration.ConfigError as exc:
@@ -39,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "grafana":
         return grafana.run(config, args.public_url, args.out)
+    if args.command == "share":
+        return share.run(config, args.camera, args.role, args.ttl, args.public_url, args.json)
     if args.listen:
         try:
             config = configuration.from_dict(
@@ -107,6 +114,8 @@ def configure_logging(level: str) -> None:
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # no token in any line, whoever logs it
+        handler.addFilter(RedactingFilter())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -124,6 +133,25 @@ def parser() -> argparse.ArgumentParser:
         "--public-url", required=True, help="the broker as browsers reach it: http://HOST:8765"
     )
     dashboards.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    sharing = commands.add_parser(
+        "share", help="print links to one camera carrying a fresh signed token"
+    )
+    sharing.add_argument("camera", help="the camera id")
+    sharing.add_argument(
+        "--config",
+        default=os.environ.get("CAMERA_BROKER_CONFIG"),
+        metavar="FILE",
+        help="the broker's TOML config (default: $CAMERA_BROKER_CONFIG)",
+    )
+    sharing.add_argument("--role", choices=configuration.ROLES, default="viewer")
+    sharing.add_argument(
+        "--ttl", default="8h", help="how long the links work: 30m, 8h, 7d... (default 8h)"
+    )
+    sharing.add_argument(
+        "--public-url",
+        help="the broker as viewers reach it, http(s)://HOST:PORT (default: server.listen)",
+    )
+    sharing.add_argument("--json", action="store_true", help="print the links as JSON")
     ctl.add_parser(commands)
     return root
 

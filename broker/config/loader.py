@@ -21,6 +21,7 @@ from broker.config.model import (
     ControlConfig,
     IngestConfig,
     RetentionConfig,
+    SecurityConfig,
     ServerConfig,
     TokenConfig,
     WorkersConfig,
@@ -52,7 +53,8 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
 
 def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate already-parsed TOML; raises `ConfigError` listing every problem.
-    A relative ``control.state_file`` is resolved against ``base`` (the config's folder)."""
+    A relative ``control.state_file``, ``security.jwt_secret_file`` or
+    ``security.jwks_file`` is resolved against ``base`` (the config's folder)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a table, got {typed(data)}")
     problems = Problems()
@@ -75,6 +77,11 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     rules.check_default_camera(tables.get("server", {}), camera_ids, problems)
     rules.check_token_cameras(tokens, camera_ids, problems)
     rules.check_max_cameras(tables.get("ingest", {}), len(cameras), problems)
+    security = tables.get("security", {})
+    for name in ("jwt_secret_file", "jwks_file"):  # key files: relative to the config
+        if security.get(name) and base is not None:
+            security[name] = str(base / security[name])
+    rules.check_signed_tokens(security, problems)
     if problems.messages:
         raise ConfigError(problems.messages)
     control = tables.get("control", {})
@@ -87,6 +94,7 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
         workers=WorkersConfig(**tables.get("workers", {})),
         retention=RetentionConfig(**tables.get("retention", {})),
         control=ControlConfig(**control),
+        security=SecurityConfig(**security),
         cameras=tuple(CameraConfig(**camera) for camera in cameras),
         presets=presets,
         tokens=tuple(TokenConfig(**token) for token in tokens),

@@ -1,9 +1,14 @@
-"""Who may do what: bearer tokens from the config and the grant each one gives.
+"""Who may do what: bearer tokens from the config, signed tokens, and the grant each
+one gives.
 
-Pure and synchronous. The server asks `Access.check` for the `Grant` of a request's
-token (``Authorization: Bearer T``, else ``?token=T`` for browsers and Grafana, which
-cannot set headers on a WebSocket) and the grant answers `can_watch` / `can_control`.
-With no ``[[tokens]]`` in the config every client gets `OPEN`: the demo needs no setup.
+Pure and synchronous (but for `broker.trust.tokens` looking at its key files). The
+server asks `Access.identify` for the `Grant` of a request's token (``Authorization:
+Bearer T``, else ``?token=T`` for browsers and Grafana, which cannot set headers on a
+WebSocket) and the grant answers `can_watch` / `can_control`. A token is one of the
+static ``[[tokens]]`` (compared in constant time with every one), else, when
+``security.jwt_secret_file`` or ``security.jwks_file`` is set, a signed token (JWT)
+whose claims make the grant. With neither every client gets `OPEN`: the demo needs no
+setup.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.config import TokenConfig
+from broker.config import SecurityConfig, TokenConfig
+from broker.trust.tokens import TokenRefused, Verifier, looks_signed
 
 OPERATOR = "operator"
 VIEWER = "viewer"
@@ -25,6 +31,7 @@ class Grant:
     role: str  # "viewer": watch, list, stats; "operator": also commands and settings
     cameras: frozenset[str] | None = None  # the cameras it may see; None = all
     name: str = ""  # for the log; never the token itself
+    expires: float | None = None  # a signed token's exp (seconds since the epoch)
 
     def can_watch(self, camera: str) -> bool:
         return self.cameras is None or camera in self.cameras
@@ -38,30 +45,67 @@ class Grant:
 
 
 OPEN = Grant(OPERATOR, None, "anyone")  # no tokens configured
+# No tokens configured, and a /ws upgrade from a page of another origin: it may watch,
+# but not command (a web page an operator happens to open must not change cameras).
+CROSS_ORIGIN = Grant(VIEWER, None, "a page of another origin")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a token grants nothing (shown to its bearer; never quotes the token)."""
+
+    reason: str
+
+
+MISSING = Refused("no token")
+UNKNOWN = Refused("unknown token")
 
 
 class Access:
-    def __init__(self, tokens: Iterable[TokenConfig]) -> None:
+    def __init__(
+        self, tokens: Iterable[TokenConfig], security: SecurityConfig | None = None
+    ) -> None:
+        """`broker.trust.tokens.KeyFileError` when a key file of ``security`` cannot be
+        used (`broker.config.load` has checked them)."""
         self._grants = [
             (t.token.encode(), Grant(t.role, frozenset(t.cameras) or None, t.label)) for t in tokens
         ]
+        self.signed: Verifier | None = None
+        if security is not None and (security.jwt_secret_file or security.jwks_file):
+            self.signed = Verifier(
+                security.jwt_secret_file,
+                security.jwks_file,
+                security.revoked,
+                security.clock_skew,
+            )
 
     @property
     def open(self) -> bool:
         """True when no tokens are configured: everyone may do everything."""
-        return not self._grants
+        return not self._grants and self.signed is None
 
     def check(self, token: str | None) -> Grant | None:
-        """The grant of ``token``; None when it is missing or unknown (answer 401)."""
+        """The grant of ``token``; None when it is missing or not valid (answer 401)."""
+        found = self.identify(token)
+        return found if isinstance(found, Grant) else None
+
+    def identify(self, token: str | None) -> Grant | Refused:
+        """The grant of ``token``, or why it has none."""
         if self.open:
             return OPEN
         if not token:
-            return None
+            return MISSING
         given = token.encode()
-        found = None
+        found: Grant | Refused = UNKNOWN
         for known, grant in self._grants:  # compare with every token, in constant time
             if hmac.compare_digest(known, given):
                 found = grant
+        if found is UNKNOWN and self.signed is not None and looks_signed(token):
+            try:
+                claims = self.signed.verify(token)
+            except TokenRefused as refused:
+                return Refused(f"signed token refused: {refused.reason}")
+            return Grant(claims.role, claims.cameras, claims.name, claims.expires)
         return found
 
 

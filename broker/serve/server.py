@@ -103,7 +103,7 @@ class Server:
         self.port = 0
         self._complaints = LogThrottle(log)
         self._app_health = health
-        self.access = Access(config.tokens)
+        self.access = Access(config.tokens, config.security)
         self.router = Router(config, self.access, hub)
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
@@ -137,7 +137,13 @@ class Server:
         if self.access.open:
             log.warning("no [[tokens]] configured: every client may watch and control every camera")
         else:
-            log.info("%d token(s) configured: every request needs one", len(self.config.tokens))
+            signed = self.access.signed
+            kinds = f" and signed tokens ({', '.join(signed.algorithms)})" if signed else ""
+            log.info(
+                "%d static token(s)%s configured: every request needs one",
+                len(self.config.tokens),
+                kinds,
+            )
         for token in self.config.tokens:
             if len(token.token) < MIN_TOKEN_LENGTH:
                 log.warning(
@@ -329,7 +335,14 @@ class Server:
     def _authorize(
         self, method: str, route: Route, request: h11.Request, client: str
     ) -> tuple[Grant | Response, str]:
-        return self.router.authorize(method, route, header(request, b"authorization"), client)
+        return self.router.authorize(
+            method,
+            route,
+            header(request, b"authorization"),
+            client,
+            origin=header(request, b"origin"),
+            host=header(request, b"host"),
+        )
 
     async def _mjpeg(
         self,
