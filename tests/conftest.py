@@ -1,4 +1,5 @@
-"""Fixtures shared by the browser tests: one headless Debian Chromium per test."""
+"""Fixtures shared by the tests: no token in any log (`leaks.no_token_in_logs`, on every
+test), and for the browser tests one headless Debian Chromium per test."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from leaks import no_token_in_logs  # autouse: every test
+
+__all__ = ["no_token_in_logs", "page"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root, without these Chromium keeps trying to reach hosts this machine cannot.
