@@ -221,6 +221,36 @@ def test_hs256_signed_with_the_public_key_is_refused(jwks_broker) -> None:
         assert "algorithm 'HS256' is not accepted (accepted: RS256, ES256)" in message(body)
 
 
+# --- what a signed token opened ends at its exp ---
+
+
+async def test_streams_end_when_their_token_expires(tmp_path: Path) -> None:
+    secret = secrets.token_hex(32).encode()
+    (tmp_path / "jwt.secret").write_bytes(secret)
+    extra = '[security]\njwt_secret_file = "jwt.secret"\nclock_skew = 0.0\n'
+    config = write_config(tmp_path, synthetic_camera("a", 160, 120, 10), control=extra)
+    with BrokerProcess(config, token=hs256(secret)) as broker:
+        broker.wait_online("a")
+        token = hs256(secret, exp=int(time.time()) + 3)
+        ws, head = await RawWebSocket.connect(broker.port, f"/cameras/a?token={token}")
+        mjpeg = urllib.request.urlopen(f"{broker.url}/cameras/a/mjpeg?token={token}", timeout=10)
+        try:
+            assert head.startswith(b"HTTP/1.1 101")
+            frames, started = 0, time.monotonic()
+            with trio.fail_after(10):
+                while (received := await ws.receive()) is not None and received[0] == 2:
+                    frames += 1
+            assert received is not None and received[0] == 8  # a close frame
+            assert int.from_bytes(received[1][:2], "big") == 1008
+            assert frames > 0 and 1 < time.monotonic() - started < 6
+            # MJPEG: the stream ends (the server closes the connection).
+            assert (await trio.to_thread.run_sync(mjpeg.read)).startswith(b"--")
+        finally:
+            await ws.aclose()
+            mjpeg.close()
+        assert snapshot(broker, "a", token)[0] == 401
+
+
 # --- failed signed tokens are throttled like wrong static ones ---
 
 
@@ -319,6 +349,38 @@ async def test_share_links_work_until_revoked_or_rotated(tmp_path: Path) -> None
         assert status == 401 and "revoked" in message(body)
         another = share(config, "--public-url", broker.url)
         assert get(another["snapshot"])[0] == 200
+
+
+@pytest.mark.timeout(120)
+def test_viewer_page_works_under_its_policy_with_a_share_link(tmp_path: Path, strict_page) -> None:
+    """Chromium enforcing the page's Content-Security-Policy: the page opened from a
+    share link shows its camera, no policy violation is reported, and no request of the
+    page carries a Referer (the URL holds the token)."""
+    page = strict_page
+    (tmp_path / "jwt.secret").write_text(secrets.token_hex(32))
+    extra = '[security]\njwt_secret_file = "jwt.secret"\n'
+    camera = synthetic_camera("a", 320, 240, 10) + synthetic_camera("b", 160, 120, 5)
+    config = write_config(tmp_path, camera, control=extra)
+    broker = BrokerProcess(config)
+    links = share(config, "--public-url", broker.url)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    referers: list[str] = []
+    page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
+    with broker:
+        broker.token = links["token"]
+        broker.wait_online("a")
+        page.goto(links["viewer"])
+
+        def shown() -> bool:
+            return bool(page.evaluate("document.querySelector('.tile img')?.naturalWidth > 0"))
+
+        wait_until(shown, 20, "no image on the viewer page")
+        tiles = page.evaluate("[...document.querySelectorAll('.tile')].map(t => t.dataset.camera)")
+        assert tiles == ["a"]  # the link's one camera
+    assert not [p for p in problems if "Content Security Policy" in p], problems
+    assert len(referers) >= 4 and not any(referers), referers
 
 
 def test_share_refuses_without_a_secret_and_bad_arguments(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from broker.serve.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
 from broker.serve.wsapi import WsApi
 from broker.serve.wsframes import (
     INTERNAL_ERROR,
+    POLICY_VIOLATION,
     InboundFrames,
     ReplayStream,
     close_with,
@@ -324,7 +327,10 @@ class Server:
             except BadRequest as bad:
                 response = bad.response
             else:
-                await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
+                with trio.move_on_after(self._time_left(grant)) as expiry:
+                    await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
+                if expiry.cancelled_caught:
+                    log.info("client %s: its token expired; MJPEG stream ended", client)
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
             response = await self.handlers.answer(method, route, request, body, grant, client_key)
@@ -444,16 +450,40 @@ class Server:
     async def _serve_websocket(
         self, ws: WebSocketConnection, upgrade: Upgrade, client: str
     ) -> None:
+        """Serve it until the client leaves, or its signed token expires (then close
+        with 1008, policy violation: a panel reconnects and is asked for a new token)."""
         try:
-            if upgrade.multiplexed:
-                await self.wsapi.serve(ws, upgrade.grant, client)
-            else:
-                await websocket.serve(self.delivery, ws, upgrade.camera, upgrade.max_fps, client)
+            async with trio.open_nursery() as nursery:
+                if upgrade.grant.expires is not None:
+                    nursery.start_soon(self._expire, ws, upgrade.grant, client, nursery)
+                if upgrade.multiplexed:
+                    await self.wsapi.serve(ws, upgrade.grant, client)
+                else:
+                    await websocket.serve(
+                        self.delivery, ws, upgrade.camera, upgrade.max_fps, client
+                    )
+                nursery.cancel_scope.cancel()
         except* CLIENT_GONE:
             pass
         except* Exception as group:
             self._fault(upgrade.where, group)
             await close_with(ws, INTERNAL_ERROR)
+
+    async def _expire(
+        self, ws: WebSocketConnection, grant: Grant, client: str, nursery: trio.Nursery
+    ) -> None:
+        """At the token's expiry: the close frame (1008) first, then the end of serving."""
+        await trio.sleep(self._time_left(grant))
+        log.info("client %s: its token expired; WebSocket closed", client)
+        await close_with(ws, POLICY_VIOLATION)
+        nursery.cancel_scope.cancel()
+
+    def _time_left(self, grant: Grant) -> float:
+        """Seconds until a signed token's ``exp`` (plus the clock skew) ends what it
+        opened; infinite for other grants."""
+        if grant.expires is None:
+            return math.inf
+        return max(0.0, grant.expires + self.config.security.clock_skew - time.time())
 
     async def _accept(
         self, nursery: trio.Nursery, replay: ReplayStream, limit: int
