@@ -539,3 +539,59 @@ def test_the_leak_fixture_fails_a_test_that_logs_a_token(tmp_path: Path) -> None
     # The fixture's message shows only the start of what leaked (pytest's own report of
     # the captured log, below it, shows the line: it is the test's output).
     assert f"log record: a JWT {token[:12]}...\n" in out, out
+
+
+# --- the config rules of the key files, and durations (pure) ---
+
+
+def test_broker_check_refuses_unusable_key_files(tmp_path: Path) -> None:
+    from broker.config import ConfigError, load
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = json.loads(jwt.get_algorithm_by_name("RS256").to_jwk(rsa_key))
+    public = json.loads(jwt.get_algorithm_by_name("RS256").to_jwk(rsa_key.public_key()))
+    cases = {
+        b"short\n": ("jwt_secret_file", "holds 5 bytes; a secret needs at least 32"),
+        b"not json": ("jwks_file", "is not JSON"),
+        b'{"keys": []}': ("jwks_file", "must be a JWKS"),
+        json.dumps({"keys": [private]}).encode(): ("jwks_file", "holds a private key"),
+        json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).encode(): (
+            "jwks_file",
+            "only RSA and EC public keys",
+        ),
+        json.dumps({"keys": [public, public]}).encode(): ("jwks_file", "needs a kid"),
+    }
+    for content, (key, expected) in cases.items():
+        (tmp_path / "keyfile").write_bytes(content)
+        config = tmp_path / "b.toml"
+        config.write_text(f'[security]\n{key} = "keyfile"\n')
+        with pytest.raises(ConfigError) as raised:
+            load(config)
+        assert str(raised.value).startswith(f"security.{key}: {tmp_path / 'keyfile'} ")
+        assert expected in str(raised.value), str(raised.value)
+    config.write_text('[security]\njwt_secret_file = "missing"\n')
+    with pytest.raises(ConfigError, match=r"security\.jwt_secret_file: .*cannot read"):
+        load(config)
+    # Resolved against the config file's folder, whatever the working directory.
+    (tmp_path / "keyfile").write_text("s" * 32)
+    config.write_text('[security]\njwt_secret_file = "keyfile"\nrevoked = ["x"]\n')
+    security = load(config).security
+    assert security.jwt_secret_file == str(tmp_path / "keyfile")
+    assert security.revoked == ("x",)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("8h", 28800), ("2d", 172800)]
+)
+def test_ttl(text: str, seconds: float) -> None:
+    from broker.trust.tokens import parse_ttl
+
+    assert parse_ttl(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1h", "8x", "367d", "h"])
+def test_bad_ttl(text: str) -> None:
+    from broker.trust.tokens import parse_ttl
+
+    with pytest.raises(ValueError, match="must be a duration"):
+        parse_ttl(text)
