@@ -35,7 +35,7 @@ log = logging.getLogger("broker")
 
 
 class Broker:
-    def __init__(self, config: Config, log_level: str = "info") -> None:
+    def __init__(self, config: Config, log_level: str = "info", config_file: str = "") -> None:
         self.config = config
         self.log_level = log_level
         self.ingest_stats = ingest.IngestStats()
@@ -64,6 +64,7 @@ class Broker:
             self.metrics.exposition,
             control=self.control,
             faults=self.faults,
+            config_file=config_file,  # for security.revoked, re-read when it changes
         )
         self.port = 0
         self.ingest_endpoints: list[str] = []

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     raise_open_files_limit()
     try:
-        trio.run(serve, config, args.log_level)
+        trio.run(serve, config, args.log_level, str(Path(args.config).resolve()))
     except BaseExceptionGroup as group:
         startup, other = group.split((OSError, zmq.ZMQError))
         if startup is None or other is not None:
@@ -79,11 +79,13 @@ def _with_listen(path: str, listen: str) -> dict[str, object]:
     return data
 
 
-async def serve(config: configuration.Config, log_level: str = "info") -> None:
+async def serve(
+    config: configuration.Config, log_level: str = "info", config_file: str = ""
+) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down in order."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Broker(config, log_level).run)
+            await nursery.start(Broker(config, log_level, config_file).run)
             if not config.cameras:
                 log.warning("no cameras configured")
             async for signum in signals:

@@ -91,9 +91,9 @@ def run(
     print(f"  MJPEG        {urls['mjpeg']}")
     print(f"  snapshot     {urls['snapshot']}")
     print(
-        f'Revoke this link: add "{claims.jti}" to [security] revoked and restart the broker.\n'
-        "Revoke every link: write a new secret into security.jwt_secret_file "
-        "(taken within a second, no restart)."
+        f'Revoke this link: add "{claims.jti}" to [security] revoked in the config.\n'
+        "Revoke every link: write a new secret into security.jwt_secret_file.\n"
+        "(A running broker takes either within a second, without a restart.)"
     )
     if not public_url:
         print(

@@ -339,15 +339,37 @@ async def test_share_links_work_until_revoked_or_rotated(tmp_path: Path) -> None
         secret_file.write_text(secrets.token_hex(32) + "\n")
         wait_until(lambda: get(links["snapshot"])[0] == 401, 5, "old link still works")
         fresh = share(config, "--public-url", broker.url)
+        another = share(config, "--public-url", broker.url)
         assert get(fresh["snapshot"])[0] == 200
-    # The revoked list: from the next start on.
-    with open(config, "a") as file:
-        file.write(f'\n[security]\njwt_secret_file = "jwt.secret"\nrevoked = ["{fresh["jti"]}"]\n')
-    config.write_text(config.read_text().replace(extra, "", 1))
+        # Revoking one link: its jti in security.revoked, taken without a restart; the
+        # streams open with it are cut too.
+        url = fresh["websocket"]
+        ws, head = await RawWebSocket.connect(broker.port, "/" + url.split("/", 3)[3])
+        try:
+            assert head.startswith(b"HTTP/1.1 101")
+            revoked = f'revoked = ["{fresh["jti"]}"]\n'
+            config.write_text(config.read_text().replace(extra, extra + revoked))
+            with trio.fail_after(8):
+                while (received := await ws.receive()) is not None and received[0] == 2:
+                    pass
+            assert received is not None and received[0] == 8
+            assert int.from_bytes(received[1][:2], "big") == 1008
+        finally:
+            await ws.aclose()
+        assert "its token is no longer valid" in broker.logs()
+        status, _, body = get(fresh["snapshot"])
+        assert status == 401 and "revoked" in message(body)
+        assert get(another["snapshot"])[0] == 200
+        # A config that has become invalid changes nothing: the revoked ids stay.
+        config.write_text(config.read_text() + "\n[nonsense]\n")
+        time.sleep(1.5)
+        assert get(fresh["snapshot"])[0] == 401 and get(another["snapshot"])[0] == 200
+        assert "changed but cannot be used" in broker.logs()
+    config.write_text(config.read_text().replace("\n[nonsense]\n", ""))
+    # And from the next start on.
     with BrokerProcess(config, port=broker.port):
         status, _, body = get(fresh["snapshot"])
         assert status == 401 and "revoked" in message(body)
-        another = share(config, "--public-url", broker.url)
         assert get(another["snapshot"])[0] == 200
 
 

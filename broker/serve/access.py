@@ -17,8 +17,8 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker.config import SecurityConfig, TokenConfig
-from broker.trust.tokens import TokenRefused, Verifier, looks_signed
+from broker.config import ConfigError, SecurityConfig, TokenConfig, load
+from broker.trust.tokens import KeyFileError, TokenRefused, Verifier, looks_signed
 
 OPERATOR = "operator"
 VIEWER = "viewer"
@@ -63,10 +63,14 @@ UNKNOWN = Refused("unknown token")
 
 class Access:
     def __init__(
-        self, tokens: Iterable[TokenConfig], security: SecurityConfig | None = None
+        self,
+        tokens: Iterable[TokenConfig],
+        security: SecurityConfig | None = None,
+        config_file: str = "",
     ) -> None:
         """`broker.trust.tokens.KeyFileError` when a key file of ``security`` cannot be
-        used (`broker.config.load` has checked them)."""
+        used (`broker.config.load` has checked them). With ``config_file`` (the file the
+        config was loaded from) its ``security.revoked`` is re-read when it changes."""
         self._grants = [
             (t.token.encode(), Grant(t.role, frozenset(t.cameras) or None, t.label)) for t in tokens
         ]
@@ -77,6 +81,7 @@ class Access:
                 security.jwks_file,
                 security.revoked,
                 security.clock_skew,
+                (config_file, revoked_ids) if config_file else None,
             )
 
     @property
@@ -88,6 +93,10 @@ class Access:
         """The grant of ``token``; None when it is missing or not valid (answer 401)."""
         found = self.identify(token)
         return found if isinstance(found, Grant) else None
+
+    def valid(self, token: str) -> bool:
+        """True while ``token`` grants something (a stream re-checks its signed token)."""
+        return isinstance(self.identify(token), Grant)
 
     def identify(self, token: str | None) -> Grant | Refused:
         """The grant of ``token``, or why it has none."""
@@ -107,6 +116,15 @@ class Access:
                 return Refused(f"signed token refused: {refused.reason}")
             return Grant(claims.role, claims.cameras, claims.name, claims.expires)
         return found
+
+
+def revoked_ids(config_file: str) -> frozenset[str]:
+    """``security.revoked`` of a config file, which must be valid as a whole."""
+    try:
+        return frozenset(load(config_file).security.revoked)
+    except ConfigError as exc:
+        problem = f"not a valid config ({len(exc.errors)} error(s): {exc.errors[0]})"
+        raise KeyFileError(problem) from None
 
 
 def request_token(authorization: str, query_token: str | None) -> str | None:

@@ -69,6 +69,7 @@ MIN_TOKEN_LENGTH = 16  # shorter tokens are warned about at start: easy to guess
 # A client leaving, at any point: not a fault of ours.
 CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 INTERNAL_ERROR_MESSAGE = "the broker failed on this request"
+TOKEN_RECHECK = 2.0  # seconds between checks that a stream's signed token is still valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Upgrade:
     multiplexed: bool  # /ws, else one camera
     camera: str
     max_fps: float | None
+    token: str = ""  # a signed token's: checked again while it is served
 
     @property
     def where(self) -> str:
@@ -98,7 +100,10 @@ class Server:
         *,
         control: Control | None = None,
         faults: Faults | None = None,
+        config_file: str = "",
     ) -> None:
+        """``config_file``: the file ``config`` was loaded from, if any; its
+        ``security.revoked`` is then re-read when it changes."""
         self.config = config
         self.faults = faults if faults is not None else Faults()
         self.hub = hub
@@ -106,7 +111,7 @@ class Server:
         self.port = 0
         self._complaints = LogThrottle(log)
         self._app_health = health
-        self.access = Access(config.tokens, config.security)
+        self.access = Access(config.tokens, config.security, config_file)
         self.router = Router(config, self.access, hub)
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
@@ -327,10 +332,11 @@ class Server:
             except BadRequest as bad:
                 response = bad.response
             else:
-                with trio.move_on_after(self._time_left(grant)) as expiry:
+                async with trio.open_nursery() as nursery:
+                    if grant.expires is not None:  # a signed token's key is the token
+                        nursery.start_soon(self._end_mjpeg, client_key, grant, client, nursery)
                     await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
-                if expiry.cancelled_caught:
-                    log.info("client %s: its token expired; MJPEG stream ended", client)
+                    nursery.cancel_scope.cancel()
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
             response = await self.handlers.answer(method, route, request, body, grant, client_key)
@@ -401,12 +407,12 @@ class Server:
         """The upgrade to serve, or None after refusing it at the handshake, before
         accepting: 400/426 for a malformed upgrade, then 429/401/403/404/400."""
         route = parse(request.target)
-        camera_id, max_fps = "", None
+        camera_id, max_fps, client_key = "", None, ""
         try:
             problem = handshake_problem(request)
             if problem is not None:
                 raise BadRequest(problem)
-            grant, _ = self._authorize("GET", route, request, client)
+            grant, client_key = self._authorize("GET", route, request, client)
             if isinstance(grant, Response):
                 raise BadRequest(grant)
             if route.kind is not Kind.MUX:
@@ -429,6 +435,7 @@ class Server:
             route.kind is Kind.MUX,
             camera_id,
             max_fps,
+            client_key if grant.expires is not None else "",  # a signed token's key: itself
         )
 
     async def _websocket(self, stream: trio.SocketStream, upgrade: Upgrade, client: str) -> None:
@@ -450,12 +457,12 @@ class Server:
     async def _serve_websocket(
         self, ws: WebSocketConnection, upgrade: Upgrade, client: str
     ) -> None:
-        """Serve it until the client leaves, or its signed token expires (then close
-        with 1008, policy violation: a panel reconnects and is asked for a new token)."""
+        """Serve it until the client leaves, or its signed token expires or is revoked
+        (then close with 1008, policy violation: a panel reconnects and is refused)."""
         try:
             async with trio.open_nursery() as nursery:
                 if upgrade.grant.expires is not None:
-                    nursery.start_soon(self._expire, ws, upgrade.grant, client, nursery)
+                    nursery.start_soon(self._expire, ws, upgrade, client, nursery)
                 if upgrade.multiplexed:
                     await self.wsapi.serve(ws, upgrade.grant, client)
                 else:
@@ -470,13 +477,32 @@ class Server:
             await close_with(ws, INTERNAL_ERROR)
 
     async def _expire(
-        self, ws: WebSocketConnection, grant: Grant, client: str, nursery: trio.Nursery
+        self, ws: WebSocketConnection, upgrade: Upgrade, client: str, nursery: trio.Nursery
     ) -> None:
-        """At the token's expiry: the close frame (1008) first, then the end of serving."""
-        await trio.sleep(self._time_left(grant))
-        log.info("client %s: its token expired; WebSocket closed", client)
+        """When its signed token expires or is revoked: the close frame (1008) first,
+        then the end of serving."""
+        why = await self._until_invalid(upgrade.token, upgrade.grant)
+        log.info("client %s: its token %s; WebSocket closed", client, why)
         await close_with(ws, POLICY_VIOLATION)
         nursery.cancel_scope.cancel()
+
+    async def _end_mjpeg(
+        self, token: str, grant: Grant, client: str, nursery: trio.Nursery
+    ) -> None:
+        why = await self._until_invalid(token, grant)
+        log.info("client %s: its token %s; MJPEG stream ended", client, why)
+        nursery.cancel_scope.cancel()
+
+    async def _until_invalid(self, token: str, grant: Grant) -> str:
+        """Return when a signed token expires (its ``exp`` plus the clock skew), or stops
+        being valid (its ``jti`` revoked, the secret rotated), checked every
+        `TOKEN_RECHECK` seconds; says which."""
+        deadline = trio.current_time() + self._time_left(grant)
+        while (left := deadline - trio.current_time()) > 0:
+            await trio.sleep(min(TOKEN_RECHECK, left))
+            if trio.current_time() < deadline and not self.access.valid(token):
+                return "is no longer valid (revoked, or its key changed)"
+        return "expired"
 
     def _time_left(self, grant: Grant) -> float:
         """Seconds until a signed token's ``exp`` (plus the clock skew) ends what it

@@ -19,7 +19,9 @@ listed in ``security.revoked``) and ``sub`` (the token's name in the log). ``exp
 
 Both key files are read again when they change (looked at no more than once a second,
 when a token is checked): rotating the secret revokes every token signed with the old
-one, without a restart. The ``revoked`` list is read at start.
+one, without a restart. So is the ``revoked`` list, when the server is given its config
+file: adding a ``jti`` there takes effect within a second, without a restart (the rest
+of the config is not reloaded).
 
 Pure but for reading the two files; synchronous.
 """
@@ -142,17 +144,20 @@ def _read(path: str | os.PathLike[str]) -> bytes:
 
 
 class KeyFile(Generic[T]):
-    """A key file read at start, and again when it changes (size, time or inode): looked
-    at no more often than every `RECHECK_EVERY` seconds. A changed file that cannot be
-    used is logged and the keys it replaced stay in force until it can."""
+    """A file read at start, and again when it changes (size, time or inode): looked at
+    no more often than every `RECHECK_EVERY` seconds. A changed file that cannot be used
+    is logged and what it held stays in force until it can. ``what`` names its content
+    in the log."""
 
     def __init__(
         self,
         path: str,
         read: Callable[[str], T],
         clock: Callable[[], float] = time.monotonic,
+        what: str = "its keys",
     ) -> None:
         self.path = path
+        self.what = what
         self._read = read
         self._clock = clock
         self._stamp = self._stat()
@@ -176,9 +181,14 @@ class KeyFile(Generic[T]):
             try:
                 self.value = self._read(self.path)
             except KeyFileError as exc:
-                log.error("%s changed but cannot be used: %s; keeping the old keys", self.path, exc)
+                log.error(
+                    "%s changed but cannot be used: %s; keeping %s as they were",
+                    self.path,
+                    exc,
+                    self.what,
+                )
             else:
-                log.info("%s changed: its keys are in force now", self.path)
+                log.info("%s changed: %s are in force now", self.path, self.what)
             self._stamp = stamp
         return self.value
 
@@ -195,12 +205,27 @@ class Verifier:
         jwks_file: str = "",
         revoked: Iterable[str] = (),
         clock_skew: float = 30.0,
+        revoked_source: tuple[str, Callable[[str], frozenset[str]]] | None = None,
     ) -> None:
-        """Reads the key files: `KeyFileError` when one cannot be used."""
+        """Reads the key files: `KeyFileError` when one cannot be used. With
+        ``revoked_source`` (a file, and how to read the revoked ids from it) the revoked
+        ids are that file's, re-read when it changes; else ``revoked``."""
         self.secret = KeyFile(secret_file, read_secret) if secret_file else None
         self.jwks = KeyFile(jwks_file, read_jwks) if jwks_file else None
-        self.revoked = frozenset(revoked)
+        self._revoked = frozenset(revoked)
+        self._revoked_file: KeyFile[frozenset[str]] | None = None
+        if revoked_source is not None:
+            path, read = revoked_source
+            try:
+                self._revoked_file = KeyFile(path, read, what="the revoked token ids")
+            except KeyFileError as exc:  # changed since it was loaded: keep what was loaded
+                log.error("%s: %s; the revoked ids are read at start only", path, exc)
         self.clock_skew = clock_skew
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        """The ids (jti) refused now."""
+        return self._revoked_file.current() if self._revoked_file else self._revoked
 
     @property
     def algorithms(self) -> tuple[str, ...]:
