@@ -617,3 +617,29 @@ def test_bad_ttl(text: str) -> None:
 
     with pytest.raises(ValueError, match="must be a duration"):
         parse_ttl(text)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        ("", "", True),  # no Origin: not a page
+        ("http://cams.lan:8765", "cams.lan:8765", True),
+        ("https://CAMS.lan:8765", "cams.lan:8765", True),  # one port is one server
+        ("http://[::1]:8765", "[::1]:8765", True),
+        ("https://grafana.example", "cams.lan:8765", True),  # server.cors_origins
+        ("http://cams.lan:8766", "cams.lan:8765", False),
+        ("http://cams.lan", "cams.lan:8765", False),
+        ("null", "cams.lan:8765", False),
+        ("http://evil.example", "", False),
+        ("file://", "cams.lan:8765", False),
+    ],
+)
+def test_origin_allowed(origin: str, host: str, allowed: bool) -> None:
+    from broker.config import parse
+    from broker.core.hub import Hub
+    from broker.serve.access import Access
+    from broker.serve.router import Router
+
+    config = parse('[server]\ncors_origins = ["https://grafana.example"]\n')
+    router = Router(config, Access([]), Hub([], offline_after=1.0))
+    assert router.origin_allowed(origin, host) is allowed
