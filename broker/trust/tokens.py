@@ -51,6 +51,7 @@ MAX_TOKEN = 8 * 1024  # longer "tokens" are refused before any decoding
 MAX_KEY_FILE = 1024 * 1024
 MAX_NAME = 64
 RECHECK_EVERY = 1.0  # seconds between looks at a key file for a change
+CACHE_SIZE = 4096  # valid tokens remembered (a full check costs 0.1-0.5 ms)
 MAX_TTL = 366 * 86400.0  # what broker share issues at most
 
 T = TypeVar("T")
@@ -221,6 +222,7 @@ class Verifier:
             except KeyFileError as exc:  # changed since it was loaded: keep what was loaded
                 log.error("%s: %s; the revoked ids are read at start only", path, exc)
         self.clock_skew = clock_skew
+        self._cache: dict[str, tuple[Claims, tuple[object, object]]] = {}
 
     @property
     def revoked(self) -> frozenset[str]:
@@ -233,7 +235,36 @@ class Verifier:
         return (HMAC_ALGORITHMS if self.secret else ()) + (PUBLIC_ALGORITHMS if self.jwks else ())
 
     def verify(self, token: str) -> Claims:
-        """The claims of a valid token; `TokenRefused` with the reason otherwise."""
+        """The claims of a valid token; `TokenRefused` with the reason otherwise.
+
+        Valid tokens are remembered (at most `CACHE_SIZE`) with the keys they were
+        checked with: a token seen again (a viewer's next request, a stream's re-check)
+        costs a dictionary look-up, its expiry and the revoked list, until a key file
+        changes."""
+        keys = self._keys()
+        cached = self._cache.get(token)
+        if cached is not None and all(a is b for a, b in zip(cached[1], keys, strict=True)):
+            claims = cached[0]
+            if time.time() > claims.expires + self.clock_skew:
+                del self._cache[token]
+                raise TokenRefused("expired")
+            if claims.jti and claims.jti in self.revoked:
+                raise TokenRefused("revoked")
+            return claims
+        claims = self._verify(token)
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()  # simple and bounded: valid tokens are re-checked once
+        self._cache[token] = (claims, keys)
+        return claims
+
+    def _keys(self) -> tuple[object, object]:
+        """The key material in force now (objects replaced when a file changes)."""
+        return (
+            self.secret.current() if self.secret else None,
+            self.jwks.current() if self.jwks else None,
+        )
+
+    def _verify(self, token: str) -> Claims:
         if len(token) > MAX_TOKEN:
             raise TokenRefused(f"longer than {MAX_TOKEN} characters")
         try:
