@@ -8,6 +8,9 @@ Packages by concern, in layers; a package imports only the layers listed before 
   stamp). Pure: no I/O, nothing of the broker or the worker.
 - ``support``: small utilities (error boundary, log throttle, rate limit, backoff,
   ZeroMQ under trio, the private work folder).
+- ``trust``: TLS certificates, camera keys (ZeroMQ CURVE) and signed tokens (checking,
+  issuing, keeping them out of the log); the config
+  checks its key files, the edges use it.
 - ``config``: the TOML configuration, validated with every problem named by key path.
 - ``core``: cameras, subscribers, drop-oldest queues, the hub, "No Data": pure and
   synchronous, no trio; ``Hub.publish`` never awaits.
@@ -18,7 +21,7 @@ Packages by concern, in layers; a package imports only the layers listed before 
 - ``serve``: the one port (HTTP via h11, WebSocket via trio-websocket behind the
   ``wsframes`` adapter, MJPEG, ``/ws``, metrics, the viewer page); only ``app`` imports it.
 - ``app``: the composition root that starts everything in one nursery and owns
-  shutdown; ``cli``, ``ctl`` and ``grafana`` are the ``broker`` command; ``client`` is
+  shutdown; ``cli``, ``ctl``, ``grafana`` and ``share`` are the ``broker`` command; ``client`` is
   the client library (the protocol and the queue only).
 
 The camera worker (package ``cameras``) imports only ``protocol`` and pure ``support``.

@@ -43,7 +43,7 @@ IO_THREADS = 2
 
 
 class Broker:
-    def __init__(self, config: Config, log_level: str = "info") -> None:
+    def __init__(self, config: Config, log_level: str = "info", config_file: str = "") -> None:
         self.config = config
         self.log_level = log_level
         self.ingest_stats = ingest.IngestStats()
@@ -72,6 +72,7 @@ class Broker:
             self.metrics.exposition,
             control=self.control,
             faults=self.faults,
+            config_file=config_file,  # for security.revoked, re-read when it changes
         )
         if self.server.tls is not None:
             self.metrics.add_tls(self.server.tls.stats)

@@ -1,11 +1,13 @@
 """The ``broker`` command: ``broker run CONFIG``, ``broker check CONFIG``,
-``broker grafana CONFIG``, ``broker tls-selfsigned``, ``broker keys ...`` (camera keys)
-and ``broker ctl ...`` (a client of a running broker)."""
+``broker grafana CONFIG``, ``broker tls-selfsigned``, ``broker keys ...`` (camera keys),
+``broker share CAMERA`` (links with a signed token) and ``broker ctl ...`` (a client of a
+running broker)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import signal
 import sys
@@ -15,9 +17,10 @@ import trio
 import zmq
 
 from broker import config as configuration
-from broker import ctl, grafana
+from broker import ctl, grafana, share
 from broker.app import Broker
 from broker.trust import keys
+from broker.trust.tokens import RedactingFilter
 
 log = logging.getLogger("broker")
 
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return tls_selfsigned(args.host, Path(args.out), args.days, args.force)
     if args.command == "keys":
         return keys.run(args)
+    if args.command == "share" and not args.config:
+        root.error("share: --config FILE is needed (or set CAMERA_BROKER_CONFIG)")
     try:
         config = configuration.load(args.config)
     except configuration.ConfigError as exc:
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "grafana":
         return grafana.run(config, args.public_url, args.out)
+    if args.command == "share":
+        return share.run(config, args.camera, args.role, args.ttl, args.public_url, args.json)
     if args.listen:
         try:
             config = configuration.from_dict(
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     raise_open_files_limit()
     try:
-        trio.run(serve, config, args.log_level)
+        trio.run(serve, config, args.log_level, str(Path(args.config).resolve()))
     except BaseExceptionGroup as group:
         startup, other = group.split((OSError, zmq.ZMQError))
         if startup is None or other is not None:
@@ -110,11 +117,13 @@ def _with_listen(path: str, listen: str) -> dict[str, object]:
     return data
 
 
-async def serve(config: configuration.Config, log_level: str = "info") -> None:
+async def serve(
+    config: configuration.Config, log_level: str = "info", config_file: str = ""
+) -> None:
     """Run the broker until SIGINT or SIGTERM, then shut down in order."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Broker(config, log_level).run)
+            await nursery.start(Broker(config, log_level, config_file).run)
             if not config.cameras:
                 log.warning("no cameras configured")
             async for signum in signals:
@@ -145,6 +154,8 @@ def configure_logging(level: str) -> None:
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # no token in any line, whoever logs it
+        handler.addFilter(RedactingFilter())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -179,6 +190,25 @@ def parser() -> argparse.ArgumentParser:
     )
     selfsigned.add_argument("--force", action="store_true", help="replace existing files")
     keys.add_parser(commands)
+    sharing = commands.add_parser(
+        "share", help="print links to one camera carrying a fresh signed token"
+    )
+    sharing.add_argument("camera", help="the camera id")
+    sharing.add_argument(
+        "--config",
+        default=os.environ.get("CAMERA_BROKER_CONFIG"),
+        metavar="FILE",
+        help="the broker's TOML config (default: $CAMERA_BROKER_CONFIG)",
+    )
+    sharing.add_argument("--role", choices=configuration.ROLES, default="viewer")
+    sharing.add_argument(
+        "--ttl", default="8h", help="how long the links work: 30m, 8h, 7d... (default 8h)"
+    )
+    sharing.add_argument(
+        "--public-url",
+        help="the broker as viewers reach it, http(s)://HOST:PORT (default: server.listen)",
+    )
+    sharing.add_argument("--json", action="store_true", help="print the links as JSON")
     ctl.add_parser(commands)
     return root
 

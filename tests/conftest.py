@@ -1,4 +1,5 @@
-"""Fixtures shared by the browser tests: one headless Debian Chromium per test."""
+"""Fixtures shared by the tests: no token in any log (`leaks.no_token_in_logs`, on every
+test), and for the browser tests one headless Debian Chromium per test."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from leaks import no_token_in_logs  # autouse: every test
+
+__all__ = ["no_token_in_logs", "page", "strict_page"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root, without these Chromium keeps trying to reach hosts this machine cannot.
@@ -22,13 +26,26 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def page() -> Iterator:
-    """A fresh page (1280x800) in a fresh Chromium with a temporary profile."""
+    """A fresh page (1280x800) in a fresh Chromium with a temporary profile. It ignores
+    the pages' Content-Security-Policy: Playwright's ``wait_for_function`` evaluates
+    strings, which the viewer page's policy (no 'unsafe-eval') forbids. `strict_page`
+    keeps the policy (tests/test_tokens.py checks the viewer page under it)."""
+    yield from _page(bypass_csp=True)
+
+
+@pytest.fixture
+def strict_page() -> Iterator:
+    """A fresh page like `page`, under the pages' Content-Security-Policy."""
+    yield from _page(bypass_csp=False)
+
+
+def _page(bypass_csp: bool) -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=bypass_csp)
             page.set_default_timeout(30_000)  # a loaded 2-core machine
             yield page
         finally:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from leaks import watch_broker
+
 from benchmarks.procs import free_port, get_json, stop_process, wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ class BrokerProcess:
         self.token = token
         self.ssl_context = ssl_context
         self.process: subprocess.Popen[bytes] | None = None
+        watch_broker(config, self.log)  # no token may show in its log
 
     @property
     def url(self) -> str:

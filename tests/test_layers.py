@@ -111,7 +111,13 @@ def test_only_the_adapter_touches_websocket_and_trio_internals() -> None:
 
 
 PURE_SUPPORT = {"broker.support.backoff", "broker.support.logthrottle", "broker.support.ratelimit"}
-BELOW_EDGES = {"broker.protocol", "broker.config", "broker.core", "broker.support"}
+BELOW_EDGES = {
+    "broker.protocol",
+    "broker.config",
+    "broker.core",
+    "broker.support",
+    "broker.trust",
+}
 
 # package: (what of ours it may import, which third-party modules it must not import).
 RULES: dict[str, tuple[set[str], frozenset[str]]] = {
@@ -119,7 +125,9 @@ RULES: dict[str, tuple[set[str], frozenset[str]]] = {
     "broker.protocol": ({"broker.protocol"}, IO | HEAVY),
     # Small utilities depend on nothing else of ours.
     "broker.support": ({"broker.support"}, HEAVY),
-    "broker.config": ({"broker.config", "broker.protocol"}, IO | HEAVY),
+    # Tokens, keys and certificates: checked by the config, used by the edges.
+    "broker.trust": ({"broker.trust", "broker.support", "broker.protocol"}, HEAVY),
+    "broker.config": ({"broker.config", "broker.protocol", "broker.trust"}, IO | HEAVY),
     # The core is pure and synchronous.
     "broker.core": ({"broker.core", "broker.protocol", "broker.config"} | PURE_SUPPORT, IO | HEAVY),
     # Frames in and the control plane: the layers below, never each other or the edge.

@@ -53,8 +53,9 @@ def parse(text: str, source: str = "<config>", base: Path | None = None) -> Conf
 
 def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate already-parsed TOML; raises `ConfigError` listing every problem.
-    A relative ``control.state_file``, ``server.tls_cert``, ``server.tls_key`` or
-    ``security.keys_dir`` is resolved against ``base`` (the config's folder)."""
+    A relative ``control.state_file``, ``server.tls_cert``, ``server.tls_key``,
+    ``security.keys_dir``, ``security.jwt_secret_file`` or ``security.jwks_file`` is
+    resolved against ``base`` (the config's folder)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a table, got {typed(data)}")
     problems = Problems()
@@ -81,6 +82,11 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     rules.check_network_exposure(
         tables.get("ingest", {}), tables.get("control", {}), tables.get("security", {}), problems
     )
+    security = tables.get("security", {})
+    for name in ("jwt_secret_file", "jwks_file"):  # key files: relative to the config
+        if security.get(name) and base is not None:
+            security[name] = str(base / security[name])
+    rules.check_signed_tokens(security, problems)
     if problems.messages:
         raise ConfigError(problems.messages)
     control = tables.get("control", {})

@@ -29,6 +29,7 @@ from broker.config.model import (
 from broker.config.show import key, show, typed
 from broker.protocol import settings as camera_settings
 from broker.protocol.wire import CAMERA_ID
+from broker.trust.tokens import KeyFileError, read_jwks, read_secret
 
 _SCHEDULE_ENTRY = '{at = "HH:MM", preset = "NAME"}'
 
@@ -285,3 +286,16 @@ def _check_pair(cert: str, key: str, problems: Problems) -> None:
 def _reason(exc: Exception) -> str:
     reason = getattr(exc, "reason", None)
     return f" ({reason})" if reason else ""
+
+
+def check_signed_tokens(security: dict[str, Any], problems: Problems) -> None:
+    """The key files of signed tokens must be usable: a secret of 32 bytes or more, a
+    JWKS of RS256/ES256 public keys (read here, so ``broker check`` tells)."""
+    for name, read in (("jwt_secret_file", read_secret), ("jwks_file", read_jwks)):
+        path = security.get(name)
+        if not path or f"security.{name}" in problems.paths:
+            continue
+        try:
+            read(path)
+        except KeyFileError as exc:
+            problems.add(f"security.{name}", f"{path} {exc}")

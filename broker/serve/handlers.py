@@ -38,6 +38,13 @@ STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
+# The viewer page's policy: its own scripts and styles only (none inline), images from
+# itself and the blob: URLs it makes of frames, connections to itself (fetch, ws, wss).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self' ws: wss:; "
+    "script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
 MAX_REQUEST_ID = 128
 CAMERA_KINDS = frozenset((Kind.WEBSOCKET, Kind.SNAPSHOT, Kind.MJPEG, Kind.NEXT))
 
@@ -251,7 +258,9 @@ def frame_response(frame: Frame, now: float) -> Response:
 def static(name: str) -> Response:
     data = resources.files("broker.serve").joinpath("static", name).read_bytes()
     suffix = name[name.rfind(".") :]
-    return Response(200, data, STATIC_TYPES[suffix])
+    return Response(
+        200, data, STATIC_TYPES[suffix], [("content-security-policy", CONTENT_SECURITY_POLICY)]
+    )
 
 
 def index_with_token(token: str) -> Response:

@@ -79,11 +79,20 @@ def header(request: h11.Request, name: bytes) -> str:
     return ""
 
 
+# On every response: no content sniffing (an upload is never run as a script), and no
+# Referer from our pages (their URLs may carry ?token=).
+SECURITY_HEADERS = (
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+)
+
+
 def h11_response(response: Response, *, head_only: bool = False) -> tuple[h11.Response, bytes]:
     headers = [
         ("content-type", response.content_type),
         ("content-length", str(len(response.body))),
         ("cache-control", "no-store"),
+        *SECURITY_HEADERS,
         *response.headers,
     ]
     reason = HTTPStatus(response.status).phrase.encode()

@@ -22,6 +22,8 @@ MJPEG_HEAD = (
     "HTTP/1.1 200 OK\r\n"
     f"Content-Type: multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}\r\n"
     "Cache-Control: no-store\r\n"
+    "X-Content-Type-Options: nosniff\r\n"
+    "Referrer-Policy: no-referrer\r\n"
     "Connection: close\r\n\r\n"  # the body ends when the connection does
 ).encode()
 

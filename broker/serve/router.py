@@ -4,10 +4,11 @@
 and query); everything after works on that value. `Router.authorize` is the one place
 that decides access: the caller's token (401, and 429 once an address has presented
 too many wrong ones), the cameras it may see (403 before any 404, so a limited token
-learns nothing of cameras it may not see), what needs an operator token, and
-``/metrics`` needing a token limited to no cameras. `Router.stream_target` resolves a
-camera WebSocket upgrade. `CommandRate` is the one command rate limit
-(``control.command_rate``) that HTTP and ``/ws`` share.
+learns nothing of cameras it may not see), what needs an operator token,
+``/metrics`` needing a token limited to no cameras, and, with no tokens configured, the
+``Origin`` of state-changing requests (a page of another origin may not change cameras).
+`Router.stream_target` resolves a camera WebSocket upgrade. `CommandRate` is the one
+command rate limit (``control.command_rate``) that HTTP and ``/ws`` share.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from broker.config import Config
 from broker.core.hub import Hub
-from broker.serve.access import OPEN, Access, Grant, request_token
+from broker.serve.access import CROSS_ORIGIN, OPEN, Access, Grant, Refused, request_token
 from broker.serve.http import Response, error
 from broker.support.logthrottle import LogThrottle
 from broker.support.ratelimit import RateLimiter
+from broker.trust.tokens import redact
 
 log = logging.getLogger("broker.server")
 
@@ -82,6 +84,8 @@ METHODS = {
 }
 # What changes the broker or a camera: an operator token only.
 WRITES = frozenset((Kind.FRAMES, Kind.SESSIONS, Kind.SETTINGS, Kind.PRESET))
+# Methods that change state: refused from pages of another origin when no tokens are set.
+UNSAFE_METHODS = frozenset(("POST", "PATCH", "PUT", "DELETE"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,20 +155,34 @@ class Router:
         self.access = access
         self.hub = hub
         self.default_camera = config.default_camera  # served at "/" as a WebSocket
+        self.cors_origins = frozenset(config.server.cors_origins)
         # Failed tokens per client address: a burst, then a trickle (then 429).
         server = config.server
         self.auth_failures = RateLimiter(server.auth_failure_rate, server.auth_failure_burst)
         self._complaints = LogThrottle(log)
 
     def authorize(
-        self, method: str, route: Route, authorization: str, client: str
+        self,
+        method: str,
+        route: Route,
+        authorization: str,
+        client: str,
+        origin: str = "",
+        host: str = "",
     ) -> tuple[Grant | Response, str]:
         """The caller's grant (or the 401/403/429 refusal) and the key that its commands
         are rate-limited by: its token, or its address when no tokens are configured.
 
         An address that presented more than ``server.auth_failure_burst`` wrong tokens
         may present ``server.auth_failure_rate`` more a second: until then every request
-        from it gets 429, whatever its token, so guessing is slow."""
+        from it gets 429, whatever its token, so guessing is slow. Signed tokens that fail
+        (expired, revoked, bad signature) count as wrong tokens.
+
+        With no tokens configured, a request whose ``Origin`` (the page that sent it) is
+        neither its own (``host``) nor in ``server.cors_origins`` may not change state:
+        403 for POST/PATCH/PUT/DELETE, and a ``/ws`` upgrade gets `CROSS_ORIGIN` (it may
+        watch, not command). Requests without ``Origin`` (curl, scripts, a Grafana
+        backend) are not pages: they pass."""
         address = client.rpartition(":")[0]
         token = request_token(authorization, route.param("token"))
         if not self.access.open and method != "OPTIONS":
@@ -174,32 +192,59 @@ class Router:
                     "429", "client %s: too many wrong tokens; refused for %.1f s", client, wait
                 )
                 return auth_throttled(wait), address
-        grant = self.grant(method, route, token)
-        if isinstance(grant, Response) and grant.status == 401:
+        # CORS preflights carry no credentials and reveal nothing.
+        identity = OPEN if method == "OPTIONS" else self.access.identify(token)
+        grant = self.grant(method, route, token, identity)
+        if isinstance(identity, Refused):
             if token:
                 self.auth_failures.allow(address)  # spends one of the address's attempts
             self._complaints.warning(
                 "401",
-                "client %s: %s token for %s %s",
+                "client %s: %s (%s %s)",
                 client,
-                "invalid" if token else "no",
+                identity.reason,
                 method,
-                route.path,
+                redact(route.path),
             )
+        elif self.access.open and not self.origin_allowed(origin, host):
+            if method in UNSAFE_METHODS:
+                self._complaints.warning(
+                    "cross_origin",
+                    "client %s: %s %s from a page of another origin refused",
+                    client,
+                    method,
+                    redact(route.path),
+                )
+                grant = cross_origin_refused(method, route.path, origin)
+            elif route.kind is Kind.MUX:
+                grant = CROSS_ORIGIN
         key = token if token and not self.access.open else address
         return grant, key
 
-    def grant(self, method: str, route: Route, token: str | None) -> Grant | Response:
-        """The grant of ``token`` for this request, or the 401/403 answer refusing it."""
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """True for no ``Origin``, the request's own (same host and port as its ``Host``
+        header: one port is one server), or one of ``server.cors_origins``."""
+        if not origin:
+            return True
+        if origin in self.cors_origins or "*" in self.cors_origins:
+            return True
+        scheme, sep, rest = origin.partition("://")
+        return bool(sep and host) and scheme in ("http", "https") and rest.lower() == host.lower()
+
+    def grant(
+        self, method: str, route: Route, token: str | None, identity: Grant | Refused
+    ) -> Grant | Response:
+        """The grant of ``token`` (its ``identity``, `Access.identify`'s answer) for this
+        request, or the 401/403 answer refusing it."""
+        if isinstance(identity, Refused):
+            return unauthorized(token, identity.reason if token else "")
+        grant = identity
         if method == "OPTIONS":
-            return OPEN  # CORS preflights carry no credentials and reveal nothing
-        grant = self.access.check(token)
-        if grant is None:
-            return unauthorized(token)
+            return grant
         if route.camera and not grant.can_watch(route.camera):
             return forbidden_camera(route.camera)
         if route.kind in WRITES and not grant.operator:
-            return error("forbidden", f"{method} {route.path} needs an operator token")
+            return error("forbidden", f"{method} {redact(route.path)} needs an operator token")
         if route.kind is Kind.METRICS and grant.cameras is not None:
             return error(
                 "forbidden",
@@ -230,6 +275,11 @@ def may_command(grant: Grant, camera: str) -> str | None:
     """Why ``grant`` may not run commands on ``camera`` (for ``/ws``), or None."""
     if grant.can_control(camera):
         return None
+    if grant is CROSS_ORIGIN:
+        return (
+            "commands from a page of another origin are refused while no tokens are "
+            "configured: open the broker's own page, or list the origin in server.cors_origins"
+        )
     needs = "an operator token" if not grant.operator else "access to the camera"
     return f"commands on camera {camera!r} need {needs}"
 
@@ -267,15 +317,27 @@ def fps_cap(route: Route) -> float | None:
     return max_fps
 
 
-def unauthorized(token: str | None) -> Response:
-    """401 with the RFC 6750 challenge; ``error="invalid_token"`` when one was given."""
+def unauthorized(token: str | None, reason: str = "") -> Response:
+    """401 with the RFC 6750 challenge; ``error="invalid_token"`` when one was given.
+    ``reason`` says why it is not valid (it never quotes the token)."""
     challenge = 'Bearer realm="camera-broker"'
     if token:
         challenge += ', error="invalid_token"'
-        message = "the token is not valid"
+        message = "the token is not valid" + (f": {reason}" if reason else "")
     else:
         message = "a token is required: Authorization: Bearer TOKEN, or ?token=TOKEN"
     return error("unauthorized", message, www_authenticate=challenge)
+
+
+def cross_origin_refused(method: str, path: str, origin: str) -> Response:
+    """403 for a state-changing request from a page of another origin (no tokens set)."""
+    shown = origin if len(origin) <= 100 else origin[:100] + "..."
+    return error(
+        "forbidden",
+        f"{method} {redact(path)} from a page of another origin ({shown!r}) is refused: "
+        "with no tokens configured only the broker's own page, and the origins listed in "
+        "server.cors_origins, may change state",
+    )
 
 
 def forbidden_camera(camera_id: str) -> Response:

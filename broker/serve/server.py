@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from broker.serve.wsapi import MAX_MESSAGE as MAX_MUX_MESSAGE
 from broker.serve.wsapi import WsApi
 from broker.serve.wsframes import (
     INTERNAL_ERROR,
+    POLICY_VIOLATION,
     InboundFrames,
     ReplayStream,
     close_with,
@@ -67,6 +70,7 @@ MIN_TOKEN_LENGTH = 16  # shorter tokens are warned about at start: easy to guess
 # A client leaving, at any point: not a fault of ours.
 CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
 INTERNAL_ERROR_MESSAGE = "the broker failed on this request"
+TOKEN_RECHECK = 2.0  # seconds between checks that a stream's signed token is still valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class Upgrade:
     multiplexed: bool  # /ws, else one camera
     camera: str
     max_fps: float | None
+    token: str = ""  # a signed token's: checked again while it is served
 
     @property
     def where(self) -> str:
@@ -96,7 +101,10 @@ class Server:
         *,
         control: Control | None = None,
         faults: Faults | None = None,
+        config_file: str = "",
     ) -> None:
+        """``config_file``: the file ``config`` was loaded from, if any; its
+        ``security.revoked`` is then re-read when it changes."""
         self.config = config
         self.faults = faults if faults is not None else Faults()
         self.hub = hub
@@ -104,7 +112,7 @@ class Server:
         self.port = 0
         self._complaints = LogThrottle(log)
         self._app_health = health
-        self.access = Access(config.tokens)
+        self.access = Access(config.tokens, config.security, config_file)
         self.router = Router(config, self.access, hub)
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
@@ -146,7 +154,13 @@ class Server:
         if self.access.open:
             log.warning("no [[tokens]] configured: every client may watch and control every camera")
         else:
-            log.info("%d token(s) configured: every request needs one", len(self.config.tokens))
+            signed = self.access.signed
+            kinds = f" and signed tokens ({', '.join(signed.algorithms)})" if signed else ""
+            log.info(
+                "%d static token(s)%s configured: every request needs one",
+                len(self.config.tokens),
+                kinds,
+            )
         for token in self.config.tokens:
             if len(token.token) < MIN_TOKEN_LENGTH:
                 log.warning(
@@ -341,7 +355,11 @@ class Server:
             except BadRequest as bad:
                 response = bad.response
             else:
-                await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
+                async with trio.open_nursery() as nursery:
+                    if grant.expires is not None:  # a signed token's key is the token
+                        nursery.start_soon(self._end_mjpeg, client_key, grant, client, nursery)
+                    await self._mjpeg(stream, route.camera, max_fps, client, method == "HEAD")
+                    nursery.cancel_scope.cancel()
                 raise trio.ClosedResourceError  # the stream is over: close the connection
         else:
             response = await self.handlers.answer(method, route, request, body, grant, client_key)
@@ -352,7 +370,14 @@ class Server:
     def _authorize(
         self, method: str, route: Route, request: h11.Request, client: str
     ) -> tuple[Grant | Response, str]:
-        return self.router.authorize(method, route, header(request, b"authorization"), client)
+        return self.router.authorize(
+            method,
+            route,
+            header(request, b"authorization"),
+            client,
+            origin=header(request, b"origin"),
+            host=header(request, b"host"),
+        )
 
     async def _mjpeg(
         self,
@@ -405,12 +430,12 @@ class Server:
         """The upgrade to serve, or None after refusing it at the handshake, before
         accepting: 400/426 for a malformed upgrade, then 429/401/403/404/400."""
         route = parse(request.target)
-        camera_id, max_fps = "", None
+        camera_id, max_fps, client_key = "", None, ""
         try:
             problem = handshake_problem(request)
             if problem is not None:
                 raise BadRequest(problem)
-            grant, _ = self._authorize("GET", route, request, client)
+            grant, client_key = self._authorize("GET", route, request, client)
             if isinstance(grant, Response):
                 raise BadRequest(grant)
             if route.kind is not Kind.MUX:
@@ -434,6 +459,7 @@ class Server:
             route.kind is Kind.MUX,
             camera_id,
             max_fps,
+            client_key if grant.expires is not None else "",  # a signed token's key: itself
         )
 
     async def _websocket(self, stream: trio.abc.Stream, upgrade: Upgrade, client: str) -> None:
@@ -455,16 +481,59 @@ class Server:
     async def _serve_websocket(
         self, ws: WebSocketConnection, upgrade: Upgrade, client: str
     ) -> None:
+        """Serve it until the client leaves, or its signed token expires or is revoked
+        (then close with 1008, policy violation: a panel reconnects and is refused)."""
         try:
-            if upgrade.multiplexed:
-                await self.wsapi.serve(ws, upgrade.grant, client)
-            else:
-                await websocket.serve(self.delivery, ws, upgrade.camera, upgrade.max_fps, client)
+            async with trio.open_nursery() as nursery:
+                if upgrade.grant.expires is not None:
+                    nursery.start_soon(self._expire, ws, upgrade, client, nursery)
+                if upgrade.multiplexed:
+                    await self.wsapi.serve(ws, upgrade.grant, client)
+                else:
+                    await websocket.serve(
+                        self.delivery, ws, upgrade.camera, upgrade.max_fps, client
+                    )
+                nursery.cancel_scope.cancel()
         except* CLIENT_GONE:
             pass
         except* Exception as group:
             self._fault(upgrade.where, group)
             await close_with(ws, INTERNAL_ERROR)
+
+    async def _expire(
+        self, ws: WebSocketConnection, upgrade: Upgrade, client: str, nursery: trio.Nursery
+    ) -> None:
+        """When its signed token expires or is revoked: the close frame (1008) first,
+        then the end of serving."""
+        why = await self._until_invalid(upgrade.token, upgrade.grant)
+        log.info("client %s: its token %s; WebSocket closed", client, why)
+        await close_with(ws, POLICY_VIOLATION)
+        nursery.cancel_scope.cancel()
+
+    async def _end_mjpeg(
+        self, token: str, grant: Grant, client: str, nursery: trio.Nursery
+    ) -> None:
+        why = await self._until_invalid(token, grant)
+        log.info("client %s: its token %s; MJPEG stream ended", client, why)
+        nursery.cancel_scope.cancel()
+
+    async def _until_invalid(self, token: str, grant: Grant) -> str:
+        """Return when a signed token expires (its ``exp`` plus the clock skew), or stops
+        being valid (its ``jti`` revoked, the secret rotated), checked every
+        `TOKEN_RECHECK` seconds; says which."""
+        deadline = trio.current_time() + self._time_left(grant)
+        while (left := deadline - trio.current_time()) > 0:
+            await trio.sleep(min(TOKEN_RECHECK, left))
+            if trio.current_time() < deadline and not self.access.valid(token):
+                return "is no longer valid (revoked, or its key changed)"
+        return "expired"
+
+    def _time_left(self, grant: Grant) -> float:
+        """Seconds until a signed token's ``exp`` (plus the clock skew) ends what it
+        opened; infinite for other grants."""
+        if grant.expires is None:
+            return math.inf
+        return max(0.0, grant.expires + self.config.security.clock_skew - time.time())
 
     async def _accept(
         self, nursery: trio.Nursery, replay: ReplayStream, limit: int

@@ -43,6 +43,7 @@ from broker.serve.tlsstream import TlsStream
 GOING_AWAY = 1001  # never 1000: the Grafana panel does not reconnect after a normal close
 PROTOCOL_ERROR = 1002
 INVALID_PAYLOAD = 1007  # a text message that is not UTF-8
+POLICY_VIOLATION = 1008  # the client's signed token expired
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 CLOSE_GRACE = 1.0  # seconds to get a close frame out, and to let the client read it
