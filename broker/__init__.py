@@ -9,8 +9,8 @@ Packages by concern, in layers; a package imports only the layers listed before 
 - ``support``: small utilities (error boundary, log throttle, rate limit, backoff,
   ZeroMQ under trio, the private work folder).
 - ``trust``: TLS certificates, camera keys (ZeroMQ CURVE) and signed tokens (checking,
-  issuing, keeping them out of the log); the config
-  checks its key files, the edges use it.
+  issuing, keeping them out of the log); the config checks its key files, the edges use
+  it.
 - ``config``: the TOML configuration, validated with every problem named by key path.
 - ``core``: cameras, subscribers, drop-oldest queues, the hub, "No Data": pure and
   synchronous, no trio; ``Hub.publish`` never awaits.
