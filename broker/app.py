@@ -78,7 +78,9 @@ class Broker:
             # Workers on this host publish over ipc://, which is faster than tcp.
             local = f"ipc://{folder}/ingest.ipc"
             socket, self.ingest_endpoints = ingest.bind(
-                context, [*self.config.ingest.endpoints, local], self.config.ingest.max_frame_bytes
+                context,
+                [*self.config.ingest.endpoints, local],
+                ingest.largest_frame_limit(self.config),
             )
             for endpoint in self.ingest_endpoints:
                 log.info("ingest bound on %s", endpoint)
@@ -92,6 +94,7 @@ class Broker:
             self.port = self.server.port
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.control.run, name="control")
+                await nursery.start(self.server.deriver.run, name="derive")
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 nursery.start_soon(
                     ingest.run_ingest,

@@ -117,6 +117,7 @@ class Worker:
         self.settings: Settings = {k: v for k, v in defaults().items() if k not in SIZE_KEYS}
         self.settings.update(fps=float(options.fps), format=options.format, quality=options.quality)
         self.size: Size | None = options.size
+        self.tiff_depth = options.tiff_depth
         self.last_size: Size | None = None  # of the last frame published
         self.supported = supported()  # every source can apply every setting, in software
         self.software: Settings = dict(NEUTRAL)  # the image settings applied in software
@@ -277,7 +278,7 @@ class Worker:
         if not self.neutral:
             image = adjust(image, self.software)
         height, width = image.shape[:2]
-        payload = encode(image, fmt, self.settings["quality"])
+        payload = encode(image, fmt, self.settings["quality"], self.tiff_depth)
         if fmt == "jpeg":  # lets any viewer measure latency (docs/protocol.md)
             payload = stamp.stamp(payload, self.seq, capture.captured_at)
         self.send(capture.captured_at, width, height, payload)

@@ -346,8 +346,8 @@ BAD_CONFIGS = [
     pytest.param(
         '[[cameras]]\nid = "a"\nformat = "gif"\n[[cameras]]\nid = "b"\nformat = 1',
         [
-            'cameras[0].format: must be one of jpeg, png, webp, bmp, got "gif"',
-            "cameras[1].format: must be one of jpeg, png, webp, bmp, got 1 (an integer)",
+            'cameras[0].format: must be one of jpeg, png, webp, bmp, tiff, lz4, got "gif"',
+            "cameras[1].format: must be one of jpeg, png, webp, bmp, tiff, lz4, got 1 (an integer)",
         ],
         id="format",
     ),
@@ -405,7 +405,7 @@ id = "front"
         parse(text)
     assert caught.value.errors == [
         "server.queue_depth: must be an integer from 1 to 64, got 0",
-        'cameras[0].format: must be one of jpeg, png, webp, bmp, got "gif"',
+        'cameras[0].format: must be one of jpeg, png, webp, bmp, tiff, lz4, got "gif"',
         'cameras[1].id: duplicate camera id "front" (also cameras[0].id)',
     ]
 

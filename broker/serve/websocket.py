@@ -27,9 +27,14 @@ async def serve(
     camera_id: str,
     max_fps: float | None,
     client: str,
+    browser: bool = False,
 ) -> None:
-    """Stream one camera's images to an accepted WebSocket until either side ends."""
-    subscriber = delivery.hub.subscribe(camera_id, client, delivery.config.queue_depth)
+    """Stream one camera's images to an accepted WebSocket until either side ends: in
+    the camera's own format, byte for byte, or with ``browser`` (``?format=jpeg``, the
+    viewer page) as JPEGs (derived, for a camera of a raw format)."""
+    subscriber = delivery.hub.subscribe(
+        camera_id, client, delivery.config.queue_depth, browser=browser
+    )
     cap = f" (at most {max_fps:g} fps)" if max_fps else ""
     log.info("client %s: watching camera %s over WebSocket%s", client, camera_id, cap)
     try:
