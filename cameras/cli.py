@@ -96,7 +96,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--camera-id", required=True, type=camera_id)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--device", help="V4L2 device, e.g. /dev/video0")
+    where.add_argument(
+        "--device", help="V4L2 device, e.g. /dev/video0, or a camera index (0: the first)"
+    )
     where.add_argument("--source", help="test-pattern, a video file, an image folder, or a URL")
     width, height, fps, quality = (SETTINGS[k] for k in ("width", "height", "fps", "quality"))
     p.add_argument(

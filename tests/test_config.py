@@ -27,6 +27,9 @@ from broker.protocol.wire import CAMERA_ID
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 ID_RULE = f"must match {CAMERA_ID.pattern}"
+DEVICE_RULE = (
+    'must be a device path such as "/dev/video0" or a camera index (an integer from 0 to 1023)'
+)
 CAMERA_KEYS = "id, name, source, device, width, height, fps, format, quality"
 
 # Each row: a config with mistakes, and exactly the messages it must produce, in order.
@@ -339,8 +342,18 @@ BAD_CONFIGS = [
         id="source-scheme",
     ),
     pytest.param(
+        '[[cameras]]\nid = "a"\ndevice = -1\n[[cameras]]\nid = "b"\ndevice = true\n'
+        '[[cameras]]\nid = "c"\nformat = "tiff"\ntiff_depth = 12',
+        [
+            f"cameras[0].device: {DEVICE_RULE}, got -1",
+            f"cameras[1].device: {DEVICE_RULE}, got true",
+            "cameras[2].tiff_depth: must be 8 or 16, got 12",
+        ],
+        id="device-index-and-tiff-depth",
+    ),
+    pytest.param(
         '[[cameras]]\nid = "a"\ndevice = "video0"',
-        ['cameras[0].device: must be a device path such as "/dev/video0", got "video0"'],
+        [f'cameras[0].device: {DEVICE_RULE}, got "video0"'],
         id="device-path",
     ),
     pytest.param(
