@@ -163,6 +163,11 @@ def parse_upload(
         )
     if declared == "lz4":
         return _lz4_upload(body, frame_size, max_width, max_height)
+    if declared == "tiff":  # its directory may lie anywhere: say what is wrong with it
+        try:
+            layout.tiff_layout(body)
+        except (layout.LayoutError, struct.error) as exc:
+            raise UploadError("not_an_image", f"a broken tiff image: {exc}") from None
     size = declared_size(declared, body)
     if size is None:
         raise UploadError("not_an_image", f"cannot read the size of the {declared} image")

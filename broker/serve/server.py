@@ -147,6 +147,9 @@ class Server:
             **self._app_health(),
             "ws_connections": self.wsapi.connections,  # on /ws
             "ws_errors": dict(self.wsapi.errors),  # error messages sent on /ws, by code
+            # JPEGs derived from frames of raw formats for browser outputs: one per frame
+            # at most, however many watch (broker.serve.derive).
+            "derived_jpegs": self.deriver.derived,
         }
 
     async def listen(self) -> list[trio.SocketListener]:
