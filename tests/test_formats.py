@@ -11,15 +11,18 @@ import json
 import os
 import socket
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import helpers
 import lz4.frame
 import numpy as np
 import pytest
+import trio
 import zmq
 from procs import BrokerProcess, synthetic_camera, wait_until, write_config
 from survival import Viewer, _parse
@@ -27,6 +30,7 @@ from survival import Viewer, _parse
 from benchmarks.procs import free_port, get_json
 from broker.config import parse as parse_config
 from broker.control.supervisor import worker_command
+from broker.core import frame as frame_module
 from broker.protocol import layout, mux, wire
 from cameras.encoding import encode
 from cameras.sources import make_source
@@ -419,3 +423,69 @@ def test_api_cameras_shows_the_device(tmp_path: Path) -> None:
     with BrokerProcess(write_config(tmp_path, cameras)) as broker:
         listed = broker.cameras()
         assert listed["usb"]["device"] == 0 and listed["v4l"]["device"] == "/dev/video7"
+
+
+# -- no copy of a payload per client ----------------------------------------------------
+
+
+async def drain(port: int, path: str, total: int) -> None:
+    """A client that reads ``total`` bytes after its handshake and keeps none of them."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(1)
+    while total > 0:
+        data = await stream.receive_some(65536)
+        assert data
+        total -= len(data)
+    await stream.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_no_copy_of_a_frame_per_client_between_ingest_and_the_socket() -> None:
+    """Eight WebSocket clients of a 4 MB LZ4 camera: the broker's Python memory peaks at
+    about one frame's message (tracemalloc), not one per client, and each frame's
+    message is built once (counted), whatever the number of clients."""
+    width, height, frames, clients = 1280, 1080, 4, 8
+    payload = lz4.frame.compress(os.urandom(width * height * 3), store_size=True)
+    cfg = helpers.config(
+        f'[[cameras]]\nid = "a"\nformat = "lz4"\nwidth = {width}\nheight = {height}\n'
+    )
+    builds = 0
+    real_header = frame_module.websocket_binary_header
+
+    def counting_header(length: int) -> bytes:
+        nonlocal builds
+        builds += 1
+        return real_header(length)
+
+    frame_module.websocket_binary_header = counting_header
+    try:
+        async with helpers.running_broker(cfg) as broker, helpers.publisher(broker) as pub:
+            message = len(real_header(len(payload))) + len(payload)
+            tracemalloc.start()
+            try:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(clients):
+                        nursery.start_soon(drain, broker.port, "/cameras/a", frames * message)
+                    await trio.sleep(0.5)  # every client subscribed
+                    before, _ = tracemalloc.get_traced_memory()
+                    tracemalloc.reset_peak()
+                    for seq in range(frames):
+                        header = wire.FrameHeader("a", seq, time.time(), width, height, "lz4")
+                        pub.send_raw(wire.encode(header, payload))
+                        await trio.sleep(0.3)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    finally:
+        frame_module.websocket_binary_header = real_header
+    assert builds == frames, builds  # one message per frame, shared by the 8 clients
+    grown = peak - before
+    print(f"peak Python memory over the baseline: {grown / 1e6:.1f} MB for {clients} clients")
+    assert grown < 3.5 * len(payload), grown  # a copy per client: 8 x 3.7 MB more
