@@ -187,16 +187,17 @@ class Placeholders:
         return image
 
     def _make(self, name: str, width: int, height: int, silence: str, format: str) -> Placeholder:
-        drawn = _draw(name, width, height, silence)
-        if format == "lz4":  # the JPEG for browsers stays within the usual bound
-            jpeg_size = fit(width, height, self.bound)
-            jpeg_image = drawn if jpeg_size == (width, height) else drawn.resize(jpeg_size)
-        else:
-            jpeg_size, jpeg_image = (width, height), drawn
+        # Drawn within the usual bound (the JPEG for browsers); an LZ4 image at a larger
+        # size the panel knows (4K) is that drawing scaled up, pixels repeated: drawing
+        # and scaling at 4K would take half a second a second while the camera is away.
+        jpeg_size = fit(width, height, self.bound) if format == "lz4" else (width, height)
+        drawn = _draw(name, *jpeg_size, silence)
         out = io.BytesIO()
-        jpeg_image.save(out, format="JPEG", quality=70)
+        drawn.save(out, format="JPEG", quality=70)
         if format == "jpeg":
             return Placeholder(out.getvalue(), *jpeg_size)
+        if drawn.size != (width, height):
+            drawn = drawn.resize((width, height), Image.Resampling.NEAREST)
         native = encode_native(drawn, format)
         return Placeholder(out.getvalue(), *jpeg_size, format, native, width, height)
 
