@@ -52,6 +52,7 @@ from cameras.sources import Capture, Size, Source, SourceError, make_source
 log = logging.getLogger("camera-worker")
 
 DROP_REPORT_INTERVAL = 5.0
+ZERO_COPY_BYTES = 1024 * 1024  # larger payloads are sent without a copy
 SEND_HWM = 4  # frames queued for a slow broker: drop stale frames here rather than queue
 
 
@@ -287,8 +288,10 @@ class Worker:
         header = wire.FrameHeader(
             self.camera, self.seq, captured_at, width, height, self.settings["format"]
         )
-        # copy=True: for a frame of ~100 KB, cheaper than the zero-copy bookkeeping.
-        self.socket.send_multipart(wire.encode(header, payload), copy=True)
+        # copy=True: for a frame of ~100 KB, cheaper than the zero-copy bookkeeping; a
+        # raw 4K frame (17-25 MB) is handed over as it is.
+        copy = len(payload) < ZERO_COPY_BYTES
+        self.socket.send_multipart(wire.encode(header, payload), copy=copy)
         self.last_size = (width, height)
         self.seq += 1
 
