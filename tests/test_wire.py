@@ -452,3 +452,16 @@ def test_sniff_format(fmt: str) -> None:
 )
 def test_sniff_format_junk(data: bytes) -> None:
     assert wire.sniff_format(data) is None
+
+
+@given(
+    fmt=st.sampled_from(sorted(wire.RAW_FORMATS)),
+    data=st.binary(max_size=300),
+    prefix=st.sampled_from([b"", b"BM", b"II*\x00", b"MM\x00*", b"\x04\x22\x4d\x18"]),
+)
+def test_layout_check_raises_only_layout_errors(fmt: str, data: bytes, prefix: bytes) -> None:
+    """Whatever a raw frame holds, reading its header raises nothing but LayoutError."""
+    from broker.protocol import layout
+
+    with contextlib.suppress(layout.LayoutError):
+        layout.check(fmt, prefix + data, 4, 4)

@@ -23,7 +23,7 @@ Buffer = bytes | bytearray | memoryview
 
 BMP_HEADER_BYTES = 54  # file header (14) + BITMAPINFOHEADER (40)
 MAX_TIFF_TAGS = 4096  # tags in one TIFF directory: libtiff writes about 15
-MAX_TIFF_STRIPS = 1 << 20  # strips (or tiles) of one TIFF image
+MAX_TIFF_STRIPS = 1 << 16  # strips (or tiles) of one TIFF image: libtiff writes a row each at 4K
 BMP_TRAILING = 64 * 1024  # bytes a BMP may carry after its pixels (a colour profile)
 # LZ4 frame descriptor flags (FLG byte): version 01 in bits 7-6, content size in bit 3.
 LZ4_VERSION_MASK, LZ4_VERSION, LZ4_CONTENT_SIZE, LZ4_DICT_ID = 0xC0, 0x40, 0x08, 0x01
@@ -50,7 +50,15 @@ def check(
 ) -> Layout | None:
     """The layout of ``data`` (an image of ``format`` by its magic bytes) after checking
     it against ``width`` x ``height`` (when given) and against its own length; None for
-    formats whose header this module does not read (JPEG, PNG, WebP)."""
+    formats whose header this module does not read (JPEG, PNG, WebP). Raises nothing but
+    `LayoutError`, whatever ``data`` holds."""
+    try:
+        return _check(format, data, width, height)
+    except struct.error as exc:  # a field read past the end that a check did not foresee
+        raise LayoutError(f"its header is cut short ({exc})") from None
+
+
+def _check(format: str, data: Buffer, width: int | None, height: int | None) -> Layout | None:
     if format == "bmp":
         found = bmp_layout(data)
     elif format == "tiff":
