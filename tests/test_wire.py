@@ -465,3 +465,13 @@ def test_layout_check_raises_only_layout_errors(fmt: str, data: bytes, prefix: b
 
     with contextlib.suppress(layout.LayoutError):
         layout.check(fmt, prefix + data, 4, 4)
+
+
+def test_a_raw_frame_over_its_own_limit_is_oversize() -> None:
+    """The limit of a raw format follows the frame's size: a 64x48 LZ4 frame may not
+    carry 1 MB, though max_frame_bytes would let a JPEG of that size through."""
+    header = FrameHeader("cam1", 1, 2.0, 64, 48, "lz4")
+    limit = wire.frame_limit("lz4", 64, 48, 1000)
+    assert limit == 64 * 48 * 3 + 64 * 48 * 3 // 255 + wire.RAW_SLACK
+    error = reject(wire.encode(header, MAGIC["lz4"] + bytes(limit)), max_payload=1000)
+    assert error.reason == "oversize" and str(limit) in str(error)
