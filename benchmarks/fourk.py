@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--quality", type=int, default=80)
     p.add_argument("--retention-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument(
+        "--queue-depth",
+        type=int,
+        default=2,
+        help="server.queue_depth, frames queued per viewer (default 2, the broker's)",
+    )
 
 
 # --- child: the bare draw + encode -----------------------------------------------------
@@ -113,6 +119,7 @@ def children_of(pid: int) -> list[int]:
 
 def config_text(a: argparse.Namespace, fmt: str) -> str:
     return (
+        f"[server]\nqueue_depth = {a.queue_depth}\n"
         "[ingest]\nendpoints = []\n[control]\nendpoints = []\n"
         f"[retention]\nmax_bytes = {a.retention_bytes}\n"
         f'[[cameras]]\nid = "cam"\nsource = "test-pattern"\nwidth = {a.width}\n'
@@ -348,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
             a,
             ("formats", "viewers", "width", "height", "fps", "quality", "duration", "quick"),
             retention_bytes=a.retention_bytes,
+            queue_depth=a.queue_depth,
             load_average_before=load_before,
             load_average_after=common.load_average(),
         ),

@@ -27,11 +27,15 @@ from broker.core.camera import Camera, CameraInfo
 from broker.core.frame import Frame
 from broker.core.subscriber import Subscriber
 from broker.core.transcode import needs_jpeg
+from broker.protocol.wire import raw_bytes
 from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.hub")
 
 DEFAULT_RETENTION = RetentionConfig()
+# A viewer of a camera whose raw frames are larger queues one frame, whatever
+# server.queue_depth says (`Hub.subscribe`).
+LARGE_FRAME = 8 * 1024 * 1024
 
 
 class Outcome(enum.Enum):
@@ -289,6 +293,8 @@ class Hub:
         """A new subscriber, given the latest frame at once if it is fresh. With
         ``browser`` it takes JPEGs only: derived ones for a camera of a raw format."""
         camera = self.camera(camera_id)
+        if not browser and needs_jpeg(camera.format) and raw_bytes(*camera.size) > LARGE_FRAME:
+            depth = 1  # a queued 4K frame is 25 MB and 33 ms of latency: the newest only
         subscriber = Subscriber(camera, client, depth, kind, browser)
         camera.subscribers.add(subscriber)
         if browser:
