@@ -219,3 +219,23 @@ def test_panel_renders_tiff_and_lz4_cameras_and_their_no_data(tmp_path: Path, pa
         for name, state in panels.items():
             assert state["errors"] == [], (name, state["errors"])
             assert (state["width"], state["height"]) == SIZE, name
+
+
+@pytest.mark.timeout(90)
+def test_viewer_page_shows_raw_format_cameras_as_jpegs(tmp_path: Path, page) -> None:
+    """The viewer page's tiles are <img>s: an LZ4 and a TIFF camera come as the JPEGs the
+    broker derives (?format=jpeg), live."""
+    from procs import BrokerProcess, synthetic_camera, write_config
+
+    cameras = synthetic_camera("lz", 640, 480, 10).replace(
+        "fps = 10\n", 'fps = 10\nformat = "lz4"\n'
+    ) + synthetic_camera("tf", 320, 240, 10).replace("fps = 10\n", 'fps = 10\nformat = "tiff"\n')
+    with BrokerProcess(write_config(tmp_path, cameras)) as broker:
+        broker.wait_online("lz", "tf")
+        assert {c["format"] for c in broker.cameras().values()} == {"lz4", "tiff"}
+        page.goto(broker.url + "/")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.tile')].every((t) => Number(t.dataset.frames) >= 5)"
+            " && [...document.querySelectorAll('.tile img')].map((i) => i.naturalWidth).join()"
+            " === '640,320'"
+        )
