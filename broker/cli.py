@@ -16,7 +16,6 @@ import zmq
 from broker import config as configuration
 from broker import ctl, grafana
 from broker.app import Broker
-from broker.support import memory
 
 log = logging.getLogger("broker")
 
@@ -50,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     configure_logging(args.log_level)
     raise_open_files_limit()
-    memory.return_large_blocks()  # 4K frames: RSS follows the frames held
     try:
         trio.run(serve, config, args.log_level)
     except BaseExceptionGroup as group:
