@@ -489,3 +489,14 @@ async def test_no_copy_of_a_frame_per_client_between_ingest_and_the_socket() -> 
     grown = peak - before
     print(f"peak Python memory over the baseline: {grown / 1e6:.1f} MB for {clients} clients")
     assert grown < 3.5 * len(payload), grown  # a copy per client: 8 x 3.7 MB more
+
+
+def test_the_kernel_may_hold_a_sixteenth_of_a_raw_frame_per_viewer() -> None:
+    """4K raw frames are not written 64 KiB at a time: a viewer of a 4K LZ4 camera may
+    leave 1/16 of a frame unsent in the kernel; JPEG and small raw cameras keep 64 KiB."""
+    from broker.core.camera import Camera, CameraInfo
+    from broker.serve.delivery import unsent_bound
+
+    assert unsent_bound(Camera(CameraInfo("a", "a", 3840, 2160, "lz4"))) == 3840 * 2160 * 3 // 16
+    assert unsent_bound(Camera(CameraInfo("b", "b", 3840, 2160, "jpeg"))) is None
+    assert unsent_bound(Camera(CameraInfo("c", "c", 160, 120, "bmp"))) is None

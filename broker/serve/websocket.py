@@ -15,7 +15,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from broker.core.frame import Frame
 from broker.core.subscriber import Subscriber, SubscriptionEnded
-from broker.serve.delivery import Delivery, direct_writer
+from broker.serve.delivery import Delivery, direct_writer, fit_unsent_bound
 from broker.serve.wsframes import close_going_away, send_prebuilt, transport
 
 log = logging.getLogger("broker.server")
@@ -35,6 +35,8 @@ async def serve(
     subscriber = delivery.hub.subscribe(
         camera_id, client, delivery.config.queue_depth, browser=browser
     )
+    if not browser:
+        fit_unsent_bound(ws, subscriber.camera)
     cap = f" (at most {max_fps:g} fps)" if max_fps else ""
     log.info("client %s: watching camera %s over WebSocket%s", client, camera_id, cap)
     try:
