@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -49,7 +50,7 @@ PREFIX_BYTES = 256
 RECV_BYTES = 1 << 20
 THROTTLED_READ_BYTES = 16 * 1024  # the token bucket's size and the largest throttled read
 MODES = ("fast", "throttled", "stalled")
-PROTOCOLS = ("websocket", "mjpeg")
+PROTOCOLS = ("websocket", "mjpeg", "mux")
 DRAIN_INTERVAL = 0.1  # s: while opening connections, read the open ones this often
 MAX_PART_HEAD = 1024  # an MJPEG part head is about 90 bytes
 
@@ -179,6 +180,36 @@ class Connection:
         )
 
 
+class MuxConnection(Connection):
+    """One ``/ws`` connection subscribed to one camera: each binary message is a frame
+    with a small JSON header (docs/protocol.md, "Frames") whose ``seq`` and
+    ``captured_at`` stand in for the JPEG stamp, so frames of any format (LZ4, BMP) are
+    timed; the header fits in `PREFIX_BYTES`. Text messages (replies, events) are skipped."""
+
+    def _finish(self, now: float) -> None:
+        opcode = self.head[0] & 0x0F
+        if opcode == 0x8:
+            self.closed = True
+        elif opcode == 0x2:
+            body = bytes(self.head[self.header_len :])
+            stamped = None
+            if len(body) >= 2:
+                length = int.from_bytes(body[:2], "big")
+                with contextlib.suppress(ValueError):
+                    header = json.loads(body[2 : 2 + length])
+                    stamped = (int(header["seq"]), float(header["captured_at"]))
+            self._record(stamped, now)
+        self._reset()
+
+
+def masked_text(text: str) -> bytes:
+    """One masked WebSocket text frame (a client must mask)."""
+    data = text.encode()
+    mask = os.urandom(4)
+    size = bytes((0x80 | len(data),)) if len(data) < 126 else bytes((0xFE,)) + len(data).to_bytes(2)
+    return b"\x81" + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
 class MjpegConnection(Connection):
     """One ``multipart/x-mixed-replace`` stream: each part's head is read up to its blank
     line for ``Content-Length``; the first `PREFIX_BYTES` of the image are kept (the
@@ -256,7 +287,8 @@ def open_connection(
         request += f"Host: 127.0.0.1:{port}\r\n\r\n"
     else:
         key = base64.b64encode(os.urandom(16)).decode()
-        request, expect = f"GET /cameras/{camera}{suffix} HTTP/1.1\r\n", b"HTTP/1.1 101"
+        path = "/ws" if protocol == "mux" else f"/cameras/{camera}"
+        request, expect = f"GET {path}{suffix} HTTP/1.1\r\n", b"HTTP/1.1 101"
         request += (
             f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -271,8 +303,11 @@ def open_connection(
     head, _, rest = buffer.partition(b"\r\n\r\n")
     if not head.startswith(expect):
         raise ConnectionError(f"{name}: handshake refused: {head.splitlines()[0]!r}")
+    if protocol == "mux":  # after the handshake: a client waits for it before sending
+        sock.sendall(masked_text(json.dumps({"type": "subscribe", "camera": camera})))
     sock.setblocking(False)
-    kind = MjpegConnection if protocol == "mjpeg" else Connection
+    kinds = {"mjpeg": MjpegConnection, "mux": MuxConnection}
+    kind = kinds.get(protocol, Connection)
     return kind(sock, camera, name), rest
 
 
@@ -449,7 +484,8 @@ def parser() -> argparse.ArgumentParser:
         "--protocol",
         choices=PROTOCOLS,
         default="websocket",
-        help="websocket (/cameras/ID) or mjpeg (/cameras/ID/mjpeg)",
+        help="websocket (/cameras/ID), mjpeg (/cameras/ID/mjpeg) or mux (/ws, subscribed "
+        "to ID: times frames of any format by their header)",
     )
     p.add_argument("--query", default="", help="query string for every URL, e.g. fps=1")
     p.add_argument(

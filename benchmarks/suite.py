@@ -17,6 +17,7 @@ from benchmarks import (
     all_scenarios,
     connections,
     fanout,
+    fourk,
     ingest,
     mjpeg,
     saturation,
@@ -35,7 +36,8 @@ SCENARIOS = {
     "ingest": ingest,
     "worker": worker,
     "soak": soak,  # not in "all": it runs for minutes by design
-    "tls": tls,
+    "tls": tls,  # not in "all": a second broker and minutes of steps
+    "4k": fourk,  # not in "all": minutes of a loaded machine (issue 12)
     "all": all_scenarios,
 }
 QUICK_SECONDS = 3.0

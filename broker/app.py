@@ -104,7 +104,7 @@ class Broker:
             socket, self.ingest_endpoints = ingest.bind(
                 context,
                 [*self.config.ingest.endpoints, local],
-                self.config.ingest.max_frame_bytes,
+                ingest.largest_frame_limit(self.config),
                 ingest_security,
             )
             for endpoint in self.ingest_endpoints:
@@ -124,6 +124,7 @@ class Broker:
                 if self.keys is not None:
                     self.start_curve(nursery, socket)
                 await nursery.start(self.control.run, name="control")
+                await nursery.start(self.server.deriver.run, name="derive")
                 nursery.start_soon(self.server.serve, listeners, name="server")
                 if self.server.certificates is not None:  # reloaded on change and SIGHUP
                     nursery.start_soon(

@@ -244,7 +244,7 @@ def show_result(result: CommandResult, as_json: bool) -> int:
 def camera_table(cameras: list[dict[str, Any]]) -> str:
     if not cameras:
         return "no cameras"
-    rows = [("ID", "NAME", "ONLINE", "FPS", "SIZE", "CLIENTS")]
+    rows = [("ID", "NAME", "ONLINE", "FPS", "SIZE", "FORMAT", "CLIENTS")]
     for camera in cameras:
         fps = camera.get("fps")
         rows.append(
@@ -254,6 +254,7 @@ def camera_table(cameras: list[dict[str, Any]]) -> str:
                 "yes" if camera.get("online") else "no",
                 f"{fps:.1f}" if isinstance(fps, int | float) else "-",
                 f"{camera.get('width', '?')}x{camera.get('height', '?')}",
+                str(camera.get("format", "-")),
                 str(camera.get("clients", "-")),
             )
         )

@@ -93,7 +93,12 @@ def ws_base(public_url: str) -> str:
 def live_dashboard(config: Config, public_url: str) -> dict[str, Any]:
     base = ws_base(public_url)
     panels = [
-        _panel(i, camera.display_name, PLUGIN_ID, _live_options(f"{base}/cameras/{camera.id}"))
+        _panel(
+            i,
+            camera.display_name,
+            PLUGIN_ID,
+            _live_options(f"{base}/cameras/{camera.id}", image_format(camera.format)),
+        )
         for i, camera in enumerate(config.cameras)
     ]
     return _dashboard("camera-broker-live", "Cameras (live)", _grid(panels, 2, 10))
@@ -200,13 +205,20 @@ def _grid(panels: list[dict[str, Any]], columns: int, height: int) -> list[dict[
     return panels
 
 
-def _live_options(ws_url: str) -> dict[str, Any]:
+def image_format(format: str) -> str:
+    """The Live Image Panel's ``imageFormat`` for a camera sending ``format``: ``auto``
+    sniffs JPEG, PNG, WebP and TIFF by their magic bytes; raw BMP and LZ4 frames must be
+    named (LZ4 has no image header: the panel infers the size from the pixel count)."""
+    return {"lz4": "image/lz4", "bmp": "image/bmp"}.get(format, "auto")
+
+
+def _live_options(ws_url: str, image_format: str = "auto") -> dict[str, Any]:
     return {
         "wsUrl": ws_url,
         "reconnectDelay": 2000,
         "objectFit": "contain",
         "showStatusIndicator": True,
-        "imageFormat": "auto",
+        "imageFormat": image_format,
     }
 
 

@@ -27,6 +27,7 @@ DESCRIPTION = (
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_ORPHAN_TIMEOUT = 86400.0
+TIFF_DEPTHS = (8, 16)  # --tiff-depth: 8-bit RGB or 16-bit greyscale
 CAMERA_SETTINGS = ("width", "height", "fps", "format", "quality")  # what flags may set
 
 
@@ -43,6 +44,7 @@ class WorkerOptions:
     fps: float = SETTINGS["fps"].default
     format: str = SETTINGS["format"].default
     quality: int = SETTINGS["quality"].default
+    tiff_depth: int = 8  # bits of a TIFF: 8 (RGB) or 16 (greyscale)
     control: str | None = None  # the broker's control endpoint; None: only stream
     heartbeat: float = 1.0  # seconds between control heartbeats
     paused: bool = False  # streaming off until the broker sends start_stream
@@ -72,6 +74,8 @@ class WorkerOptions:
             validate(self.camera_settings())
         except SettingsError as exc:
             return "; ".join(f"--{key}: {error}" for key, error in exc.errors.items())
+        if self.tiff_depth not in TIFF_DEPTHS:
+            return f"--tiff-depth: must be 8 or 16, got {self.tiff_depth}"
         lo, hi = HEARTBEAT_RANGE
         if not lo <= self.heartbeat <= hi:
             return f"--heartbeat: must be {want(float, lo, hi)}, got {self.heartbeat:g}"
@@ -96,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--camera-id", required=True, type=camera_id)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--device", help="V4L2 device, e.g. /dev/video0")
+    where.add_argument(
+        "--device", help="V4L2 device, e.g. /dev/video0, or a camera index (0: the first)"
+    )
     where.add_argument("--source", help="test-pattern, a video file, an image folder, or a URL")
     width, height, fps, quality = (SETTINGS[k] for k in ("width", "height", "fps", "quality"))
     p.add_argument(
@@ -123,6 +129,13 @@ def parser() -> argparse.ArgumentParser:
         type=setting("quality"),
         default=quality.default,
         help=f"{quality.lo:g}..{quality.hi:g} (default {quality.default})",
+    )
+    p.add_argument(
+        "--tiff-depth",
+        type=int,
+        choices=TIFF_DEPTHS,
+        default=8,
+        help="with --format tiff: 8 = 8-bit RGB (default), 16 = 16-bit greyscale",
     )
     p.add_argument(
         "--control",
@@ -187,6 +200,7 @@ def parse(argv: Sequence[str] | None = None) -> WorkerOptions:
             fps=args.fps,
             format=args.format,
             quality=args.quality,
+            tiff_depth=args.tiff_depth,
             control=args.control,
             heartbeat=args.heartbeat,
             paused=args.paused,

@@ -60,6 +60,7 @@ from cameras.sources import Capture, Size, Source, SourceError, make_source
 log = logging.getLogger("camera-worker")
 
 DROP_REPORT_INTERVAL = 5.0
+ZERO_COPY_BYTES = 1024 * 1024  # larger payloads are sent without a copy
 SEND_HWM = 4  # frames queued for a slow broker: drop stale frames here rather than queue
 
 
@@ -125,6 +126,7 @@ class Worker:
         self.settings: Settings = {k: v for k, v in defaults().items() if k not in SIZE_KEYS}
         self.settings.update(fps=float(options.fps), format=options.format, quality=options.quality)
         self.size: Size | None = options.size
+        self.tiff_depth = options.tiff_depth
         self.last_size: Size | None = None  # of the last frame published
         self.supported = supported()  # every source can apply every setting, in software
         self.software: Settings = dict(NEUTRAL)  # the image settings applied in software
@@ -285,7 +287,7 @@ class Worker:
         if not self.neutral:
             image = adjust(image, self.software)
         height, width = image.shape[:2]
-        payload = encode(image, fmt, self.settings["quality"])
+        payload = encode(image, fmt, self.settings["quality"], self.tiff_depth)
         if fmt == "jpeg":  # lets any viewer measure latency (docs/protocol.md)
             payload = stamp.stamp(payload, self.seq, capture.captured_at)
         self.send(capture.captured_at, width, height, payload)
@@ -294,8 +296,10 @@ class Worker:
         header = wire.FrameHeader(
             self.camera, self.seq, captured_at, width, height, self.settings["format"]
         )
-        # copy=True: for a frame of ~100 KB, cheaper than the zero-copy bookkeeping.
-        self.socket.send_multipart(wire.encode(header, payload), copy=True)
+        # copy=True: for a frame of ~100 KB, cheaper than the zero-copy bookkeeping; a
+        # raw 4K frame (17-25 MB) is handed over as it is.
+        copy = len(payload) < ZERO_COPY_BYTES
+        self.socket.send_multipart(wire.encode(header, payload), copy=copy)
         self.last_size = (width, height)
         self.seq += 1
 

@@ -180,3 +180,47 @@ def test_worker(suite) -> None:
         assert {"ratio", "ratio_pipeline", "met"} <= set(r)
     assert set(data["targets"]) == {"ratio"}
     assert {"limit", "worst", "met"} <= set(data["targets"]["ratio"])
+
+
+@pytest.mark.timeout(120)
+def test_4k_runs_small(tmp_path: Path) -> None:
+    """``4k`` at a small size, lz4 and jpeg to one viewer: it completes and reports
+    source and delivered rates, latency (from the /ws header for lz4) and the broker's
+    memory. Not part of ``all`` (minutes at 4K)."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "4k",
+            "--quick",
+            "--duration",
+            "1",
+            "--formats",
+            "lz4,jpeg",
+            "--viewers",
+            "1",
+            "--width",
+            "640",
+            "--height",
+            "480",
+            "--fps",
+            "10",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    found = list(tmp_path.glob("4k-*.json"))
+    assert len(found) == 1, completed.stdout[-3000:] + completed.stderr[-3000:]
+    data = json.loads(found[0].read_text())
+    assert [r["format"] for r in data["results"]] == ["lz4", "jpeg"]
+    for result in data["results"]:
+        (step,) = result["steps"]
+        assert step["source_fps"] > 0 and step["viewer_fps_min"] > 0, step
+        assert step["p99_ms"] > 0 and step["unstamped"] == 0, step
+        assert step["broker_peak_rss_bytes"] > 0 and step["worker_cpu_ms_per_frame"], step
+    assert "targets:" in completed.stdout

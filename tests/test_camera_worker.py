@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
+import lz4.frame
 import numpy as np
 import pytest
 import zmq
 
-from broker.protocol import control, stamp, wire
+from broker.protocol import control, layout, stamp, wire
 from broker.protocol.settings import SETTINGS, SettingsError, validate
 from broker.support.backoff import Backoff
 from cameras import cli, commands
@@ -91,9 +92,27 @@ def test_test_pattern_has_realistic_jpeg_sizes_and_moves() -> None:
 
 @pytest.mark.parametrize("fmt", wire.FORMATS)
 def test_encode_each_format(fmt: str) -> None:
-    data = encode(TestPattern(64, 48).draw(0), fmt, 80)
+    image = TestPattern(64, 48).draw(0)
+    data = encode(image, fmt, 80)
     assert wire.sniff_format(data) == fmt
-    assert decoded_size(data) == (64, 48)
+    if fmt == "lz4":  # raw BGR pixels, top-down, no padding: equal bytes
+        assert lz4.frame.decompress(data) == image.tobytes()
+    else:
+        assert decoded_size(data) == (64, 48)
+    if fmt in ("bmp", "tiff", "lz4"):
+        assert layout.check(fmt, data, 64, 48) is not None
+
+
+def test_tiff_is_8_bit_rgb_or_16_bit_grey_and_lossless() -> None:
+    image = TestPattern(64, 48).draw(0)
+    rgb = cv2.imdecode(np.frombuffer(encode(image, "tiff", 80), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert rgb.dtype == np.uint8 and np.array_equal(rgb, image)
+    data = encode(image, "tiff", 80, tiff_depth=16)
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert grey.dtype == np.uint16 and grey.shape == (48, 64)
+    expected = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257
+    assert np.array_equal(grey, expected)
+    assert layout.tiff_layout(data) == layout.Layout(64, 48, 1, 16)
 
 
 def test_passthrough_only_when_the_camera_gives_exactly_what_was_asked() -> None:

@@ -27,6 +27,9 @@ from broker.protocol.wire import CAMERA_ID
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 ID_RULE = f"must match {CAMERA_ID.pattern}"
+DEVICE_RULE = (
+    'must be a device path such as "/dev/video0" or a camera index (an integer from 0 to 1023)'
+)
 CAMERA_KEYS = "id, name, source, device, width, height, fps, format, quality"
 
 # Each row: a config with mistakes, and exactly the messages it must produce, in order.
@@ -339,15 +342,25 @@ BAD_CONFIGS = [
         id="source-scheme",
     ),
     pytest.param(
+        '[[cameras]]\nid = "a"\ndevice = -1\n[[cameras]]\nid = "b"\ndevice = true\n'
+        '[[cameras]]\nid = "c"\nformat = "tiff"\ntiff_depth = 12',
+        [
+            f"cameras[0].device: {DEVICE_RULE}, got -1",
+            f"cameras[1].device: {DEVICE_RULE}, got true",
+            "cameras[2].tiff_depth: must be 8 or 16, got 12",
+        ],
+        id="device-index-and-tiff-depth",
+    ),
+    pytest.param(
         '[[cameras]]\nid = "a"\ndevice = "video0"',
-        ['cameras[0].device: must be a device path such as "/dev/video0", got "video0"'],
+        [f'cameras[0].device: {DEVICE_RULE}, got "video0"'],
         id="device-path",
     ),
     pytest.param(
         '[[cameras]]\nid = "a"\nformat = "gif"\n[[cameras]]\nid = "b"\nformat = 1',
         [
-            'cameras[0].format: must be one of jpeg, png, webp, bmp, got "gif"',
-            "cameras[1].format: must be one of jpeg, png, webp, bmp, got 1 (an integer)",
+            'cameras[0].format: must be one of jpeg, png, webp, bmp, tiff, lz4, got "gif"',
+            "cameras[1].format: must be one of jpeg, png, webp, bmp, tiff, lz4, got 1 (an integer)",
         ],
         id="format",
     ),
@@ -405,7 +418,7 @@ id = "front"
         parse(text)
     assert caught.value.errors == [
         "server.queue_depth: must be an integer from 1 to 64, got 0",
-        'cameras[0].format: must be one of jpeg, png, webp, bmp, got "gif"',
+        'cameras[0].format: must be one of jpeg, png, webp, bmp, tiff, lz4, got "gif"',
         'cameras[1].id: duplicate camera id "front" (also cameras[0].id)',
     ]
 

@@ -64,7 +64,7 @@ def test_list_and_status(broker: BrokerProcess) -> None:
     listed = run_ctl("--url", url(broker), "list")
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "ONLINE", "FPS", "SIZE", "CLIENTS"]
+    assert header.split() == ["ID", "NAME", "ONLINE", "FPS", "SIZE", "FORMAT", "CLIENTS"]
     assert row.split()[0] == "cam" and "160x120" in row
 
     as_json = run_ctl("list", "--url", url(broker), "--json")  # options after the action too
@@ -193,7 +193,7 @@ async def test_tokens_decide_and_refusals_exit_2() -> None:
 
             viewer = {"CAMERA_BROKER_TOKEN": "viewer-secret"}
             listed = await ctl_process("list", **viewer)
-            assert listed.returncode == 0 and listed.stdout.split()[6] == b"a"
+            assert listed.returncode == 0 and listed.stdout.split()[7] == b"a"
             forbidden = await ctl_process("set", "a", "brightness=60", **viewer)
             assert forbidden.returncode == 2 and b"forbidden" in forbidden.stderr
             forbidden = await ctl_process("preset", "a", "night", **viewer)

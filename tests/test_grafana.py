@@ -197,3 +197,12 @@ async def test_mjpeg_text_panels_point_at_served_streams() -> None:
             assert body.startswith(b"\xff\xd8")
             await reader.aclose()
         n.cancel_scope.cancel()
+
+
+def test_each_live_panel_decodes_its_camera_format() -> None:
+    """auto sniffs JPEG, PNG, WebP and TIFF; raw BMP and LZ4 must be named."""
+    formats = ("jpeg", "png", "webp", "tiff", "bmp", "lz4")
+    text = "".join(f'[[cameras]]\nid = "c{i}"\nformat = "{f}"\n' for i, f in enumerate(formats))
+    live = grafana.live_dashboard(config(text), "http://cams.example:8765")
+    found = [panel["options"]["imageFormat"] for panel in live["panels"]]
+    assert found == ["auto", "auto", "auto", "auto", "image/bmp", "image/lz4"]

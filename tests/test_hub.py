@@ -516,3 +516,18 @@ def test_unconfigured_cameras_are_bounded() -> None:
     ]
     assert sorted(hub.cameras) == ["a", "x", "y"]
     assert hub.full and hub.errors["too_many_cameras"] == 1
+
+
+def test_a_viewer_of_a_4k_raw_camera_queues_one_frame() -> None:
+    """25 MB a frame: the newest only, whatever server.queue_depth; its browser outputs
+    (small JPEGs) and other cameras keep the depth asked for."""
+    hub = Hub(
+        [
+            CameraInfo("big", "big", 3840, 2160, "lz4"),
+            CameraInfo("small", "small", 640, 480, "lz4"),
+        ],
+        offline_after=3.0,
+    )
+    assert hub.subscribe("big", "c1", 2).queue.depth == 1
+    assert hub.subscribe("big", "c2", 2, browser=True).queue.depth == 2
+    assert hub.subscribe("small", "c3", 2).queue.depth == 2

@@ -24,7 +24,12 @@ MAGIC = {
     "png": b"\x89PNG\r\n\x1a\n",
     "webp": b"RIFF\x10\x00\x00\x00WEBP",
     "bmp": b"BM" + bytes(26),
+    "tiff": b"II*\x00",
+    "lz4": b"\x04\x22\x4d\x18",
 }
+# Formats whose header the broker reads (`broker.protocol.layout`): a round trip needs a
+# real image of the header's size, made by `raw_payload`.
+COMPRESSED = tuple(f for f in wire.FORMATS if f not in wire.RAW_FORMATS)
 
 VALID_FIELDS: dict[str, Any] = {
     "version": wire.PROTOCOL_VERSION,
@@ -71,8 +76,63 @@ headers = st.builds(
     captured_at=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
     width=st.integers(1, wire.MAX_DIMENSION),
     height=st.integers(1, wire.MAX_DIMENSION),
-    format=st.sampled_from(wire.FORMATS),
+    format=st.sampled_from(COMPRESSED),
 )
+raw_headers = st.builds(
+    FrameHeader,
+    camera=st.just("cam1"),
+    seq=st.integers(0, 2**64 - 1),
+    captured_at=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    width=st.integers(1, 40),
+    height=st.integers(1, 40),
+    format=st.sampled_from(sorted(wire.RAW_FORMATS)),
+)
+
+
+def raw_payload(header: FrameHeader, seed: int = 0) -> bytes:
+    """A real image of ``header``'s format and size."""
+    import io
+
+    import lz4.frame
+    from PIL import Image
+
+    from broker.protocol import layout
+
+    pixels = bytes((seed + i) % 256 for i in range(header.width * header.height * 3))
+    if header.format == "lz4":
+        return lz4.frame.compress(pixels, store_size=True)
+    if header.format == "bmp":
+        row = header.width * 3
+        pad = bytes((4 - row % 4) % 4)
+        rows = b"".join(pixels[y * row : (y + 1) * row] + pad for y in range(header.height))
+        return layout.bmp_header(header.width, header.height) + rows
+    out = io.BytesIO()
+    Image.frombytes("RGB", (header.width, header.height), pixels).save(out, "TIFF")
+    return out.getvalue()
+
+
+@given(header=raw_headers, seed=st.integers(0, 255))
+def test_round_trip_of_raw_formats(header: FrameHeader, seed: int) -> None:
+    """BMP, TIFF and LZ4 frames whose own headers agree with the frame's come through."""
+    payload = raw_payload(header, seed)
+    decoded, out = wire.decode(wire.encode(header, payload), MAX_PAYLOAD)
+    assert decoded == header
+    assert out == payload
+
+
+@pytest.mark.parametrize("fmt", sorted(wire.RAW_FORMATS))
+def test_a_raw_frame_of_another_size_than_its_header_says_is_refused(fmt: str) -> None:
+    header = FrameHeader("cam1", 1, 2.0, 8, 6, fmt)
+    payload = raw_payload(FrameHeader("cam1", 1, 2.0, 5, 8, fmt))  # fewer pixels (LZ4)
+    error = reject(wire.encode(header, payload))
+    assert error.reason == "layout"
+
+
+def test_raw_formats_may_exceed_max_frame_bytes_by_their_pixels() -> None:
+    assert wire.frame_limit("jpeg", 3840, 2160, 16 << 20) == 16 << 20
+    limit = wire.frame_limit("lz4", 3840, 2160, 16 << 20)
+    assert 3840 * 2160 * 3 < limit < 3840 * 2160 * 3 * 1.01
+    assert wire.frame_limit("bmp", 640, 480, 16 << 20) == 16 << 20
 
 
 @given(header=headers, rest=st.binary(max_size=64))
@@ -261,7 +321,7 @@ def bad_header_cases() -> list[Any]:
             "unknown format",
             message(format="gif"),
             "field",
-            "format must be one of jpeg, png, webp, bmp, got 'gif'",
+            "format must be one of jpeg, png, webp, bmp, tiff, lz4, got 'gif'",
         ),
         ("upper-case format", message(format="JPEG"), "field", "got 'JPEG'"),
         ("bad camera id", message(camera="bad id"), "field", "camera id 'bad id' is not valid"),
@@ -392,3 +452,26 @@ def test_sniff_format(fmt: str) -> None:
 )
 def test_sniff_format_junk(data: bytes) -> None:
     assert wire.sniff_format(data) is None
+
+
+@given(
+    fmt=st.sampled_from(sorted(wire.RAW_FORMATS)),
+    data=st.binary(max_size=300),
+    prefix=st.sampled_from([b"", b"BM", b"II*\x00", b"MM\x00*", b"\x04\x22\x4d\x18"]),
+)
+def test_layout_check_raises_only_layout_errors(fmt: str, data: bytes, prefix: bytes) -> None:
+    """Whatever a raw frame holds, reading its header raises nothing but LayoutError."""
+    from broker.protocol import layout
+
+    with contextlib.suppress(layout.LayoutError):
+        layout.check(fmt, prefix + data, 4, 4)
+
+
+def test_a_raw_frame_over_its_own_limit_is_oversize() -> None:
+    """The limit of a raw format follows the frame's size: a 64x48 LZ4 frame may not
+    carry 1 MB, though max_frame_bytes would let a JPEG of that size through."""
+    header = FrameHeader("cam1", 1, 2.0, 64, 48, "lz4")
+    limit = wire.frame_limit("lz4", 64, 48, 1000)
+    assert limit == 64 * 48 * 3 + 64 * 48 * 3 // 255 + wire.RAW_SLACK
+    error = reject(wire.encode(header, MAGIC["lz4"] + bytes(limit)), max_payload=1000)
+    assert error.reason == "oversize" and str(limit) in str(error)

@@ -27,7 +27,7 @@ class Frame:
     camera: str
     seq: int
     captured_at: float  # Unix seconds, from the worker's clock
-    format: str  # jpeg, png, webp or bmp
+    format: str  # jpeg, png, webp, bmp, tiff or lz4 (broker.protocol.wire.FORMATS)
     width: int
     height: int
     data: bytes

@@ -23,7 +23,7 @@ from broker.protocol import settings as camera_settings
 class Spec:
     """What one key accepts."""
 
-    kind: type  # bool, int, float, str, or tuple for an array of `item`
+    kind: type  # bool, int, float, str, tuple for an array of `item`; object: `rule` decides
     lo: float | None = None  # inclusive range, for int and float
     hi: float | None = None
     choices: tuple[str, ...] = ()
@@ -114,6 +114,8 @@ def _problem(spec: Spec, value: Any) -> str | None:
 
 
 def _has_kind(kind: type, value: Any) -> bool:
+    if kind is object:  # any value: the rule says what is wrong
+        return True
     if isinstance(value, bool):  # bool is an int subclass, but true is not a number
         return kind is bool
     if kind is float:  # an int is a fine float: `fps = 15`

@@ -28,6 +28,8 @@ from broker.protocol import settings as camera_settings
 from broker.protocol.control import HEARTBEAT_RANGE
 from broker.protocol.wire import CAMERA_ID
 
+MAX_INDEX = 1023  # camera indexes: /dev/video0../dev/video1023
+
 # --- field rules: each takes a value of the right type, returns a problem or None ---
 
 
@@ -83,10 +85,21 @@ def _lost_factor_problem(factor: float) -> str | None:
     return f"must be 0 (never) or at least 1 (a multiple of control.lost_after), got {factor!r}"
 
 
-def _device_problem(device: str) -> str | None:
-    if not device or (device.startswith("/dev/") and len(device) > len("/dev/")):
+def _tiff_depth_problem(depth: int) -> str | None:
+    return None if depth in (8, 16) else f"must be 8 or 16, got {depth}"
+
+
+def _device_problem(device: object) -> str | None:
+    if isinstance(device, int) and not isinstance(device, bool) and 0 <= device <= MAX_INDEX:
+        return None  # a camera index, as OpenCV numbers them
+    if isinstance(device, str) and (
+        not device or (device.startswith("/dev/") and len(device) > len("/dev/"))
+    ):
         return None
-    return f'must be a device path such as "/dev/video0", got {show(device)}'
+    return (
+        'must be a device path such as "/dev/video0" or a camera index (an integer from 0 '
+        f"to {MAX_INDEX}), got {show(device)}"
+    )
 
 
 # --- the per-field specs ---
@@ -160,9 +173,10 @@ SPECS: dict[type, dict[str, Spec]] = {
         "id": Spec(str, rule=_camera_id_problem),
         "name": Spec(str),
         "source": Spec(str, rule=_source_problem),
-        "device": Spec(str, rule=_device_problem),
+        "device": Spec(object, rule=_device_problem),  # a path or an index
         # The camera's settings have one set of rules: the settings table's.
         **{name: _setting(name) for name in ("width", "height", "fps", "format", "quality")},
+        "tiff_depth": Spec(int, 8, 16, rule=_tiff_depth_problem),
         "on_demand": Spec(bool),
         "idle_after": Spec(float, 1, 86400),
         "schedule": Spec(list),  # checked by broker.config.rules.schedule

@@ -147,12 +147,13 @@ class CameraConfig:
     id: str
     name: str = ""  # display name; "" = the id
     source: str = ""  # "test-pattern", a video file or image folder, or an rtsp/http(s) URL
-    device: str = ""  # a V4L2 device such as "/dev/video0"
+    device: str | int = ""  # a V4L2 device such as "/dev/video0", or an index (0: the first)
     width: int = 1280
     height: int = 720
     fps: float = 15.0
     format: str = "jpeg"  # one of broker.protocol.wire.FORMATS
     quality: int = 80  # encoder quality, 1..100
+    tiff_depth: int = 8  # format tiff: 8 (RGB) or 16 (greyscale)
     on_demand: bool = False  # capture only while someone watches
     idle_after: float = 30.0  # on_demand: seconds unwatched before capture stops
     schedule: tuple[ScheduleEntry, ...] = ()  # presets applied at times of day
@@ -164,7 +165,7 @@ class CameraConfig:
     @property
     def supervised(self) -> bool:
         """True when the broker starts a worker for it; otherwise an external one connects."""
-        return bool(self.source or self.device)
+        return bool(self.source) or self.device != ""
 
 
 @dataclass(frozen=True, slots=True)

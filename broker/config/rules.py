@@ -45,7 +45,7 @@ def cameras(
     """The valid cameras' values, and every id given (valid or not)."""
     found = tables(CameraConfig, SPECS[CameraConfig], data, "cameras", problems)
     for i, camera in enumerate(found):
-        if camera.get("source") and camera.get("device"):
+        if camera.get("source") and camera.get("device", "") != "":
             problems.add(f"cameras[{i}]", "must not set both source and device")
         if "schedule" in camera:
             camera["schedule"] = schedule(camera["schedule"], presets, i, problems)

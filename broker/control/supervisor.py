@@ -65,7 +65,9 @@ def worker_command(
 ) -> list[str]:
     """``lifeline``: the fd of the lifeline's read end (the child must inherit it);
     ``orphan_timeout`` > 0: exit after that long without hearing the broker."""
-    source = ["--device", camera.device] if camera.device else ["--source", camera.source]
+    source = (
+        ["--device", str(camera.device)] if camera.device != "" else ["--source", camera.source]
+    )
     # Both sides heartbeat at the broker's interval, so control.lost_after means the same
     # for each. Without a control channel nobody could start a paused worker: it streams.
     # A healthy broker speaks every heartbeat: an orphan timeout shorter than two would
@@ -102,6 +104,7 @@ def worker_command(
         camera.format,
         "--quality",
         str(camera.quality),
+        *(["--tiff-depth", str(camera.tiff_depth)] if camera.tiff_depth != 8 else []),
         "--log-level",
         log_level,
         *controlled,

@@ -115,8 +115,11 @@ class CameraInfo:
 class Camera:
     __slots__ = (
         "arrivals",
+        "browsers",
         "created_at",
         "departed",
+        "derive_pending",
+        "deriving",
         "frames_received",
         "freshness",
         "info",
@@ -135,6 +138,11 @@ class Camera:
         self.freshness = Freshness(stale_after)  # judges each frame of this camera
         self.latest: Frame | None = None  # newest frame from the camera itself
         self.placeholder: Frame | None = None  # newest "No Data" frame while offline
+        self.browsers = 0  # subscribers that take derived JPEGs (`Subscriber.browser`)
+        # The newest frame waiting for its JPEG, and whether one is being made: at most
+        # one derivation per camera at a time, the newest frame wins (`Hub.publish`).
+        self.derive_pending: Frame | None = None
+        self.deriving = False
         self.last_frame_at: float | None = None
         self.frames_received = 0
         self.online = False
@@ -171,6 +179,11 @@ class Camera:
         if self.latest is not None:
             return self.latest.width, self.latest.height
         return self.info.width, self.info.height
+
+    @property
+    def format(self) -> str:
+        """The format of the last frame, else the configured one."""
+        return self.latest.format if self.latest is not None else self.info.format
 
     def summary(self, now: float) -> dict[str, object]:
         width, height = self.size

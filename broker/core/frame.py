@@ -40,6 +40,8 @@ class Frame:
     data: Buffer
     received_at: float  # time.monotonic() when the broker received it
     placeholder: bool = False  # a generated "No Data" image, not from the camera
+    # The JPEG made from this frame for browser outputs (a raw format's, while watched).
+    derived: Frame | None = field(default=None, repr=False)
     _websocket_message: bytes | None = field(default=None, repr=False)
     _mjpeg_part: bytes | None = field(default=None, repr=False)
     _mux_message: bytes | None = field(default=None, repr=False)
@@ -99,9 +101,26 @@ class Frame:
             self._mjpeg_part = head + self.data + b"\r\n"
         return self._mjpeg_part
 
+    def derive(self, jpeg: bytes) -> Frame:
+        """The browser image of this frame, ``jpeg``, as a frame of its own, numbered
+        and timed as this one (kept in `derived`)."""
+        self.derived = Frame(
+            self.camera,
+            self.seq,
+            self.captured_at,
+            self.width,
+            self.height,
+            "jpeg",
+            jpeg,
+            self.received_at,
+            self.placeholder,
+        )
+        return self.derived
+
     def release_messages(self) -> None:
         """Forget the pre-built messages (rebuilt on demand): a frame kept in the
         retention window should not hold its payload two or three times."""
+        self.derived = None
         self._websocket_message = None
         self._mjpeg_part = None
         self._mux_message = None

@@ -26,11 +26,16 @@ from broker.config import RetentionConfig
 from broker.core.camera import Camera, CameraInfo
 from broker.core.frame import Frame
 from broker.core.subscriber import Subscriber
+from broker.core.transcode import needs_jpeg
+from broker.protocol.wire import raw_bytes
 from broker.support.logthrottle import LogThrottle
 
 log = logging.getLogger("broker.hub")
 
 DEFAULT_RETENTION = RetentionConfig()
+# A viewer of a camera whose raw frames are larger queues one frame, whatever
+# server.queue_depth says (`Hub.subscribe`).
+LARGE_FRAME = 8 * 1024 * 1024
 
 
 class Outcome(enum.Enum):
@@ -62,6 +67,13 @@ class HubHooks:
         self.offline: Callable[[Camera], None] = _ignore  # silent for offline_after
 
 
+def _for(subscriber: Subscriber, frame: Frame) -> Frame:
+    """``frame``, or for a browser output its JPEG when it has one."""
+    if subscriber.browser and frame.derived is not None:
+        return frame.derived
+    return frame
+
+
 class Hub:
     def __init__(
         self,
@@ -85,6 +97,10 @@ class Hub:
         # Frames dropped, by reason ("stale"): the broker passes its ingest error counts.
         self.errors: Counter[str] = errors if errors is not None else Counter()
         self.hooks = HubHooks()
+        # Called (per frame, must be cheap) when a camera has a frame waiting for its
+        # browser JPEG (`Camera.derive_pending`); the composition root installs the
+        # deriver's (`broker.serve.derive`). Left alone, nothing is derived.
+        self.derive: Callable[[Camera], None] = _ignore
         self._complaints = LogThrottle(log)
 
     def _new(self, info: CameraInfo) -> Camera:
@@ -140,14 +156,38 @@ class Hub:
                 "camera %s: online (%dx%d %s)", camera.id, frame.width, frame.height, frame.format
             )
             self.hooks.online(camera)
-        for subscriber in camera.subscribers:
-            subscriber.offer(frame)
+        if needs_jpeg(frame.format):
+            # Browser outputs get the JPEG derived from it, once made (`publish_derived`).
+            for subscriber in camera.subscribers:
+                if not subscriber.browser:
+                    subscriber.offer(frame)
+            if camera.browsers:
+                self.want_jpeg(camera, frame)
+        else:
+            for subscriber in camera.subscribers:
+                subscriber.offer(frame)
         self._retain(camera, frame)
         if camera.arrivals:
             arrivals, camera.arrivals = camera.arrivals, set()
             for wake in arrivals:
                 wake()
         return Outcome.LIVE
+
+    def want_jpeg(self, camera: Camera, frame: Frame) -> None:
+        """Ask for the JPEG of ``frame`` (the newest wins over one still waiting)."""
+        camera.derive_pending = frame
+        if not camera.deriving:
+            self.derive(camera)
+
+    def publish_derived(self, camera: Camera, frame: Frame) -> None:
+        """Offer ``frame`` (a JPEG `Frame.derive` made) to the browser subscribers of
+        ``camera``, unless the camera went offline meanwhile ("No Data" is showing). A
+        newer camera frame may have come: this one is still the newest JPEG there is."""
+        if camera.placeholder is not None:
+            return
+        for subscriber in camera.subscribers:
+            if subscriber.browser:
+                subscriber.offer(frame)
 
     def _stale(self, camera: Camera, frame: Frame) -> None:
         self.errors[Outcome.STALE.value] += 1
@@ -217,10 +257,11 @@ class Hub:
             camera.info = replace(camera.info, name=name)
 
     def publish_placeholder(self, camera: Camera, frame: Frame) -> None:
-        """Offer a generated "No Data" frame for an offline camera to its subscribers."""
+        """Offer a generated "No Data" frame for an offline camera to its subscribers:
+        in the camera's own format, its JPEG (``frame.derived``) to browser outputs."""
         camera.placeholder = frame
         for subscriber in camera.subscribers:
-            subscriber.offer(frame)
+            subscriber.offer(_for(subscriber, frame))
 
     def mark_offline(self, now: float) -> list[Camera]:
         """Mark cameras silent for ``offline_after`` as offline; returns every offline camera."""
@@ -242,19 +283,35 @@ class Hub:
         return offline
 
     def subscribe(
-        self, camera_id: str, client: str, depth: int, kind: str = "websocket"
+        self,
+        camera_id: str,
+        client: str,
+        depth: int,
+        kind: str = "websocket",
+        browser: bool = False,
     ) -> Subscriber:
-        """A new subscriber, given the latest frame at once if it is fresh."""
+        """A new subscriber, given the latest frame at once if it is fresh. With
+        ``browser`` it takes JPEGs only: derived ones for a camera of a raw format."""
         camera = self.camera(camera_id)
-        subscriber = Subscriber(camera, client, depth, kind)
+        if not browser and needs_jpeg(camera.format) and raw_bytes(*camera.size) > LARGE_FRAME:
+            depth = 1  # a queued 4K frame is 25 MB and 33 ms of latency: the newest only
+        subscriber = Subscriber(camera, client, depth, kind, browser)
         camera.subscribers.add(subscriber)
+        if browser:
+            camera.browsers += 1
         fresh = camera.last_frame_at is not None and (
             self.clock() - camera.last_frame_at < self.offline_after
         )
-        if fresh and camera.latest is not None:
-            subscriber.offer(camera.latest)
+        latest = camera.latest
+        if fresh and latest is not None:
+            if not (browser and needs_jpeg(latest.format)):
+                subscriber.offer(latest)
+            elif latest.derived is not None:
+                subscriber.offer(latest.derived)
+            elif camera.derive_pending is None:
+                self.want_jpeg(camera, latest)
         elif camera.placeholder is not None:
-            subscriber.offer(camera.placeholder)
+            subscriber.offer(_for(subscriber, camera.placeholder))
         self.hooks.watched(camera)
         return subscriber
 
@@ -262,6 +319,8 @@ class Hub:
         camera = subscriber.camera
         if subscriber in camera.subscribers:
             camera.subscribers.discard(subscriber)
+            if subscriber.browser:
+                camera.browsers -= 1
             camera.departed[0] += subscriber.sent
             camera.departed[1] += subscriber.dropped
             camera.departed[2] += subscriber.bytes_sent

@@ -68,6 +68,7 @@ class Subscriber:
     """One client's interest in one camera, with its own drop-oldest queue."""
 
     __slots__ = (
+        "browser",
         "bytes_sent",
         "camera",
         "client",
@@ -84,10 +85,20 @@ class Subscriber:
         "wake",
     )
 
-    def __init__(self, camera: Camera, client: str, depth: int, kind: str = "websocket") -> None:
+    def __init__(
+        self,
+        camera: Camera,
+        client: str,
+        depth: int,
+        kind: str = "websocket",
+        browser: bool = False,
+    ) -> None:
         self.camera = camera
         self.client = client
         self.kind = kind  # which output: websocket, mjpeg
+        # An output a browser shows as an image (MJPEG, snapshot, the viewer page): for a
+        # camera of a raw format it gets the JPEG derived from each frame instead.
+        self.browser = browser
         self.queue: DropOldestQueue[Frame] = DropOldestQueue(depth)
         self.sent = 0
         self.bytes_sent = 0

@@ -68,14 +68,12 @@ class Watcher:
         """Offer ``image`` to the viewers of offline ``camera``, numbered as its last
         frame."""
         last_seq = camera.latest.seq if camera.latest is not None else 0
+        format, data, width, height = image.image
         frame = Frame.received(
-            camera.id,
-            last_seq,
-            time.time(),
-            image.width,
-            image.height,
-            "jpeg",
-            image.data,
-            placeholder=True,
+            camera.id, last_seq, time.time(), width, height, format, data, placeholder=True
         )
+        if format != "jpeg":  # browser outputs get the JPEG
+            frame.derive(image.data)
+            assert frame.derived is not None
+            frame.derived.width, frame.derived.height = image.width, image.height
         self.hub.publish_placeholder(camera, frame)

@@ -41,7 +41,10 @@ async def no_data_image(
     takes tens of ms)."""
     placeholders = placeholders if placeholders is not None else nodata.PLACEHOLDERS
     name, (width, height), silent_for = camera.info.name, camera.size, camera.silent_for(now)
-    cached = placeholders.cached(name, width, height, silent_for)
+    format = camera.format
+    cached = placeholders.cached(name, width, height, silent_for, format)
     if cached is not None:
         return cached
-    return await trio.to_thread.run_sync(placeholders.render, name, width, height, silent_for)
+    return await trio.to_thread.run_sync(
+        placeholders.render, name, width, height, silent_for, format
+    )

@@ -2,13 +2,20 @@
 published as the camera's next frame (`accept_upload`). Synchronous; the HTTP edge
 only reads the body and answers.
 
-The body is either the image itself, with ``Content-Type: image/jpeg|png|webp|bmp``,
-or the one file of a ``multipart/form-data`` form. The data must be an image of the
-declared type: magic bytes; then the size its header declares, read here without
-Pillow and checked against the caps (``ingest.max_width``, ``max_height``); only then
-Pillow reads the header (never the pixels) to confirm it is an image. Pillow can raise
-almost anything on hostile data (``DecompressionBombError`` is neither an ``OSError``
-nor a ``ValueError``): every exception there means "not an image".
+The body is either the image itself, with ``Content-Type: image/jpeg|png|webp|bmp|tiff``
+or ``application/x-lz4`` (an LZ4 frame of raw BGR pixels, whose size comes from an
+``X-Frame-Size: WxH`` header or a ``?size=WxH`` query), or the one file of a
+``multipart/form-data`` form. The raw formats' own headers must agree with their length
+(`broker.protocol.layout`): a truncated TIFF, a BMP short of its rows, an LZ4 frame whose
+content size is not W x H x 3 are refused before anything is decoded; an LZ4 upload is
+then decompressed, bounded by that size, to prove it holds what it declares.
+
+The data must be an image of the declared type: magic bytes; then the size its header
+declares, read here without Pillow and checked against the caps (``ingest.max_width``,
+``max_height``); only then Pillow reads the header (never the pixels) to confirm it is
+an image. Pillow can raise almost anything on hostile data (``DecompressionBombError``
+is neither an ``OSError`` nor a ``ValueError``): every exception there means "not an
+image".
 
 Uploaded frames are numbered per camera from 0 (``Camera.upload_seq``), counting only
 the frames the hub took.
@@ -17,18 +24,33 @@ the frames the hub took.
 from __future__ import annotations
 
 import io
+import re
+import struct
 import time
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image
 
+from broker.config import Config
 from broker.core.frame import Frame
 from broker.core.hub import Hub, Outcome
+from broker.core.transcode import decompress_lz4
+from broker.protocol import layout
 from broker.protocol.results import ERRORS
-from broker.protocol.wire import CAMERA_ID, FORMATS, MAX_DIMENSION, sniff_format
+from broker.protocol.wire import CAMERA_ID, FORMATS, MAX_DIMENSION, frame_limit, sniff_format
 
-PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
+PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
+MEDIA_TYPES = {
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/bmp": "bmp",
+    "image/tiff": "tiff",
+    "application/x-lz4": "lz4",
+}
+FRAME_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +77,38 @@ def accept_upload(
     body: bytes,
     max_width: int = MAX_DIMENSION,
     max_height: int = MAX_DIMENSION,
+    frame_size: str = "",
 ) -> Frame:
     """Check an upload for ``camera_id`` and publish it; the frame, or `UploadError`:
     404 ``unknown_camera`` (an unconfigured camera, unless unknown ones are accepted and
     the id is valid), the refusals of `parse_upload`, 503 ``too_many_cameras`` and 409
     ``stale_frame`` (`Hub.publish`)."""
+    check_camera(hub, camera_id)
+    image = parse_upload(content_type, body, max_width, max_height, frame_size)
+    return publish_upload(hub, camera_id, image)
+
+
+def body_limit(config: Config, camera_id: str, content_type: str) -> int:
+    """The largest upload body taken for ``camera_id``: ``ingest.max_frame_bytes``, or
+    for a raw format (by its Content-Type; not in a form) the pixels of the camera's
+    configured size plus slack when that is more (`wire.frame_limit`)."""
+    base = config.ingest.max_frame_bytes
+    camera = config.camera(camera_id)
+    declared = MEDIA_TYPES.get(_media_type(content_type)[0])
+    if camera is None or declared is None:
+        return base
+    return frame_limit(declared, camera.width, camera.height, base)
+
+
+def check_camera(hub: Hub, camera_id: str) -> None:
+    """`UploadError` ``unknown_camera`` unless ``camera_id`` may take uploads."""
     may_appear = hub.accept_unknown and CAMERA_ID.fullmatch(camera_id)
     if camera_id not in hub.cameras and not may_appear:
         raise UploadError("unknown_camera", f"no camera {camera_id!r}")
-    image = parse_upload(content_type, body, max_width, max_height)
+
+
+def publish_upload(hub: Hub, camera_id: str, image: Upload) -> Frame:
+    """Publish a checked upload (`parse_upload`) as the camera's next frame."""
     camera = hub.cameras.get(camera_id)
     seq = camera.upload_seq if camera is not None else 0
     frame = Frame.received(
@@ -93,20 +138,22 @@ def parse_upload(
     body: bytes,
     max_width: int = MAX_DIMENSION,
     max_height: int = MAX_DIMENSION,
+    frame_size: str = "",
 ) -> Upload:
     """The checked upload, or `UploadError`: 415 ``unsupported_media_type`` or
-    ``not_an_image``, 413 ``image_too_large``, 400 ``bad_form``."""
+    ``not_an_image``, 413 ``image_too_large``, 400 ``bad_form`` or ``bad_frame_size``.
+    ``frame_size`` is the ``WxH`` an LZ4 upload needs (its pixels have no header).
+    Decompresses an LZ4 upload (bounded): call it off the event loop for large bodies."""
     media, params = _media_type(content_type)
     if media == "multipart/form-data":
         media, body = _only_file(body, params.get("boundary", ""))
-    declared = media.removeprefix("image/") if media.startswith("image/") else None
-    if declared == "jpg":
-        declared = "jpeg"
+    declared = MEDIA_TYPES.get(media)
     if declared not in FORMATS:
         raise UploadError(
             "unsupported_media_type",
-            "Content-Type must be image/jpeg, image/png, image/webp, image/bmp or "
-            f"multipart/form-data with one such file, got {media[:60] or 'none'!r}",
+            "Content-Type must be image/jpeg, image/png, image/webp, image/bmp, image/tiff, "
+            "application/x-lz4 or multipart/form-data with one such file, got "
+            f"{media[:60] or 'none'!r}",
         )
     found = sniff_format(body)
     if found != declared:
@@ -114,13 +161,44 @@ def parse_upload(
             "not_an_image",
             f"declared {media[:60]} but the data is {found or 'not an image'}",
         )
+    if declared == "lz4":
+        return _lz4_upload(body, frame_size, max_width, max_height)
+    if declared == "tiff":  # its directory may lie anywhere: say what is wrong with it
+        try:
+            layout.tiff_layout(body)
+        except (layout.LayoutError, struct.error) as exc:
+            raise UploadError("not_an_image", f"a broken tiff image: {exc}") from None
     size = declared_size(declared, body)
     if size is None:
         raise UploadError("not_an_image", f"cannot read the size of the {declared} image")
     _check_size(*size, max_width, max_height)
+    try:
+        layout.check(declared, body)
+    except layout.LayoutError as exc:
+        raise UploadError("not_an_image", f"a broken {declared} image: {exc}") from None
     width, height = _pillow_size(declared, body)
     _check_size(width, height, max_width, max_height)  # Pillow may read a later header
     return Upload(declared, body, width, height)
+
+
+def _lz4_upload(body: bytes, frame_size: str, max_width: int, max_height: int) -> Upload:
+    """An LZ4 frame of raw BGR pixels, ``frame_size`` (``WxH``) of them."""
+    match = FRAME_SIZE.fullmatch(frame_size.strip())
+    if match is None:
+        raise UploadError(
+            "bad_frame_size",
+            "an application/x-lz4 upload needs its size: an X-Frame-Size: WxH header or a "
+            f"?size=WxH query, e.g. 1920x1080; got {frame_size[:40]!r}",
+        )
+    width, height = int(match[1]), int(match[2])
+    _check_size(width, height, max_width, max_height)
+    try:
+        layout.check("lz4", body, width, height)
+        pixels = decompress_lz4(body, width * height * 3)
+    except layout.LayoutError as exc:
+        raise UploadError("not_an_image", f"a broken LZ4 frame: {exc}") from None
+    del pixels
+    return Upload("lz4", body, width, height)
 
 
 def _check_size(width: int, height: int, max_width: int, max_height: int) -> None:
@@ -165,6 +243,12 @@ def declared_size(format: str, data: bytes) -> tuple[int, int] | None:
     """(width, height) as the header of ``data`` (an image of ``format`` by its magic
     bytes) declares them, or None when the header is cut short or malformed. Total:
     never raises."""
+    if format == "tiff":
+        try:
+            found = layout.tiff_layout(data)
+        except (layout.LayoutError, struct.error):
+            return None
+        return found.width, found.height
     reader = {"jpeg": _jpeg_size, "png": _png_size, "webp": _webp_size, "bmp": _bmp_size}
     try:
         return reader[format](memoryview(data))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
+from broker.config import Config
 from broker.core.frame import Frame
 from broker.core.hub import Hub, Outcome
 from broker.protocol import wire
@@ -37,11 +38,23 @@ class IngestStats:
         return {"frames": self.frames, "bytes": self.bytes, "errors": dict(self.errors)}
 
 
+def largest_frame_limit(config: Config) -> int:
+    """The largest frame any configured camera may send (`wire.frame_limit`), taking
+    each camera as if it sent a raw format at its configured size (its format may change
+    live): the ZeroMQ message cap and the upload body cap."""
+    base = config.ingest.max_frame_bytes
+    return max(
+        [base]
+        + [wire.frame_limit("bmp", camera.width, camera.height, base) for camera in config.cameras]
+    )
+
+
 def max_part_bytes(max_frame_bytes: int) -> int:
     """The ``ZMQ_MAXMSGSIZE`` of the ingest socket. libzmq applies it to each message
     part (ZMTP frame) as its size arrives: the payload is the largest part, so a frame
     just over ``max_frame_bytes`` is still received (and counted ``oversize``), while a
-    peer declaring a 4 GiB part is disconnected before anything is buffered."""
+    peer declaring a 4 GiB part is disconnected before anything is buffered.
+    ``max_frame_bytes``: `largest_frame_limit`."""
     return max_frame_bytes + wire.MAX_HEADER_BYTES
 
 

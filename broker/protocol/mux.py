@@ -1,5 +1,7 @@
 """The binary frame message of the multiplexed ``/ws`` endpoint (docs/protocol.md,
-"Frames"): a big-endian uint16 N, N bytes of a JSON header, then the image.
+"Frames"): a big-endian uint16 N, N bytes of a JSON header, then the image, in the
+camera's own format (``format``: one of `broker.protocol.wire.FORMATS`; for ``lz4`` the
+header's ``width`` and ``height`` are the only record of the raw pixels' size).
 
 One encoder (the broker builds each frame's message once and shares it) and one decoder
 (the client library). Pure: no socket, no WebSocket framing.

@@ -46,6 +46,7 @@ REQUEST_ERRORS = _table(
     ("bad_fps", 400, "fps is not a number above 0 and at most 1000"),
     ("bad_query", 400, "a query parameter is out of range"),
     ("bad_form", 400, "a multipart upload that is not exactly one file"),
+    ("bad_frame_size", 400, "an LZ4 upload without a valid WxH size (X-Frame-Size or ?size=)"),
     ("invalid_json", 400, "the body or message is not strict JSON"),
     ("invalid_message", 400, "a /ws request that is not a JSON object with a type"),
     ("invalid_field", 400, "a /ws request field is missing or of the wrong type"),

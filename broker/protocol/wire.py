@@ -24,9 +24,16 @@ from typing import TypeVar
 
 import msgpack
 
+from broker.protocol import layout
+
 PROTOCOL_VERSION = 1
 TOPIC_END = b"\x00"
-FORMATS = ("jpeg", "png", "webp", "bmp")
+FORMATS = ("jpeg", "png", "webp", "bmp", "tiff", "lz4")
+# Formats whose size grows with the pixel count (uncompressed, or compressed fast and
+# losslessly): their frame-size limit follows the frame's size (`frame_limit`).
+RAW_FORMATS = frozenset(("bmp", "tiff", "lz4"))
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")  # little- and big-endian
+LZ4_MAGIC = b"\x04\x22\x4d\x18"  # an LZ4 frame (not the legacy or a block format)
 MAX_DIMENSION = 16384
 CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # The header is a handful of small fields; anything bigger is not ours.
@@ -39,8 +46,8 @@ class WireError(ValueError):
     """A message that does not follow the protocol.
 
     ``reason`` is a short stable code for counting (``parts``, ``topic``, ``header``,
-    ``version``, ``field``, ``dimensions``, ``oversize``, ``not_image``); the message says
-    what is wrong.
+    ``version``, ``field``, ``dimensions``, ``oversize``, ``not_image``, ``layout``); the
+    message says what is wrong.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -85,6 +92,10 @@ def decode(
 ) -> tuple[FrameHeader, Buffer]:
     """Check and split one received message; the payload is returned uncopied.
 
+    ``max_payload`` is the receiver's ``ingest.max_frame_bytes``; a raw format may reach
+    its own size beyond it (`frame_limit`). The image's own header must agree with the
+    frame header and the payload's length (`broker.protocol.layout`): ``layout``.
+
     ``max_width`` and ``max_height`` are the receiver's caps (``ingest.max_width`` and
     ``max_height``): a header declaring more is refused (``dimensions``) whatever the
     payload, since a declared size is what later code trusts (the "No Data" image)."""
@@ -123,10 +134,9 @@ def decode(
         raise WireError(
             "topic", f"topic {bytes(raw_topic)!r} does not match camera {header.camera!r}"
         )
-    if len(payload) > max_payload:
-        raise WireError(
-            "oversize", f"payload of {len(payload)} bytes exceeds the limit of {max_payload}"
-        )
+    limit = frame_limit(header.format, header.width, header.height, max_payload)
+    if len(payload) > limit:
+        raise WireError("oversize", f"payload of {len(payload)} bytes exceeds the limit of {limit}")
     found = sniff_format(payload)
     if found != header.format:
         head = bytes(payload[:8]).hex(" ")
@@ -134,7 +144,32 @@ def decode(
             "not_image",
             f"payload is not a {header.format} image (found {found or 'unknown data'}: {head})",
         )
+    try:
+        layout.check(header.format, payload, header.width, header.height)
+    except layout.LayoutError as error:
+        raise WireError("layout", f"a {header.format} frame: {error}") from None
     return header, payload
+
+
+def raw_bytes(width: int, height: int) -> int:
+    """The pixels of a ``width`` x ``height`` frame at 24 bits: the most any raw format
+    holds (16-bit grey TIFF: two thirds of it)."""
+    return width * height * 3
+
+
+# A raw frame's header, a BMP's row padding, LZ4's block headers and worst-case
+# expansion (1/255), a TIFF's tags: all within this beside its pixels.
+RAW_SLACK = 64 * 1024
+
+
+def frame_limit(format: str, width: int, height: int, max_frame_bytes: int) -> int:
+    """The largest payload accepted for one frame: ``max_frame_bytes`` (the config's
+    ``ingest.max_frame_bytes``), or for a raw format (`RAW_FORMATS`) its pixels plus
+    slack when that is more (a 4K BGR frame is 24.9 MB)."""
+    if format not in RAW_FORMATS:
+        return max_frame_bytes
+    pixels = raw_bytes(width, height)
+    return max(max_frame_bytes, pixels + pixels // 255 + RAW_SLACK)
 
 
 _HEADER_KEYS = {"version", "camera", "seq", "captured_at", "width", "height", "format"}
@@ -194,4 +229,8 @@ def sniff_format(data: Buffer) -> str | None:
         return "webp"
     if head[:2] == b"BM" and len(data) > 26:
         return "bmp"
+    if head[:4] in TIFF_MAGIC:
+        return "tiff"
+    if head[:4] == LZ4_MAGIC:
+        return "lz4"
     return None

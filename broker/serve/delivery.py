@@ -24,14 +24,40 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from broker.config import ServerConfig
+from broker.core.camera import Camera
 from broker.core.events import Listener, ListenerClosed
 from broker.core.frame import Frame
 from broker.core.hub import Hub
 from broker.core.subscriber import Subscriber, SubscriptionEnded
+from broker.core.transcode import needs_jpeg
 from broker.protocol.events import Event
-from broker.serve.wsframes import direct_access
+from broker.protocol.wire import raw_bytes
+from broker.serve.wsframes import direct_access, raise_unsent_bound
 
 log = logging.getLogger("broker.server")
+
+# The server bounds what the kernel holds unsent per client at 64 KiB (server.py); for
+# frames of raw pixels that is a few hundred wake-ups per 4K frame per viewer, the pipe
+# drained each time before it is filled again. Their viewers' bound is a fraction of a
+# frame instead: still a small part of one frame behind, at most.
+UNSENT_FRACTION = 16
+MIN_UNSENT = 64 * 1024
+
+
+def unsent_bound(camera: Camera) -> int | None:
+    """The unsent bytes a viewer of ``camera``'s own frames may leave to the kernel,
+    when above the server's 64 KiB: 1/16 of a raw frame (1.5 MB at 4K)."""
+    if not needs_jpeg(camera.format):
+        return None
+    bound = raw_bytes(*camera.size) // UNSENT_FRACTION
+    return bound if bound > MIN_UNSENT else None
+
+
+def fit_unsent_bound(ws: WebSocketConnection, camera: Camera) -> None:
+    """Raise ``ws``'s unsent bound for a viewer of ``camera`` (`unsent_bound`)."""
+    bound = unsent_bound(camera)
+    if bound is not None:
+        raise_unsent_bound(ws, bound)
 
 
 class Delivery:

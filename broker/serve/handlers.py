@@ -22,9 +22,10 @@ from broker.core.frame import Frame
 from broker.core.hub import Hub
 from broker.ingest.offline import no_data_image
 from broker.ingest.sessions import SessionRefused, open_session
-from broker.ingest.uploads import UploadError, accept_upload
+from broker.ingest.uploads import UploadError, check_camera, parse_upload, publish_upload
 from broker.protocol.results import CommandResult, http_status
 from broker.serve.access import OPEN, Access, Grant
+from broker.serve.derive import Deriver
 from broker.serve.http import Response, error, header, json_response, parse_json
 from broker.serve.router import STATIC_FILES, CommandRate, Kind, Route
 from broker.serve.views import Views
@@ -46,6 +47,7 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'"
 )
 MAX_REQUEST_ID = 128
+THREAD_CHECK_BYTES = 1024 * 1024  # uploads this large are checked in a worker thread
 CAMERA_KINDS = frozenset((Kind.WEBSOCKET, Kind.SNAPSHOT, Kind.MJPEG, Kind.NEXT))
 
 
@@ -59,6 +61,7 @@ class Handlers:
         control: Control | None,
         access: Access,
         commands: CommandRate,
+        deriver: Deriver,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -67,6 +70,8 @@ class Handlers:
         self.control = control
         self.access = access
         self.commands = commands
+        self.deriver = deriver  # the JPEG of a raw-format frame for snapshot and next.jpg
+        self._checking = trio.Lock()  # one large upload checked at a time
 
     async def answer(
         self,
@@ -92,7 +97,8 @@ class Handlers:
             return self.create_session()
         if kind is Kind.FRAMES:
             content_type = header(request, b"content-type") if request else ""
-            return self.upload(route.camera, content_type, body)
+            size = header(request, b"x-frame-size") if request else ""
+            return await self.upload(route.camera, content_type, body, size or route.param("size"))
         if kind in CAMERA_KINDS and route.camera not in self.hub.cameras:
             return error("unknown_camera", f"no camera {route.camera!r}")
         if kind is Kind.NEXT:
@@ -150,13 +156,22 @@ class Handlers:
 
     # -- producers -----------------------------------------------------------------
 
-    def upload(self, camera_id: str, content_type: str, body: bytes) -> Response:
-        """A frame POSTed by a producer: checked, then published like a worker's frame."""
+    async def upload(
+        self, camera_id: str, content_type: str, body: bytes, frame_size: str | None = None
+    ) -> Response:
+        """A frame POSTed by a producer: checked, then published like a worker's frame.
+        A large body is checked in a worker thread (an LZ4 upload is decompressed to
+        prove its size), one at a time, so the event loop never waits on it."""
         ingest = self.config.ingest
         try:
-            frame = accept_upload(
-                self.hub, camera_id, content_type, body, ingest.max_width, ingest.max_height
-            )
+            check_camera(self.hub, camera_id)
+            args = (content_type, body, ingest.max_width, ingest.max_height, frame_size or "")
+            if len(body) < THREAD_CHECK_BYTES:
+                image = parse_upload(*args)
+            else:
+                async with self._checking:
+                    image = await trio.to_thread.run_sync(parse_upload, *args)
+            frame = publish_upload(self.hub, camera_id, image)
         except UploadError as bad:
             return error(bad.code, str(bad))
         return json_response(
@@ -211,7 +226,7 @@ class Handlers:
         with trio.move_on_after(timeout):
             while (frame := self.hub.next_after(camera, after)) is None:
                 await next_arrival(camera)
-            return frame_response(frame, time.monotonic())
+            return await self._frame_response(camera, frame)
         return await self._no_data(camera, time.monotonic())
 
     async def snapshot(self, camera_id: str) -> Response:
@@ -220,11 +235,19 @@ class Handlers:
         now = time.monotonic()
         frame = camera.latest
         if frame is not None and camera.online:
-            return frame_response(frame, now)
+            return await self._frame_response(camera, frame)
         return await self._no_data(camera, now)
 
+    async def _frame_response(self, camera: Camera, frame: Frame) -> Response:
+        """``frame`` as a browser image: itself, or the JPEG derived from it (made now
+        in a worker thread if nobody made it yet, and kept for the next request)."""
+        image = await self.deriver.jpeg_of(camera, frame)
+        if image is None:  # a broken frame (counted): nothing better than "No Data"
+            return await self._no_data(camera, time.monotonic())
+        return frame_response(image, time.monotonic())
+
     async def _no_data(self, camera: Camera, now: float) -> Response:
-        """The "No Data" image, at a capped size and from the cache when it can be."""
+        """The "No Data" image (a JPEG), at a capped size and from the cache when it can be."""
         image = await no_data_image(camera, now)
         return Response(200, image.data, "image/jpeg", [("x-camera-online", "false")])
 

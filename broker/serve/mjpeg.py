@@ -42,7 +42,8 @@ async def serve(
     if head_only:
         return
     hub = delivery.hub
-    subscriber = hub.subscribe(camera_id, client, delivery.config.queue_depth, "mjpeg")
+    # A browser image: JPEGs derived from each frame for a camera of a raw format.
+    subscriber = hub.subscribe(camera_id, client, delivery.config.queue_depth, "mjpeg", True)
     log.info("client %s: watching camera %s over MJPEG", client, camera_id)
     try:
         async with trio.open_nursery() as nursery:

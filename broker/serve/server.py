@@ -31,9 +31,11 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from broker.config import Config
 from broker.core.hub import Hub
+from broker.ingest.uploads import body_limit
 from broker.serve import mjpeg, websocket
 from broker.serve.access import Access, Grant
 from broker.serve.delivery import Delivery
+from broker.serve.derive import Deriver
 from broker.serve.handlers import Handlers
 from broker.serve.http import Response, error, h11_response, header, protocol_problem
 from broker.serve.router import BadRequest, CommandRate, Kind, Route, Router, fps_cap, parse
@@ -84,11 +86,26 @@ class Upgrade:
     camera: str
     max_fps: float | None
     token: str = ""  # a signed token's: checked again while it is served
+    browser: bool = False  # ?format=jpeg: JPEGs only, derived for raw formats
 
     @property
     def where(self) -> str:
         """Where its faults are counted."""
         return "ws_api" if self.multiplexed else "websocket"
+
+
+def browser_format(route: Route) -> bool:
+    """``?format=jpeg`` on a camera WebSocket: images a browser shows (the viewer page),
+    JPEGs derived from each frame for a camera of a raw format; `BadRequest` for any
+    other value (the camera's own format is what a WebSocket sends without it)."""
+    wanted = route.param("format")
+    if wanted is None:
+        return False
+    if wanted != "jpeg":
+        raise BadRequest(
+            error("bad_query", f"format may only be jpeg (a browser image), got {wanted[:20]!r}")
+        )
+    return True
 
 
 class Server:
@@ -117,7 +134,11 @@ class Server:
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
         self.views = Views(config, hub, self.health, control)
-        self.handlers = Handlers(config, hub, self.views, metrics, control, self.access, commands)
+        # The JPEGs of raw-format cameras for browser outputs; the broker starts its task.
+        self.deriver = Deriver(hub, hub.errors, self.faults)
+        self.handlers = Handlers(
+            config, hub, self.views, metrics, control, self.access, commands, self.deriver
+        )
         self.wsapi = WsApi(config, hub, self.delivery, self.views, control, commands, self.faults)
         # With TLS every connection is wrapped before a byte of HTTP is read (serve.tls).
         tls = config.server
@@ -140,6 +161,9 @@ class Server:
             "ws_connections": self.wsapi.connections,  # on /ws
             "ws_errors": dict(self.wsapi.errors),  # error messages sent on /ws, by code
             **({"tls": self.tls.stats.as_dict()} if self.tls else {}),
+            # JPEGs derived from frames of raw formats for browser outputs: one per frame
+            # at most, however many watch (broker.serve.derive).
+            "derived_jpegs": self.deriver.derived,
         }
 
     async def listen(self) -> list[trio.SocketListener]:
@@ -335,7 +359,7 @@ class Server:
         limit = (
             MAX_REQUEST_HEAD
             if refused or route.kind is not Kind.FRAMES
-            else (self.config.ingest.max_frame_bytes)
+            else body_limit(self.config, route.camera, header(request, b"content-type"))
         )
         body = await self._read_body(stream, conn, request, limit)
         if body is None:
@@ -430,7 +454,7 @@ class Server:
         """The upgrade to serve, or None after refusing it at the handshake, before
         accepting: 400/426 for a malformed upgrade, then 429/401/403/404/400."""
         route = parse(request.target)
-        camera_id, max_fps, client_key = "", None, ""
+        camera_id, max_fps, client_key, browser = "", None, "", False
         try:
             problem = handshake_problem(request)
             if problem is not None:
@@ -440,6 +464,7 @@ class Server:
                 raise BadRequest(grant)
             if route.kind is not Kind.MUX:
                 camera_id, max_fps = self.router.stream_target(route, grant)
+                browser = browser_format(route)
         except BadRequest as bad:
             self._count(bad.response.status)
             if bad.response.status in (400, 426):
@@ -460,6 +485,7 @@ class Server:
             camera_id,
             max_fps,
             client_key if grant.expires is not None else "",  # a signed token's key: itself
+            browser,
         )
 
     async def _websocket(self, stream: trio.abc.Stream, upgrade: Upgrade, client: str) -> None:
@@ -491,7 +517,12 @@ class Server:
                     await self.wsapi.serve(ws, upgrade.grant, client)
                 else:
                     await websocket.serve(
-                        self.delivery, ws, upgrade.camera, upgrade.max_fps, client
+                        self.delivery,
+                        ws,
+                        upgrade.camera,
+                        upgrade.max_fps,
+                        client,
+                        upgrade.browser,
                     )
                 nursery.cancel_scope.cancel()
         except* CLIENT_GONE:

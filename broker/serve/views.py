@@ -72,4 +72,7 @@ class Views:
         connected (its worker's control channel) and on_demand."""
         if self.control is not None:
             summary.update(self.control.camera_status(summary["id"]))
+        camera = self.config.camera(summary["id"])
+        # The capture device the broker's worker opens: a path, or an index (OpenCV's).
+        summary["device"] = camera.device if camera is not None and camera.device != "" else None
         return summary

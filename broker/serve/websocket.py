@@ -15,7 +15,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from broker.core.frame import Frame
 from broker.core.subscriber import Subscriber, SubscriptionEnded
-from broker.serve.delivery import Delivery, direct_writer
+from broker.serve.delivery import Delivery, direct_writer, fit_unsent_bound
 from broker.serve.wsframes import close_going_away, send_prebuilt, transport
 
 log = logging.getLogger("broker.server")
@@ -27,9 +27,16 @@ async def serve(
     camera_id: str,
     max_fps: float | None,
     client: str,
+    browser: bool = False,
 ) -> None:
-    """Stream one camera's images to an accepted WebSocket until either side ends."""
-    subscriber = delivery.hub.subscribe(camera_id, client, delivery.config.queue_depth)
+    """Stream one camera's images to an accepted WebSocket until either side ends: in
+    the camera's own format, byte for byte, or with ``browser`` (``?format=jpeg``, the
+    viewer page) as JPEGs (derived, for a camera of a raw format)."""
+    subscriber = delivery.hub.subscribe(
+        camera_id, client, delivery.config.queue_depth, browser=browser
+    )
+    if not browser:
+        fit_unsent_bound(ws, subscriber.camera)
     cap = f" (at most {max_fps:g} fps)" if max_fps else ""
     log.info("client %s: watching camera %s over WebSocket%s", client, camera_id, cap)
     try:

@@ -38,7 +38,13 @@ from broker.core.hub import Hub
 from broker.core.subscriber import Subscriber, SubscriptionEnded
 from broker.protocol.control import COMMANDS
 from broker.serve.access import Grant
-from broker.serve.delivery import Delivery, direct_writer, next_event, write_whole
+from broker.serve.delivery import (
+    Delivery,
+    direct_writer,
+    fit_unsent_bound,
+    next_event,
+    write_whole,
+)
 from broker.serve.router import CommandRate, may_command
 from broker.serve.views import Views
 from broker.serve.wsframes import abort, close_going_away, send_prebuilt, transport
@@ -248,6 +254,7 @@ class Session:
         self._drop(camera)  # subscribing again changes max_fps
         depth = self.api.config.server.queue_depth
         subscriber = self.api.hub.subscribe(camera, self.client, depth, SUBSCRIBER_KIND)
+        fit_unsent_bound(self.ws, subscriber.camera)
         subscription = self.subscriptions[camera] = Subscription(subscriber, max_fps)
         self.subscribed += 1
         cap = f" (at most {max_fps:g} fps)" if max_fps else ""

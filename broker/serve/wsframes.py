@@ -428,6 +428,15 @@ def _socket_stream(ws: WebSocketConnection) -> trio.abc.Stream:
     return stream.stream if isinstance(stream, ReplayStream) else stream
 
 
+def raise_unsent_bound(ws: WebSocketConnection, nbytes: int) -> None:
+    """Let the kernel hold up to ``nbytes`` unsent on this connection
+    (``TCP_NOTSENT_LOWAT``; `broker.serve.delivery.unsent_bound` says how much)."""
+    stream = _socket_stream(ws)
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, nbytes)
+
+
 def transport(ws: WebSocketConnection) -> trio.abc.Stream:
     """The stream under ``ws``: what a sender finishes a frame on (after a
     `broker.serve.delivery.DirectWriter` wrote part of it) and aborts."""

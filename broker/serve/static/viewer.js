@@ -22,7 +22,8 @@ const tiles = new Map();
 let unloading = false;
 let reachable = null; // null until /api/cameras first answers or fails
 const token = new URLSearchParams(location.search).get("token");
-const withToken = (path) => (token ? `${path}?token=${encodeURIComponent(token)}` : path);
+const withToken = (path) =>
+  token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
 const drawer = new SettingsDrawer(document.getElementById("settings"), withToken);
 const GEAR = '<svg viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="8" ' +
   'fill="none" stroke="currentColor" stroke-width="4" stroke-dasharray="3.14 3.14"/>' +
@@ -84,7 +85,9 @@ class Tile {
     this.timer = 0;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = (this.ws = new WebSocket(
-      `${scheme}//${location.host}${withToken(`/cameras/${encodeURIComponent(this.id)}`)}`));
+      // format=jpeg: a tile is an <img>, so a camera of a raw format (BMP, TIFF, LZ4)
+      // comes as the JPEG the broker derives from each frame.
+      `${scheme}//${location.host}${withToken(`/cameras/${encodeURIComponent(this.id)}?format=jpeg`)}`));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => { this.open = true; };
     ws.onmessage = (event) => {
