@@ -4,6 +4,9 @@ Cancelling ``Broker.run`` is the orderly shutdown: the listener stops, every Web
 client is told 1001 (going away), workers get SIGTERM then SIGKILL after the grace
 period, and the ingest and control sockets are closed. Each step is bounded.
 
+With ``[analytics]`` enabled, every accepted frame is also republished on the frame
+feed and a supervised analyzer process reports what it sees (`broker.analytics`).
+
 Supervised workers reach the broker over two private ipc:// endpoints in a private
 folder (`broker.support.workdir`): ingest (frames) and control (settings, commands, heartbeats).
 At start the broker removes such folders left by brokers of its user that died.
@@ -18,6 +21,7 @@ import time
 import trio
 import zmq
 
+from broker.analytics import Analytics
 from broker.config import Config
 from broker.control import Control, bridge
 from broker.control.supervisor import Supervisor
@@ -54,6 +58,18 @@ class Broker:
         self.metrics = Metrics(
             self.hub, self.ingest_stats.errors, self.worker_restarts, self.control, self.faults
         )
+        self.analytics: Analytics | None = None
+        if config.analytics.enabled:
+            self.analytics = Analytics(
+                config,
+                self.control.events,
+                self.control.broker_settings,
+                lambda: list(self.hub.cameras),
+                faults=self.faults,
+                log_level=log_level,
+            )
+            self.control.on_broker_settings = self.analytics.settings_changed
+            self.metrics.add_analytics(self.analytics)
         # Offline cameras, expired sessions and retained frames; a forgotten camera's
         # latency series goes with it.
         self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.metrics.forget)
@@ -64,6 +80,7 @@ class Broker:
             self.metrics.exposition,
             control=self.control,
             faults=self.faults,
+            analytics=self.analytics,
         )
         self.port = 0
         self.ingest_endpoints: list[str] = []
@@ -88,11 +105,16 @@ class Broker:
             )
             for endpoint in self.control_endpoints:
                 log.info("control bound on %s", endpoint)
+            if self.analytics is not None:
+                feed = self.analytics.bind(context, str(folder))
+                self.hub.hooks.frame = feed.publish
             listeners = await self.server.listen()
             self.port = self.server.port
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.control.run, name="control")
                 nursery.start_soon(self.server.serve, listeners, name="server")
+                if self.analytics is not None:
+                    await nursery.start(self.analytics.run, name="analytics")
                 nursery.start_soon(
                     ingest.run_ingest,
                     socket,
@@ -152,4 +174,5 @@ class Broker:
             "worker_restarts": self.worker_restarts(),
             "control": self.control.health(),
             "faults": self.faults.as_dict(),
+            **({"analytics": self.analytics.health()} if self.analytics is not None else {}),
         }

@@ -15,6 +15,7 @@ from broker.config.fields import SPECS
 from broker.config.model import (
     SECTIONS,
     TOP_LEVEL,
+    AnalyticsConfig,
     CameraConfig,
     Config,
     ConfigError,
@@ -81,12 +82,17 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     state_file = control.get("state_file", ControlConfig().state_file)
     if state_file and base is not None:
         control["state_file"] = str(base / state_file)  # an absolute one stays as it is
+    analytics = tables.get("analytics", {})
+    for name in ("onnx_model", "onnx_labels"):
+        if analytics.get(name) and base is not None:
+            analytics[name] = str(base / analytics[name])
     return Config(
         server=ServerConfig(**tables.get("server", {})),
         ingest=IngestConfig(**tables.get("ingest", {})),
         workers=WorkersConfig(**tables.get("workers", {})),
         retention=RetentionConfig(**tables.get("retention", {})),
         control=ControlConfig(**control),
+        analytics=AnalyticsConfig(**analytics),
         cameras=tuple(CameraConfig(**camera) for camera in cameras),
         presets=presets,
         tokens=tuple(TokenConfig(**token) for token in tokens),

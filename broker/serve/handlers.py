@@ -7,6 +7,7 @@ are `broker.serve.server`'s.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -39,7 +40,7 @@ STATIC_TYPES = {
     ".css": "text/css; charset=utf-8",
 }
 MAX_REQUEST_ID = 128
-CAMERA_KINDS = frozenset((Kind.WEBSOCKET, Kind.SNAPSHOT, Kind.MJPEG, Kind.NEXT))
+CAMERA_KINDS = frozenset((Kind.WEBSOCKET, Kind.SNAPSHOT, Kind.MJPEG, Kind.NEXT, Kind.DETECTIONS))
 
 
 class Handlers:
@@ -90,6 +91,8 @@ class Handlers:
             return error("unknown_camera", f"no camera {route.camera!r}")
         if kind is Kind.NEXT:
             return await self.next_image(route.camera, route)
+        if kind is Kind.DETECTIONS:
+            return self.detections(route)
         if kind is Kind.WEBSOCKET or kind is Kind.MUX:
             return error(
                 "upgrade_required",
@@ -206,6 +209,17 @@ class Handlers:
                 await next_arrival(camera)
             return frame_response(frame, time.monotonic())
         return await self._no_data(camera, time.monotonic())
+
+    def detections(self, route: Route) -> Response:
+        """Recent analytics results of a camera, received after ``since`` (Unix seconds)."""
+        text = route.param("since") or "0"
+        try:
+            since = float(text)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            return error("bad_request", f"since must be a time in Unix seconds, got {text[:40]!r}")
+        return json_response(self.views.detections(route.camera, since))
 
     async def snapshot(self, camera_id: str) -> Response:
         """The latest fresh frame, else the "No Data" image."""

@@ -52,6 +52,7 @@ from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
+    from broker.analytics import Analytics
     from broker.control import Control
 
 log = logging.getLogger("broker.server")
@@ -95,6 +96,7 @@ class Server:
         *,
         control: Control | None = None,
         faults: Faults | None = None,
+        analytics: Analytics | None = None,
     ) -> None:
         self.config = config
         self.faults = faults if faults is not None else Faults()
@@ -107,7 +109,7 @@ class Server:
         self.router = Router(config, self.access, hub)
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
-        self.views = Views(config, hub, self.health, control)
+        self.views = Views(config, hub, self.health, control, analytics)
         self.handlers = Handlers(config, hub, self.views, metrics, control, self.access, commands)
         self.wsapi = WsApi(config, hub, self.delivery, self.views, control, commands, self.faults)
         # Its per-message debug lines would let any client flood a debug log.
