@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -366,3 +367,58 @@ async def test_presets_and_schedules_switch_models_of_a_camera_without_a_worker(
             assert worker.commands()[-1]["settings"] == {"brightness": 60}
             assert control.broker_settings("cam")["ai_model"] == "face"
             assert control.settings("cam")["brightness"] == 60
+
+
+# -- the viewer page -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_viewer_page_draws_the_face_box_and_the_motion_badge(tmp_path: Path, page) -> None:
+    config = write_config(tmp_path, CAMERAS, extra=ANALYTICS)
+    with BrokerProcess(config) as broker:
+        wait_analyzer_sync(broker.url)
+        assert patch_sync(broker.url, "face", {"ai_enabled": True, "ai_model": "face"})[0] == 200
+        assert patch_sync(broker.url, "up", {"ai_enabled": True})[0] == 200
+        face = photo("astronaut.png")
+        stop = threading.Event()
+
+        def produce() -> None:  # the face camera at 10 fps, a moving square on "up"
+            i = 0
+            while not stop.is_set():
+                post_sync(broker.url, "face", face)
+                post_sync(broker.url, "up", scene(20 + (i * 12) % 200 if i > 20 else None))
+                i += 1
+                time.sleep(0.1)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        try:
+            page.goto(broker.url + "/")
+            page.wait_for_selector('.tile[data-camera="face"] .boxes .box', timeout=20_000)
+            label = page.text_content('.tile[data-camera="face"] .boxes .box span') or ""
+            assert label.startswith("face ")
+            # The box sits over the astronaut's face: about x 180..270, y 60..160 of 512.
+            frame = page.locator('.tile[data-camera="face"] .boxes').bounding_box()
+            box = page.locator('.tile[data-camera="face"] .boxes .box').first.bounding_box()
+            assert frame is not None and box is not None
+            x = (box["x"] - frame["x"]) / frame["width"] * 512
+            y = (box["y"] - frame["y"]) / frame["height"] * 512
+            assert 140 <= x <= 210 and 30 <= y <= 110, (x, y, frame, box)
+            assert abs(frame["width"] / frame["height"] - 1.0) < 0.02  # a square photo
+            page.wait_for_selector('.tile[data-camera="up"][data-motion="true"] .motion')
+            assert page.is_visible('.tile[data-camera="up"] .motion')
+            assert page.is_hidden('.tile[data-camera="face"] .motion')
+        finally:
+            stop.set()
+            producer.join(5)
+
+
+def post_sync(url: str, camera: str, body: bytes) -> None:
+    request = urllib.request.Request(
+        f"{url}/cameras/{camera}/frames",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "image/jpeg"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()

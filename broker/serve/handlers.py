@@ -273,6 +273,6 @@ def index_with_token(token: str) -> Response:
     too, so their URLs carry the token (viewer.js passes it on to its own requests)."""
     page = static("index.html")
     suffix = ("?token=" + quote(token, safe="")).encode()
-    for asset in (b'"/viewer.js"', b'"/settings.js"', b'"/viewer.css"'):
+    for asset in (b'"/viewer.js"', b'"/settings.js"', b'"/analytics.js"', b'"/viewer.css"'):
         page.body = page.body.replace(asset, asset[:-1] + suffix + b'"')
     return page

@@ -57,6 +57,7 @@ STATIC_FILES = {
     "/": "index.html",
     "/viewer.js": "viewer.js",
     "/settings.js": "settings.js",
+    "/analytics.js": "analytics.js",
     "/viewer.css": "viewer.css",
 }
 FIXED = {
