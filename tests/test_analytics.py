@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import skimage
 import trio
@@ -422,3 +423,65 @@ def post_sync(url: str, camera: str, body: bytes) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
+
+
+# -- onnx: a user's model, here a tiny one built by the test --------------------------
+
+
+def tiny_model(path: Path, size: int = 64) -> None:
+    """A YOLO-style detector of brightness: 8 candidates of [cx, cy, w, h, score]; the
+    first two (the same box, for non-maximum suppression to merge) score the image's
+    mean brightness (0..1 after OpenCV's 1/255 scaling), the rest 0."""
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    boxes = np.array([[[32, 32, 16, 16]] * 2 + [[8, 8, 4, 4]] * 6], np.float32)
+    weights = np.array([[[1.0], [0.95]] + [[0.0]] * 6], np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "shape"], ["mean3"]),
+        helper.make_node("Mul", ["mean3", "weights"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["output"], axis=2),
+    ]
+    floats = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", floats, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output", floats, [1, 8, 5])],
+        initializer=[
+            numpy_helper.from_array(boxes, "boxes"),
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.array([1, 1, 1], np.int64), "shape"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.mark.timeout(60)
+async def test_an_onnx_model_of_the_users_reports_its_labels(tmp_path: Path) -> None:
+    tiny_model(tmp_path / "tiny.onnx")
+    (tmp_path / "labels.txt").write_text("lamp\n")
+    extra = ANALYTICS + 'onnx_model = "tiny.onnx"\nonnx_labels = "labels.txt"\nonnx_input = 64\n'
+    with BrokerProcess(write_config(tmp_path, CAMERAS, extra=extra)) as broker:
+        port = broker.port
+        await wait_analyzer(port)
+        status, answer = await set_ai(port, "up", ai_enabled=True, ai_model="onnx")
+        assert status == 200, answer
+        white = jpeg(np.full((240, 320, 3), 255, np.uint8))
+        black = jpeg(np.zeros((240, 320, 3), np.uint8))
+        async with connect(f"ws://127.0.0.1:{port}/ws") as client:
+            events = Events()
+            client.on("event", events)
+            await feed(port, "up", [black] * 8)
+            assert events.of("objects_detected", "up") == []
+            with trio.fail_after(10):
+                while not events.of("objects_detected", "up"):
+                    await feed(port, "up", [white], fps=20)
+        found = events.of("objects_detected", "up")[0]["data"]
+        assert found["model"] == "onnx" and found["label"] == "lamp"
+        assert len(found["objects"]) == 1  # the two overlapping candidates merged
+        assert found["confidence"] > 0.95
+        # [cx, cy, w, h] = [32, 32, 16, 16] of 64x64, in the 320x240 frame's pixels.
+        assert found["box"] == [120, 90, 80, 60]
