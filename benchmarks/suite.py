@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks import (
     all_scenarios,
+    analytics,
     connections,
     fanout,
     ingest,
@@ -32,6 +33,7 @@ SCENARIOS = {
     "connections": connections,
     "ingest": ingest,
     "worker": worker,
+    "analytics": analytics,
     "all": all_scenarios,
 }
 QUICK_SECONDS = 3.0

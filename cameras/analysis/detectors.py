@@ -7,9 +7,9 @@ boxes back to frame coordinates). `Motion` is a state per camera instead: it say
 motion starts and when it has stopped.
 
 Confidences: OpenCV's detectors give scores of their own scale, mapped onto 0..1 so one
-``ai_confidence`` works for every model: a Haar cascade's level weight / 8 (a clear
-frontal face scores about 5-6), a HOG SVM weight / 2 (about 0.5-2 for people), an
-ONNX model's class score as it is.
+``ai_confidence`` works for every model: a Haar cascade's level weight w as w / (w + 2)
+(a clear frontal face has w of about 3-6: 0.6-0.75), a HOG SVM weight / 2 (about 0.5-2
+for people), an ONNX model's class score as it is.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Faces:
             grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24), outputRejectLevels=True
         )
         return [
-            Found(self.label, _unit(float(w) / 8), _box(b))
+            Found(self.label, _unit(float(w) / (float(w) + 2)), _box(b))
             for b, w in zip(boxes, np.ravel(weights), strict=False)
         ]
 
