@@ -7,6 +7,7 @@ The photographs ship inside scikit-image's wheel (skimage/data/): nothing downlo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -485,3 +486,30 @@ async def test_an_onnx_model_of_the_users_reports_its_labels(tmp_path: Path) -> 
         assert found["confidence"] > 0.95
         # [cx, cy, w, h] = [32, 32, 16, 16] of 64x64, in the 320x240 frame's pixels.
         assert found["box"] == [120, 90, 80, 60]
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_analyzer_is_killed_and_restarted(tmp_path: Path) -> None:
+    """SIGSTOP: the analyzer says nothing more; after restart_lost_after x lost_after
+    (2 x 1 s here) it is killed and a new one connects."""
+    extra = ANALYTICS + "[workers]\nrestart_lost_after = 2\nrestart_delay = 0.2\n"
+    control = "heartbeat_interval = 0.2\nlost_after = 1.0\n"
+    config = write_config(tmp_path, CAMERAS, extra=extra, control=control)
+    with BrokerProcess(config) as broker:
+        first = wait_analyzer_sync(broker.url)
+        os.kill(first["pid"], signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            wait_until(
+                lambda: (
+                    (h := fetch(broker.url + "/healthz")["analytics"])["connected"]
+                    and h["pid"] != first["pid"]
+                ),
+                20,
+                "the hung analyzer was not replaced",
+            )
+            assert time.monotonic() - stopped >= 1.5  # not before its silence limit
+            assert "silent on control" in broker.logs()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first["pid"], signal.SIGKILL)

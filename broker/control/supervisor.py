@@ -249,11 +249,17 @@ class Supervisor:
             self.pids[key] = process.pid
             log.info("%s started (pid %d)", what, process.pid)
             if self.control and self.silent_for is not None and self.lost_limit > 0:
-                nursery.start_soon(self._heal, key, process, watchdog)
+                nursery.start_soon(self._heal, key, process, watchdog, what)
         self.pids.pop(key, None)
         return process.pid, process.returncode if process.returncode is not None else -1
 
-    async def _heal(self, camera: str, process: trio.Process, watchdog: trio.CancelScope) -> None:
+    async def _heal(
+        self,
+        camera: str,
+        process: trio.Process,
+        watchdog: trio.CancelScope,
+        what: str = "worker",
+    ) -> None:
         """Kill ``process`` once it has been silent on control for `lost_limit`; it is
         then restarted like any worker that exited. Ends when the process does."""
         assert self.silent_for is not None
@@ -272,9 +278,9 @@ class Supervisor:
                 if lost_too_long(silent, now - started, self.lost_limit):
                     quiet = now - started if silent is None else min(silent, now - started)
                     log.warning(
-                        "camera %s: worker pid %d silent on control for %.1f s "
+                        "%s pid %d silent on control for %.1f s "
                         "(limit %g s): killing it to restart it",
-                        camera,
+                        what,
                         process.pid,
                         quiet,
                         self.lost_limit,
