@@ -72,7 +72,7 @@ class Broker:
             self.metrics.add_analytics(self.analytics)
         # Offline cameras, expired sessions and retained frames; a forgotten camera's
         # latency series goes with it.
-        self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.metrics.forget)
+        self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.forget)
         self.server = Server(
             config,
             self.hub,
@@ -153,6 +153,12 @@ class Broker:
         finally:
             context.destroy(linger=0)
             shutil.rmtree(folder, ignore_errors=True)
+
+    def forget(self, camera_id: str) -> None:
+        """A camera the hub removed (an expired session): drop what is kept per camera."""
+        self.metrics.forget(camera_id)
+        if self.analytics is not None:
+            self.analytics.results.forget(camera_id)
 
     def observe_latency(self, camera_id: str, seconds: float) -> None:
         self.metrics.latency.labels(camera_id).observe(seconds)

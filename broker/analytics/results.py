@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from typing import Any
 
 from broker.support.ratelimit import TokenBucket
@@ -132,7 +131,15 @@ class Results:
         seen = set(self.analysed) | set(self.motion_active) | {c for c, _ in self.detections}
         return sorted(seen)
 
-    def forget(self, keep: Callable[[str], bool]) -> None:
-        """Drop the rings of cameras ``keep`` refuses (cameras the hub forgot)."""
-        for camera in [c for c in self.recent if not keep(c)]:
-            del self.recent[camera]
+    def forget(self, camera: str) -> None:
+        """Drop everything kept for ``camera`` (the hub removed it), so ids that come
+        and go stay bounded."""
+        self.recent.pop(camera, None)
+        self.motion_active.pop(camera, None)
+        self.lag.pop(camera, None)
+        self._buckets.pop(camera, None)
+        self._reported.pop(camera, None)
+        for counter in (self.motion_events, self.analysed, self.skipped, self.suppressed):
+            counter.pop(camera, None)
+        for key in [key for key in self.detections if key[0] == camera]:
+            del self.detections[key]
