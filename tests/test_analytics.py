@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -513,3 +515,30 @@ def test_a_hung_analyzer_is_killed_and_restarted(tmp_path: Path) -> None:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(first["pid"], signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_broker_ctl_sets_ai_settings_of_an_upload_only_camera(broker: BrokerProcess) -> None:
+    ctl = [sys.executable, "-m", "broker", "ctl", "--url", f"ws://127.0.0.1:{broker.port}/ws"]
+    done = subprocess.run(
+        [*ctl, "set", "up", "ai_enabled=true", "ai_model=face_recognition", "ai_confidence=0.7"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    settings = fetch(broker.url + "/api/cameras")[0]["settings"]
+    assert (settings["ai_enabled"], settings["ai_model"], settings["ai_confidence"]) == (
+        True,
+        "face",
+        0.7,
+    )
+    wait_until(
+        lambda: fetch(broker.url + "/healthz")["analytics"]["cameras"] == ["up"],
+        5,
+        "the analyzer was not told",
+    )
+    refused = subprocess.run(
+        [*ctl, "set", "up", "ai_model=yolo"], capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode != 0 and "ai_model" in refused.stderr + refused.stdout

@@ -211,6 +211,9 @@ class Analytics:
     def _exited(self, name: str, pid: int, how: str) -> None:
         log.warning("analyzer pid %d exited (%s)", pid, how)
         self.identity = None
+        now = time.time()
+        for camera in list(self.results.motion_active):  # nobody watches for its end now
+            self._publish(self.results.stop(camera, now))
         self.events.publish("analyzer_exited", "", pid=pid, reason=how)
 
     def wanted(self) -> dict[str, dict[str, Any]]:
@@ -229,8 +232,10 @@ class Analytics:
         """Send the analyzer what to analyse; stop the motion of cameras turned off."""
         wanted = self.wanted()
         now = time.time()
-        for camera in set(self.enabled) - set(wanted):
-            self._publish(self.results.stop(camera, now))
+        for camera, was in self.enabled.items():
+            # Off, or no longer the motion model: its motion, if any, stops now.
+            if wanted.get(camera, {}).get("model") != "motion" and was["model"] == "motion":
+                self._publish(self.results.stop(camera, now))
         self.enabled = wanted
         if self.identity is not None and self.router is not None:
             try:
