@@ -20,6 +20,8 @@ started by hand has neither, and waits for its broker forever.
 
 Here: the loop (`Worker`, `Stop`, pacing) and `main`; the commands are in
 `cameras.commands`, the command line in `cameras.cli`, the sources in `cameras.sources`.
+Kept whole past 400 lines: one loop whose pacing, liveness and source recovery decide
+together what happens to each frame.
 """
 
 from __future__ import annotations

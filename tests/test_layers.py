@@ -1,7 +1,8 @@
-"""The layering of broker/, checked on the sources: the core imports no I/O (not even
-through another broker module), no output module of serve imports another, nothing but
-the composition root imports serve, and only the WebSocket adapter touches the
-internals of trio-websocket and trio."""
+"""The layering rule of broker/__init__.py, checked on the sources: each package imports
+only the layers below it; the protocol and the core import no I/O (not even through
+another broker module); no output module of serve imports another; nothing but the
+composition root imports serve; the worker speaks only the protocol; and only the
+WebSocket adapter touches the internals of trio-websocket and trio."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "broker"
 IO = frozenset(("trio", "zmq", "h11", "trio_websocket", "wsproto", "socket", "selectors"))
+HEAVY = frozenset(("cv2", "numpy"))  # the worker extra: the broker and the client never need them
 OUTPUTS = ("broker.serve.websocket", "broker.serve.mjpeg", "broker.serve.wsapi")
 ADAPTER = "broker.serve.wsframes"
 INTERNALS = re.compile(r"\._stream\b|\._stream_lock\b|\._sock\b")
@@ -104,3 +108,61 @@ def test_only_the_adapter_touches_websocket_and_trio_internals() -> None:
                 continue
             found = INTERNALS.findall(path.read_text())
             assert not found, f"{module_name(path)} touches {sorted(set(found))}"
+
+
+PURE_SUPPORT = {"broker.support.backoff", "broker.support.logthrottle", "broker.support.ratelimit"}
+BELOW_EDGES = {"broker.protocol", "broker.config", "broker.core", "broker.support"}
+
+# package: (what of ours it may import, which third-party modules it must not import).
+RULES: dict[str, tuple[set[str], frozenset[str]]] = {
+    # The wire contracts: nothing of either side, no I/O (h11 and wsproto's rule).
+    "broker.protocol": ({"broker.protocol"}, IO | HEAVY),
+    # Small utilities depend on nothing else of ours.
+    "broker.support": ({"broker.support"}, HEAVY),
+    "broker.config": ({"broker.config", "broker.protocol"}, IO | HEAVY),
+    # The core is pure and synchronous.
+    "broker.core": ({"broker.core", "broker.protocol", "broker.config"} | PURE_SUPPORT, IO | HEAVY),
+    # Frames in and the control plane: the layers below, never each other or the edge.
+    "broker.ingest": ({"broker.ingest"} | BELOW_EDGES, HEAVY),
+    "broker.control": ({"broker.control"} | BELOW_EDGES, HEAVY),
+    "broker.serve": ({"broker.serve", "broker.ingest", "broker.control"} | BELOW_EDGES, HEAVY),
+    # The client library is a separate program: the protocol, the queue, pure utilities.
+    "broker.client": (
+        {"broker.client", "broker.protocol", "broker.core.queue"} | PURE_SUPPORT,
+        HEAVY,
+    ),
+    # The worker speaks the protocol and uses pure utilities, nothing of the broker; no trio.
+    "cameras": (
+        {"cameras", "broker.protocol"} | PURE_SUPPORT,
+        frozenset(("trio", "trio_websocket", "h11")),
+    ),
+}
+
+
+def under(name: str, prefixes: set[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def violations(package: str, allowed: set[str], banned: frozenset[str]) -> list[str]:
+    """Imports of our modules outside ``allowed``, and of ``banned`` third-party ones."""
+    bad = []
+    for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
+        name = module_name(path)
+        for target in sorted(imports(path)):
+            top = target.split(".")[0]
+            ours = top in ("broker", "cameras") and target not in ("broker", "cameras")
+            if (ours and not under(target, allowed)) or top in banned:
+                bad.append(f"{name} imports {target}")
+    return bad
+
+
+@pytest.mark.parametrize("package", list(RULES))
+def test_each_layer_imports_only_what_it_may(package: str) -> None:
+    allowed, banned = RULES[package]
+    assert violations(package, allowed, banned) == []
+
+
+def test_the_layer_rules_can_fail() -> None:
+    """The composition root imports every layer: a rule narrower than that is broken."""
+    assert violations("broker", {"broker.protocol"}, frozenset()) != []
+    assert violations("broker.serve", BELOW_EDGES, frozenset()) != []

@@ -194,7 +194,7 @@ class Hub:
                 self.retained_bytes -= camera.recent.popleft().size
 
     def next_after(self, camera: Camera, after: int) -> Frame | None:
-        """The oldest retained frame newer than sequence number ``after`` (seed 003)."""
+        """The oldest retained frame newer than sequence number ``after``."""
         self.expire(self.clock())
         for frame in camera.recent:
             if frame.seq > after:

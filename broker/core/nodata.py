@@ -1,4 +1,4 @@
-"""The "No Data" image clients see while their camera is offline (seed 003's idea).
+"""The "No Data" image clients see while their camera is offline.
 
 Rendered with Pillow in the camera's last known shape, so a dashboard tile keeps its
 aspect, and saying how long the camera has been silent. The size a camera declares is

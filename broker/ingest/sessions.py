@@ -1,4 +1,4 @@
-"""Ad-hoc cameras for HTTP producers (seed 003's sessions): ``POST /api/sessions`` makes
+"""Ad-hoc cameras for HTTP producers : ``POST /api/sessions`` makes
 one, its producer uploads frames to it, and it is forgotten after ``ingest.session_ttl``
 without a frame (`broker.core.watcher`). Synchronous; the HTTP edge answers.
 """

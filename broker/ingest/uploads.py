@@ -1,4 +1,4 @@
-"""Images that producers upload over HTTP (seed 003's producers): checked, then
+"""Images that producers upload over HTTP : checked, then
 published as the camera's next frame (`accept_upload`). Synchronous; the HTTP edge
 only reads the body and answers.
 

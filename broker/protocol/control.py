@@ -8,7 +8,7 @@ worker → broker
                  whenever the broker asks (``hello_request``)
   ``heartbeat``  streaming: every heartbeat interval
   ``reply``      the answer to one command: request_id, success, message, settings,
-                 streaming, timestamp (seed 002's StatusResponse)
+                 streaming, timestamp (docs/protocol.md)
 broker → worker
   ``heartbeat``      every heartbeat interval
   ``hello_request``  the broker does not know this worker (it restarted, say)

@@ -2,7 +2,7 @@
 
 Every error a client can get, over HTTP, on ``/ws`` or in a command's answer, has a
 stable code listed in `ERRORS` with its HTTP status and what it means (docs/protocol.md
-lists the same). A command's answer is a `CommandResult` (seed 002's StatusResponse),
+lists the same). A command's answer is a `CommandResult` (the StatusResponse of docs/protocol.md),
 built by the broker and read back by the client library. Pure.
 """
 
@@ -84,7 +84,7 @@ def http_status(code: str | None) -> int:
 
 @dataclass(slots=True)
 class CommandResult:
-    """The answer to a command (seed 002's StatusResponse); ``to_json`` is what clients
+    """The answer to a command (the StatusResponse of docs/protocol.md); ``to_json`` is what clients
     get, `from_json` reads it back. A camera-side failure is not an exception:
     ``success`` is False, ``error`` one of `COMMAND_ERRORS` and ``errors`` names each bad
     key of an invalid change."""

@@ -1,4 +1,4 @@
-"""Camera settings (seed 002's ``CameraSettings``): their names, types, ranges and
+"""Camera settings (docs/protocol.md): their names, types, ranges and
 defaults, and all-or-nothing validation of a change.
 
 Settings travel as plain dicts (msgpack to workers, JSON to clients, TOML presets), so

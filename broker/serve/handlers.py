@@ -167,7 +167,7 @@ class Handlers:
         )
 
     def create_session(self) -> Response:
-        """An ad-hoc camera for an HTTP producer (seed 003's session)."""
+        """An ad-hoc camera for an HTTP producer (docs/protocol.md, sessions)."""
         try:
             camera_id = open_session(self.hub, self.config.ingest)
         except SessionRefused as refused:
@@ -192,7 +192,7 @@ class Handlers:
     # -- camera images -------------------------------------------------------------
 
     async def next_image(self, camera_id: str, route: Route) -> Response:
-        """Frames in order (seed 003): the oldest retained frame newer than ``after``,
+        """Frames in order: the oldest retained frame newer than ``after``,
         waiting up to ``timeout`` seconds for one, else the "No Data" image."""
         try:
             after = int(route.param("after") or -1)

@@ -12,7 +12,9 @@ with a code, and the connection stays up: requests beyond ``server.ws_request_ra
 get ``rate_limited``, and a bug met while serving a request, sending a subscription's
 frames or forwarding an event costs ``internal_error`` (counted in ``faults``), not the
 connection. Per-subscription log lines are rate-limited: a client cycling subscribe and
-unsubscribe cannot flood the log.
+unsubscribe cannot flood the log. Kept whole past 400 lines: one connection's tasks and
+their shared state (the subscriptions, the answer order) read better in one place; the
+request parsing is `broker.serve.wsrequests`.
 """
 
 from __future__ import annotations

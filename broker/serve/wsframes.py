@@ -13,9 +13,10 @@ connection with a close frame carrying the right code (1002, 1007, 1009), where 
 alone ends it with a bare TCP close, and only after reading a whole oversized message.
 
 Frames go out another way: ``send_message`` builds (and copies) the frame per client,
-which ``NOTES.md`` measured at 3.4x the CPU of writing one pre-built frame to every
-client. `send_prebuilt` writes our bytes under the connection's own send lock, so they
-never interleave with a pong or close frame. That lock is an internal of
+which we measured at 3.4x the CPU of writing one pre-built frame to every client
+(``python -m benchmarks fanout``, docs/performance). `send_prebuilt` writes our bytes
+under the connection's own send lock, so they never interleave with a pong or close
+frame. That lock is an internal of
 trio-websocket: the version is pinned in pyproject.toml and tests/test_wsframes.py
 checks the assumption. This is the one module that touches trio-websocket's and
 trio's internals (``_stream``, ``_stream_lock``, ``SocketType._sock``), which is why it

@@ -1,7 +1,7 @@
 """ZeroMQ under trio: the one receive loop and the one `bound_socket`.
 
-pyzmq has no trio integration; this is the small adapter ``NOTES.md`` describes. The
-rules, each of which was seen to bite:
+pyzmq has no trio integration; this is our small adapter. The rules, each of which was
+seen to bite:
 
 - The ZMQ FD is edge-triggered and any call on the socket may consume the edge, so
   always try a non-blocking receive, then check ``EVENTS``, and only then sleep on the FD.
