@@ -107,9 +107,12 @@ def start_cameras(run: Run, config: Path) -> Broker:
     return broker
 
 
-def start_replays(run: Run) -> None:
+def start_replays(run: Run, images: dict[str, str] | None = None) -> None:
+    """One replay publisher per camera; ``images``: camera -> a photo it publishes
+    instead of the test pattern."""
     a = run.args
     for cid in run.camera_ids:
+        image = ["--image", images[cid]] if images and cid in images else []
         argv = [
             "-m",
             "benchmarks.replay",
@@ -125,6 +128,7 @@ def start_replays(run: Run) -> None:
             str(a.height),
             "--quality",
             str(a.quality),
+            *image,
         ]
         run.replays.append(Child(f"replay {cid}", argv, run.work.path / f"replay-{cid}.log"))
     for child in run.replays:

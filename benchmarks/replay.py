@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -51,15 +52,33 @@ class Counters:
         }
 
 
-def prepare(width: int, height: int, quality: int, count: int) -> list[Frame]:
+def prepare(width: int, height: int, quality: int, count: int, image: str = "") -> list[Frame]:
     from cameras.encoding import encode  # OpenCV: only needed once, before the loop
     from cameras.sources.testpattern import TestPattern
 
     pattern, now, frames = TestPattern(width, height), time.time(), []
+    photo = letterboxed(image, width, height) if image else None
     for i in range(count):
-        data = bytearray(stamp.stamp(encode(pattern.draw(i, now), "jpeg", quality), i, now))
+        picture = photo if photo is not None else pattern.draw(i, now)
+        data = bytearray(stamp.stamp(encode(picture, "jpeg", quality), i, now))
         frames.append(Frame(data, stamp.find(data)))
     return frames
+
+
+def letterboxed(path: str, width: int, height: int) -> Any:
+    """The image at ``path`` scaled to fit ``width`` x ``height``, centred on grey."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"cannot read the image {path}")
+    scale = min(width / image.shape[1], height / image.shape[0])
+    w, h = int(image.shape[1] * scale), int(image.shape[0] * scale)
+    canvas = np.full((height, width, 3), 128, np.uint8)
+    x, y = (width - w) // 2, (height - h) // 2
+    canvas[y : y + h, x : x + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return canvas
 
 
 class Commands:
@@ -123,13 +142,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--quality", type=int, default=80)
     p.add_argument("--frames", type=int, default=30, help="distinct frames in the loop")
+    p.add_argument("--image", default="", help="publish this photo instead of the test pattern")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    frames = prepare(args.width, args.height, args.quality, args.frames)
+    frames = prepare(args.width, args.height, args.quality, args.frames, args.image)
     context = zmq.Context()
     sock = context.socket(zmq.PUB)
     sock.setsockopt(zmq.SNDHWM, 4)  # as camera-worker: drop stale frames here

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks import (
     all_scenarios,
+    analytics,
     connections,
     fanout,
     fourk,
@@ -38,6 +39,7 @@ SCENARIOS = {
     "soak": soak,  # not in "all": it runs for minutes by design
     "tls": tls,  # not in "all": a second broker and minutes of steps
     "4k": fourk,  # not in "all": minutes of a loaded machine (issue 12)
+    "analytics": analytics,  # not in "all" yet: an analyzer process and two windows
     "all": all_scenarios,
 }
 QUICK_SECONDS = 3.0

@@ -18,6 +18,9 @@ Packages by concern, in layers; a package imports only the layers listed before 
   ``control`` (the control plane: the ROUTER channel, workers, commands, the state
   file, schedules, on-demand capture, the supervisor): I/O around the core; neither
   imports the other.
+- ``analytics``: the frame feed and the supervised analyzer's results (events, the
+  detections ring, counts); above ``control``, whose supervisor it reuses; no OpenCV
+  (the analyzer itself is ``cameras.analysis``).
 - ``serve``: the one port (HTTP via h11, WebSocket via trio-websocket behind the
   ``wsframes`` adapter, MJPEG, ``/ws``, metrics, the viewer page); only ``app`` imports it.
 - ``app``: the composition root that starts everything in one nursery and owns

@@ -4,6 +4,9 @@ Cancelling ``Broker.run`` is the orderly shutdown: the listener stops, every Web
 client is told 1001 (going away), workers get SIGTERM then SIGKILL after the grace
 period, and the ingest and control sockets are closed. Each step is bounded.
 
+With ``[analytics]`` enabled, every accepted frame is also republished on the frame
+feed and a supervised analyzer process reports what it sees (`broker.analytics`).
+
 Supervised workers reach the broker over two private ipc:// endpoints in a private
 folder (`broker.support.workdir`): ingest (frames) and control (settings, commands, heartbeats).
 At start the broker removes such folders left by brokers of its user that died.
@@ -19,6 +22,7 @@ from pathlib import Path
 import trio
 import zmq
 
+from broker.analytics import Analytics
 from broker.config import Config
 from broker.control import Control, bridge
 from broker.control.supervisor import Supervisor
@@ -62,9 +66,21 @@ class Broker:
         self.metrics = Metrics(
             self.hub, self.ingest_stats.errors, self.worker_restarts, self.control, self.faults
         )
+        self.analytics: Analytics | None = None
+        if config.analytics.enabled:
+            self.analytics = Analytics(
+                config,
+                self.control.events,
+                self.control.broker_settings,
+                lambda: list(self.hub.cameras),
+                faults=self.faults,
+                log_level=log_level,
+            )
+            self.control.on_broker_settings = self.analytics.settings_changed
+            self.metrics.add_analytics(self.analytics)
         # Offline cameras, expired sessions and retained frames; a forgotten camera's
         # latency series goes with it.
-        self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.metrics.forget)
+        self.watcher = Watcher(self.hub, config.ingest.session_ttl, self.forget)
         self.server = Server(
             config,
             self.hub,
@@ -73,6 +89,7 @@ class Broker:
             control=self.control,
             faults=self.faults,
             config_file=config_file,  # for security.revoked, re-read when it changes
+            analytics=self.analytics,
         )
         if self.server.tls is not None:
             self.metrics.add_tls(self.server.tls.stats)
@@ -118,6 +135,9 @@ class Broker:
             )
             for endpoint in self.control_endpoints:
                 log.info("control bound on %s", endpoint)
+            if self.analytics is not None:
+                feed = self.analytics.bind(context, str(folder))
+                self.hub.hooks.frame = feed.publish
             listeners = await self.server.listen()
             self.port = self.server.port
             async with trio.open_nursery() as nursery:
@@ -133,6 +153,8 @@ class Broker:
                         self.server.certificates.watch,
                         name="tls-reload",
                     )
+                if self.analytics is not None:
+                    await nursery.start(self.analytics.run, name="analytics")
                 nursery.start_soon(
                     ingest.run_ingest,
                     socket,
@@ -227,6 +249,12 @@ class Broker:
                 name=f"handshakes:{domain}",
             )
 
+    def forget(self, camera_id: str) -> None:
+        """A camera the hub removed (an expired session): drop what is kept per camera."""
+        self.metrics.forget(camera_id)
+        if self.analytics is not None:
+            self.analytics.results.forget(camera_id)
+
     def observe_latency(self, camera_id: str, seconds: float) -> None:
         self.metrics.latency.labels(camera_id).observe(seconds)
 
@@ -251,4 +279,5 @@ class Broker:
             "open_files": introspect.open_files(),
             "camera_keys": self.keys is not None,
             "insecure_network": self.insecure_network,
+            **({"analytics": self.analytics.health()} if self.analytics is not None else {}),
         }

@@ -66,6 +66,38 @@ HEALTH_PANELS: tuple[tuple[str, str, str, str], ...] = (
         "{{camera}}",
         "short",
     ),
+    # Analytics ([analytics] enabled): empty without it.
+    ("Motion", "max by (camera) (camera_broker_motion_active)", "{{camera}}", "short"),
+    (
+        "Detections /min",
+        "sum by (camera, label) (rate(camera_broker_detections_total[1m])) * 60",
+        "{{camera}} {{label}}",
+        "short",
+    ),
+    (
+        "Frames analysed /s",
+        "sum by (camera) (rate(camera_broker_frames_analysed_total[1m]))",
+        "{{camera}}",
+        "short",
+    ),
+    (
+        "Analyzer lag",
+        "max by (camera) (camera_broker_analyzer_lag_seconds)",
+        "{{camera}}",
+        "s",
+    ),
+)
+
+# Annotations from the Prometheus metrics: motion as a region per camera while
+# camera_broker_motion_active is 1, detections as marks where the count rose.
+ANNOTATIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("Motion", "max by (camera) (camera_broker_motion_active) == 1", "red", "motion {{camera}}"),
+    (
+        "Detections",
+        "sum by (camera, label) (increase(camera_broker_detections_total[1m])) > 0",
+        "orange",
+        "{{label}} on {{camera}}",
+    ),
 )
 
 
@@ -133,7 +165,23 @@ def health_dashboard(public_url: str) -> dict[str, Any]:
         ]
     }
     dashboard["refresh"] = "30s"
+    dashboard["annotations"] = {"list": [_annotation(*spec) for spec in ANNOTATIONS]}
     return dashboard
+
+
+def _annotation(name: str, expr: str, color: str, title: str) -> dict[str, Any]:
+    """A Prometheus annotation query: a region for each run of samples it returns."""
+    return {
+        "name": name,
+        "datasource": DATASOURCE,
+        "enable": True,
+        "iconColor": color,
+        "expr": expr,
+        "step": "15s",
+        "titleFormat": title,
+        "tagKeys": "camera",
+        "useValueForTime": False,
+    }
 
 
 def render(config: Config, public_url: str) -> dict[str, str]:

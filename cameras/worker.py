@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from broker.protocol import stamp, wire
-from broker.protocol.settings import SETTINGS, Settings, defaults, supported
+from broker.protocol.settings import BROKER_KEYS, SETTINGS, Settings, defaults, worker_supported
 from broker.support.backoff import Backoff
 from cameras import cli, commands
 from cameras.adjust import IMAGE_SETTINGS, NEUTRAL, adjust, is_neutral
@@ -123,12 +123,14 @@ class Worker:
         self.socket = socket
         self.source = source
         # Every setting but width/height, which `output_size` knows.
-        self.settings: Settings = {k: v for k, v in defaults().items() if k not in SIZE_KEYS}
+        self.settings: Settings = {
+            k: v for k, v in defaults().items() if k not in SIZE_KEYS and k not in BROKER_KEYS
+        }
         self.settings.update(fps=float(options.fps), format=options.format, quality=options.quality)
         self.size: Size | None = options.size
         self.tiff_depth = options.tiff_depth
         self.last_size: Size | None = None  # of the last frame published
-        self.supported = supported()  # every source can apply every setting, in software
+        self.supported = worker_supported()  # every source can apply every setting, in software
         self.software: Settings = dict(NEUTRAL)  # the image settings applied in software
         self.neutral = True  # `self.software` leaves images unchanged
         self.streaming = not options.paused

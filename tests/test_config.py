@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import (
+    AnalyticsConfig,
     CameraConfig,
     Config,
     ConfigError,
@@ -58,7 +59,8 @@ BAD_CONFIGS = [
         [
             "presets.night.brightness: must be an integer from 0 to 100, got 120",
             "presets.night.glow: unknown setting (known: width, height, fps, format, quality, "
-            "brightness, contrast, saturation, sharpness, auto_exposure, exposure_time, name)",
+            "brightness, contrast, saturation, sharpness, auto_exposure, exposure_time, name, "
+            "ai_enabled, ai_model, ai_confidence)",
         ],
         id="preset-bad-settings",
     ),
@@ -608,6 +610,7 @@ def test_example_config_has_every_key() -> None:
         "retention": RetentionConfig,
         "control": ControlConfig,
         "security": SecurityConfig,
+        "analytics": AnalyticsConfig,
         "cameras": CameraConfig,
     }
     commented = {"presets", "tokens"}  # examples in comments: the default is none

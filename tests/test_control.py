@@ -495,7 +495,8 @@ async def test_stored_settings_are_restored_on_hello(tmp_path: Path) -> None:
         json.dumps({"version": 1, "cameras": {"cam": {"brightness": 70, "fps": 15.0}}})
     )
     async with running_control(cfg) as control:
-        assert control.settings("cam") == {"brightness": 70, "fps": 15.0}  # before any worker
+        own = control.broker_settings("cam")  # the broker's own (ai_*) settings, defaults
+        assert control.settings("cam") == {"brightness": 70, "fps": 15.0, **own}  # no worker yet
         async with serving(control) as worker:
             await wait_for(lambda: worker.commands(), 5)
             (command,) = worker.commands()

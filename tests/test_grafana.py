@@ -123,6 +123,12 @@ def test_health_dashboard_queries_prometheus() -> None:
     assert all("camera_broker_" in expr for expr in exprs)
     assert {p["type"] for p in health["panels"]} == {"timeseries"}
     assert all(p["datasource"]["uid"] == "${datasource}" for p in health["panels"])
+    # Analytics: panels, and annotations from the metrics on the time axis.
+    assert "max by (camera) (camera_broker_motion_active)" in exprs
+    annotations = {a["name"]: a for a in health["annotations"]["list"]}
+    assert annotations["Motion"]["expr"] == "max by (camera) (camera_broker_motion_active) == 1"
+    assert "camera_broker_detections_total" in annotations["Detections"]["expr"]
+    assert all(a["datasource"]["uid"] == "${datasource}" for a in annotations.values())
 
 
 def test_output_is_deterministic(tmp_path: Path) -> None:

@@ -133,7 +133,12 @@ RULES: dict[str, tuple[set[str], frozenset[str]]] = {
     # Frames in and the control plane: the layers below, never each other or the edge.
     "broker.ingest": ({"broker.ingest"} | BELOW_EDGES, HEAVY),
     "broker.control": ({"broker.control"} | BELOW_EDGES, HEAVY),
-    "broker.serve": ({"broker.serve", "broker.ingest", "broker.control"} | BELOW_EDGES, HEAVY),
+    # Analytics: the frame feed and the analyzer's supervision (control's supervisor).
+    "broker.analytics": ({"broker.analytics", "broker.control"} | BELOW_EDGES, HEAVY),
+    "broker.serve": (
+        {"broker.serve", "broker.ingest", "broker.control", "broker.analytics"} | BELOW_EDGES,
+        HEAVY,
+    ),
     # The client library is a separate program: the protocol, the queue, pure utilities.
     "broker.client": (
         {"broker.client", "broker.protocol", "broker.core.queue"} | PURE_SUPPORT,

@@ -185,7 +185,8 @@ def decode(payload: bytes) -> np.ndarray:
 
 
 def expected_settings(**changes: Any) -> dict[str, Any]:
-    return {**settings.defaults(), "width": 320, "height": 240, "fps": 10.0, **changes}
+    worker_keys = settings.split(settings.defaults())[0]  # the broker's own keys aside
+    return {**worker_keys, "width": 320, "height": 240, "fps": 10.0, **changes}
 
 
 # -- pure parts -----------------------------------------------------------------
@@ -219,7 +220,7 @@ def test_hello_then_heartbeats_and_hello_on_request(broker: FakeBroker) -> None:
         hello = broker.wait_for("hello")
         assert hello["camera"] == "cam"
         assert hello["device"] == "test pattern 320x240"
-        assert hello["supported"] == settings.supported()
+        assert hello["supported"] == settings.worker_supported()
         assert hello["settings"] == expected_settings()
         assert hello["streaming"] is True
         assert hello["pid"] == process.pid

@@ -21,6 +21,7 @@ from __future__ import annotations
 from broker.config.loader import from_dict, load, parse
 from broker.config.model import (
     ROLES,
+    AnalyticsConfig,
     CameraConfig,
     Config,
     ConfigError,
@@ -36,6 +37,7 @@ from broker.config.model import (
 
 __all__ = [
     "ROLES",
+    "AnalyticsConfig",
     "CameraConfig",
     "Config",
     "ConfigError",

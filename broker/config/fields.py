@@ -13,6 +13,7 @@ import re
 from broker.config.engine import Spec
 from broker.config.model import (
     ROLES,
+    AnalyticsConfig,
     CameraConfig,
     ControlConfig,
     IngestConfig,
@@ -155,6 +156,19 @@ SPECS: dict[type, dict[str, Spec]] = {
         "jwks_file": Spec(str),
         "revoked": Spec(tuple, item=Spec(str)),
         "clock_skew": Spec(float, 0, 3600),
+    },
+    AnalyticsConfig: {
+        "enabled": Spec(bool),
+        "feed_endpoints": Spec(tuple, item=Spec(str, rule=_endpoint_problem)),
+        "fps": Spec(float, 0.1, 60),
+        "analyse_width": Spec(int, 64, 4096),
+        "motion_min_area": Spec(float, 0.0001, 1),
+        "motion_settle": Spec(float, 0, 3600),
+        "events_per_second": Spec(float, 0.1, 100),
+        "history": Spec(int, 1, 100_000),
+        "onnx_model": Spec(str),
+        "onnx_labels": Spec(str),
+        "onnx_input": Spec(int, 32, 4096),
     },
     TokenConfig: {
         "token": Spec(str, rule=_token_problem),

@@ -15,6 +15,7 @@ from broker.config.fields import SPECS
 from broker.config.model import (
     SECTIONS,
     TOP_LEVEL,
+    AnalyticsConfig,
     CameraConfig,
     Config,
     ConfigError,
@@ -96,6 +97,10 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     security = tables.get("security", {})
     if security.get("keys_dir") and base is not None:
         security["keys_dir"] = str(base / security["keys_dir"])
+    analytics = tables.get("analytics", {})
+    for name in ("onnx_model", "onnx_labels"):
+        if analytics.get(name) and base is not None:
+            analytics[name] = str(base / analytics[name])
     return Config(
         server=ServerConfig(**tables.get("server", {})),
         ingest=IngestConfig(**tables.get("ingest", {})),
@@ -103,6 +108,7 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
         retention=RetentionConfig(**tables.get("retention", {})),
         control=ControlConfig(**control),
         security=SecurityConfig(**security),
+        analytics=AnalyticsConfig(**analytics),
         cameras=tuple(CameraConfig(**camera) for camera in cameras),
         presets=presets,
         tokens=tuple(TokenConfig(**token) for token in tokens),

@@ -115,6 +115,24 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalyticsConfig:
+    """Motion, face and person detection in a supervised analyzer process, off the
+    delivery path; each camera opts in with its ai_* settings."""
+
+    enabled: bool = False  # start the analyzer (camera-analyzer) and the frame feed
+    feed_endpoints: tuple[str, ...] = ()  # extra endpoints of the frame feed (PUB)
+    fps: float = 5.0  # frames analysed per second per camera at most (newest wins)
+    analyse_width: int = 640  # frames are downscaled to this width before detection
+    motion_min_area: float = 0.01  # fraction of the frame that must move to be motion
+    motion_settle: float = 2.0  # seconds without motion before motion_stopped
+    events_per_second: float = 4.0  # objects_detected events per camera per second
+    history: int = 200  # recent detections kept per camera for /api/.../detections
+    onnx_model: str = ""  # an ONNX detection model, relative to the config file
+    onnx_labels: str = ""  # its class names, one a line, relative to the config file
+    onnx_input: int = 640  # the model's square input size in pixels
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleEntry:
     """Apply ``preset`` each day when the local time reaches ``at``."""
 
@@ -176,6 +194,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     control: ControlConfig = ControlConfig()
     security: SecurityConfig = SecurityConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
     cameras: tuple[CameraConfig, ...] = ()
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → settings
     tokens: tuple[TokenConfig, ...] = ()  # none: every client may do everything
@@ -207,6 +226,7 @@ SECTIONS: dict[str, type] = {
     "retention": RetentionConfig,
     "control": ControlConfig,
     "security": SecurityConfig,
+    "analytics": AnalyticsConfig,
 }
 TOP_LEVEL = [*SECTIONS, "cameras", "presets", "tokens"]
 

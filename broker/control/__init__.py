@@ -45,6 +45,7 @@ from broker.control.workers import WorkerLink, Workers
 from broker.core.events import EventBus
 from broker.core.hub import Hub
 from broker.protocol import control as protocol
+from broker.protocol import settings as camera_settings
 from broker.protocol.results import CommandResult
 from broker.support.faults import Faults
 from broker.trust.curve import CameraKeys
@@ -96,7 +97,10 @@ class Control:
             settings=self.settings,
             is_camera=lambda camera: camera in hub.cameras or camera in self.workers.links,
             applied=self.store.remember,
+            broker_applied=self._broker_applied,
         )
+        # The broker's own settings (analytics) of a camera changed: (camera, them all).
+        self.on_broker_settings: SettingsHook = _ignore
         self.schedules = Scheduler(
             config.cameras, config.presets, self.commands.preset, self.store.remember, self.jobs
         )
@@ -195,15 +199,34 @@ class Control:
         return await self.commands.preset(camera, preset, request_id)
 
     def settings(self, camera: str) -> dict[str, Any] | None:
-        """The last known settings: from the worker (hello or reply), else the stored ones."""
+        """The last known settings: from the worker (hello or reply), else the stored ones
+        (None: neither); with the broker's own (analytics) settings of the camera."""
         link = self.links.get(camera)
         if link is not None and link.settings:
-            return dict(link.settings)
-        return self.store.get(camera)
+            known = camera_settings.split(link.settings)[0]
+        else:
+            stored = self.store.get(camera)
+            if stored is None:
+                return None
+            known = camera_settings.split(stored)[0]
+        return {**known, **self.broker_settings(camera)}
+
+    def broker_settings(self, camera: str) -> dict[str, Any]:
+        """The broker's own settings of ``camera`` (ai_*): the stored ones, else defaults."""
+        stored = self.store.stored.get(camera, {})
+        return {
+            key: stored.get(key, camera_settings.SETTINGS[key].default)
+            for key in camera_settings.BROKER_KEYS
+        }
 
     def supported(self, camera: str) -> dict[str, dict[str, Any]] | None:
+        """What the camera's worker accepts, and the broker's own settings; without a
+        worker, the broker's own settings only."""
         link = self.links.get(camera)
-        return dict(link.supported) if link is not None else None
+        own = {key: camera_settings.SETTINGS[key].describe() for key in camera_settings.BROKER_KEYS}
+        if link is None:
+            return own
+        return {**dict(link.supported), **own}
 
     def connected(self, camera: str) -> bool:
         return self.workers.connected(camera) is not None
@@ -316,6 +339,22 @@ class Control:
             self.on_settings(link.camera, link.settings)
             self.events.publish(
                 "settings_changed", link.camera, settings=dict(link.settings), changed=changed
+            )
+
+    def _broker_applied(self, camera: str, own: Mapping[str, Any], persist: bool) -> None:
+        """The broker's own settings of ``camera`` changed: persist, tell listeners."""
+        before = self.broker_settings(camera)
+        if persist:
+            self.store.remember(camera, own)
+        else:
+            self.store.stored.setdefault(camera, {}).update(own)
+        after = self.broker_settings(camera)
+        changed = sorted(key for key in after if after[key] != before[key])
+        if changed:
+            log.info("camera %s: %s", camera, ", ".join(f"{k}={after[k]!r}" for k in changed))
+            self.on_broker_settings(camera, after)
+            self.events.publish(
+                "settings_changed", camera, settings=self.settings(camera) or {}, changed=changed
             )
 
     def _worker_gone(self, camera: str, why: str) -> None:

@@ -6,6 +6,11 @@ the matching reply, always bounded by ``control.command_timeout``. A lost or res
 worker fails its pending commands at once (`Commands.fail_all`). The answer is always a
 `CommandResult`: `Commands.run` never raises for a camera-side problem, its ``error``
 (a code of `broker.protocol.results.COMMAND_ERRORS`) says what went wrong.
+
+The broker's own settings (`broker.protocol.settings.BROKER_KEYS`, analytics) are
+validated with the rest, all or nothing; a change of only those needs no worker and
+applies at once (``broker_applied``); in a change with worker keys they apply once the
+worker accepted its part.
 """
 
 from __future__ import annotations
@@ -37,11 +42,18 @@ CLIENT_SIDE = ("invalid_settings", "unknown_preset", "unknown_command")
 class Pending:
     """A command sent to a worker, waiting for its reply or for a failure."""
 
-    __slots__ = ("changes", "command", "done", "failure", "persist", "reply")
+    __slots__ = ("changes", "command", "done", "failure", "own", "persist", "reply")
 
-    def __init__(self, command: str, changes: dict[str, Any], persist: bool) -> None:
+    def __init__(
+        self,
+        command: str,
+        changes: dict[str, Any],
+        persist: bool,
+        own: dict[str, Any] | None = None,
+    ) -> None:
         self.command = command
         self.changes = changes  # the validated settings of an update_settings
+        self.own = own or {}  # its broker-owned keys, applied once the worker accepts
         self.persist = persist  # store them in the state file once applied
         self.done = trio.Event()
         self.reply: dict[str, Any] | None = None
@@ -74,6 +86,7 @@ class Commands:
         settings: Callable[[str], dict[str, Any] | None],
         is_camera: Callable[[str], bool],
         applied: Callable[[str, Mapping[str, Any]], None] = _ignore,
+        broker_applied: Callable[[str, Mapping[str, Any], bool], None] | None = None,
     ) -> None:
         self.config = config
         self.workers = workers
@@ -81,6 +94,11 @@ class Commands:
         self.settings = settings  # a camera's last known settings, for every answer
         self.is_camera = is_camera
         self.applied = applied  # an update_settings to persist was applied
+        # The broker's own keys of an update_settings were validated and are to apply
+        # now: (camera, them, whether to persist them).
+        self.broker_applied = broker_applied or (
+            lambda camera, own, persist: applied(camera, own) if persist else None
+        )
         self.channel: RouterChannel | None = None  # set while bound
         self.results: Counter[str] = Counter()  # command outcomes: "ok" or the error code
         self.pending: dict[str, dict[str, Pending]] = {}  # camera -> wire request id -> it
@@ -112,18 +130,26 @@ class Commands:
             return failed("unknown_camera", f"no camera {camera!r}")
         link = self.workers.links.get(camera)
         channel = self.channel
-        if link is None or not link.connected or channel is None:
-            return failed("not_connected", self._why_not_connected(camera, link))
         changes: dict[str, Any] = {}
+        own: dict[str, Any] = {}  # the broker's own keys (analytics): applied here
         if command == "update_settings":
             try:
                 changes = camera_settings.validate(
-                    settings if settings is not None else {}, link.supported
+                    settings if settings is not None else {},
+                    link.supported if link is not None and link.connected else None,
                 )
             except camera_settings.SettingsError as bad:
                 return failed(
                     "invalid_settings", f"camera {camera}: {bad}; nothing was changed", bad.errors
                 )
+            changes, own = camera_settings.split(changes)
+            if own and not changes:  # no worker needed: every camera has these
+                self.broker_applied(camera, own, persist)
+                return self.result(
+                    camera, command, request_id, success=True, message="update_settings done"
+                )
+        if link is None or not link.connected or channel is None:
+            return failed("not_connected", self._why_not_connected(camera, link))
         wire_id = str(next(self._wire_ids))
         try:
             payload = protocol.encode(
@@ -132,7 +158,7 @@ class Commands:
         except protocol.ControlError as exc:  # validation let through what msgpack cannot carry
             return failed("invalid_settings", f"camera {camera}: {exc}; nothing was changed")
         waiting = self.pending.setdefault(camera, {})
-        pending = waiting[wire_id] = Pending(command, changes, persist)
+        pending = waiting[wire_id] = Pending(command, changes, persist, own)
         timeout = self.config.control.command_timeout
         try:
             try:
@@ -193,8 +219,11 @@ class Commands:
                 reply["request_id"],
             )
             return
-        if pending.command == "update_settings" and reply["success"] and pending.persist:
-            self.applied(camera, pending.changes)
+        if pending.command == "update_settings" and reply["success"]:
+            if pending.persist:
+                self.applied(camera, pending.changes)
+            if pending.own:  # the broker's keys of a change the worker accepted
+                self.broker_applied(camera, pending.own, pending.persist)
         pending.answer(reply)
 
     def fail_all(self, camera: str, error: str, message: str) -> None:

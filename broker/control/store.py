@@ -161,7 +161,8 @@ class StateStore:
         self, camera: str, settings: Mapping[str, Any], supported: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The stored settings a worker reporting ``settings`` lacks and accepts."""
-        differing = {k: v for k, v in self.stored.get(camera, {}).items() if settings.get(k) != v}
+        stored = camera_settings.split(self.stored.get(camera, {}))[0]  # not the broker's own
+        differing = {k: v for k, v in stored.items() if settings.get(k) != v}
         try:
             camera_settings.validate(differing, supported)
         except camera_settings.SettingsError as bad:

@@ -155,8 +155,14 @@ class Supervisor:
         self.pids: dict[str, int] = {}
         self.lifeline: int | None = None  # the read end workers inherit, while running
 
-    async def run(self, cameras: list[CameraConfig]) -> None:
-        """Keep one worker per camera running until cancelled; then stop them all."""
+    async def run(
+        self,
+        cameras: list[CameraConfig],
+        processes: Mapping[str, Callable[[int | None], list[str]]] | None = None,
+    ) -> None:
+        """Keep one worker per camera running until cancelled; then stop them all.
+        ``processes``: other processes to keep running the same way (the analyzer), by
+        name, each a function of the lifeline's fd that gives its command line."""
         # Both ends are close-on-exec: only the read end reaches workers (pass_fds), so
         # the write end is open in this process alone and closes when it dies.
         read_end, write_end = os.pipe()
@@ -173,13 +179,22 @@ class Supervisor:
                         camera,
                         name=f"worker:{camera.id}",
                     )
+                for name, command in (processes or {}).items():
+                    nursery.start_soon(
+                        self.faults.keep_running,
+                        "supervisor",
+                        self.keep_process,
+                        name,
+                        command(self.lifeline),
+                        name,
+                        name=f"process:{name}",
+                    )
         finally:
             self.lifeline = None
             os.close(read_end)
             os.close(write_end)
 
     async def keep_running(self, camera: CameraConfig) -> None:
-        delay = self.settings.restart_delay
         command = worker_command(
             camera,
             self.endpoint,
@@ -190,18 +205,24 @@ class Supervisor:
             orphan_timeout=self.settings.orphan_timeout if self.control else 0.0,
         )
         command += self.extra_args.get(camera.id, ())
+        await self.keep_process(camera.id, command, f"camera {camera.id}: worker")
+
+    async def keep_process(self, key: str, command: list[str], what: str) -> None:
+        """Run ``command`` again each time it exits, with backoff; ``key`` names it in
+        ``restarts``, ``pids`` and the hooks, ``what`` in the log."""
+        delay = self.settings.restart_delay
         while True:
             started = trio.current_time()
-            pid, code = await self._run_once(camera, command)
+            pid, code = await self._run_once(key, command, what)
             ran = trio.current_time() - started
             if self.on_exit is not None:
-                self.on_exit(camera.id, pid, describe_exit(code))
+                self.on_exit(key, pid, describe_exit(code))
             if ran >= HEALTHY_RUN:
                 delay = self.settings.restart_delay
-            self.restarts[camera.id] += 1
+            self.restarts[key] += 1
             log.warning(
-                "camera %s: worker exited with %s after %.1f s; restarting in %.1f s",
-                camera.id,
+                "%s exited with %s after %.1f s; restarting in %.1f s",
+                what,
                 describe_exit(code),
                 ran,
                 delay,
@@ -209,7 +230,7 @@ class Supervisor:
             await trio.sleep(delay)
             delay = min(delay * 2, self.settings.restart_delay_max)
 
-    async def _run_once(self, camera: CameraConfig, command: list[str]) -> tuple[int, int]:
+    async def _run_once(self, key: str, command: list[str], what: str) -> tuple[int, int]:
         """Run the worker until it exits; its pid and exit code (negative: the signal)."""
         watchdog = trio.CancelScope()
 
@@ -231,14 +252,20 @@ class Supervisor:
 
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(run)
-            self.pids[camera.id] = process.pid
-            log.info("camera %s: worker started (pid %d)", camera.id, process.pid)
+            self.pids[key] = process.pid
+            log.info("%s started (pid %d)", what, process.pid)
             if self.control and self.silent_for is not None and self.lost_limit > 0:
-                nursery.start_soon(self._heal, camera.id, process, watchdog)
-        self.pids.pop(camera.id, None)
+                nursery.start_soon(self._heal, key, process, watchdog, what)
+        self.pids.pop(key, None)
         return process.pid, process.returncode if process.returncode is not None else -1
 
-    async def _heal(self, camera: str, process: trio.Process, watchdog: trio.CancelScope) -> None:
+    async def _heal(
+        self,
+        camera: str,
+        process: trio.Process,
+        watchdog: trio.CancelScope,
+        what: str = "worker",
+    ) -> None:
         """Kill ``process`` once it has been silent on control for `lost_limit`; it is
         then restarted like any worker that exited. Ends when the process does."""
         assert self.silent_for is not None
@@ -257,9 +284,9 @@ class Supervisor:
                 if lost_too_long(silent, now - started, self.lost_limit):
                     quiet = now - started if silent is None else min(silent, now - started)
                     log.warning(
-                        "camera %s: worker pid %d silent on control for %.1f s "
+                        "%s pid %d silent on control for %.1f s "
                         "(limit %g s): killing it to restart it",
-                        camera,
+                        what,
                         process.pid,
                         quiet,
                         self.lost_limit,

@@ -55,16 +55,23 @@ def _ignore(camera: Camera) -> None:
     pass
 
 
-class HubHooks:
-    """Callbacks on camera transitions; each takes the `Camera`. Replace the attributes."""
+def _ignore_frame(frame: Frame) -> None:
+    pass
 
-    __slots__ = ("offline", "online", "unwatched", "watched")
+
+class HubHooks:
+    """Callbacks on camera transitions; each takes the `Camera` (``frame``: the `Frame`).
+    Replace the attributes."""
+
+    __slots__ = ("frame", "offline", "online", "unwatched", "watched")
 
     def __init__(self) -> None:
         self.watched: Callable[[Camera], None] = _ignore  # after a subscriber was added
         self.unwatched: Callable[[Camera], None] = _ignore  # after a subscriber was removed
         self.online: Callable[[Camera], None] = _ignore  # a frame after silence (or the first)
         self.offline: Callable[[Camera], None] = _ignore  # silent for offline_after
+        # Every live frame, after its subscribers were offered it (the frame feed).
+        self.frame: Callable[[Frame], None] = _ignore_frame
 
 
 def _for(subscriber: Subscriber, frame: Frame) -> Frame:
@@ -167,6 +174,7 @@ class Hub:
             for subscriber in camera.subscribers:
                 subscriber.offer(frame)
         self._retain(camera, frame)
+        self.hooks.frame(frame)
         if camera.arrivals:
             arrivals, camera.arrivals = camera.arrivals, set()
             for wake in arrivals:

@@ -23,6 +23,22 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "worker_lost": ("reason", "pid", "message"),
     "stream_started": (),
     "stream_stopped": (),
+    # Analytics (camera "" for the analyzer's own events).
+    "motion_started": ("time", "area", "seq"),
+    "motion_stopped": ("time", "area", "seq"),
+    "objects_detected": (
+        "seq",
+        "captured_at",
+        "width",
+        "height",
+        "model",
+        "label",
+        "confidence",
+        "box",
+        "objects",
+    ),
+    "analyzer_started": ("pid", "previous_pid"),
+    "analyzer_exited": ("pid", "reason"),
 }
 
 

@@ -62,7 +62,37 @@ SETTINGS: dict[str, Setting] = {
         "auto_exposure is off; 100 = 10 ms = unchanged in software",
     ),
     "name": Setting(str, "", 0, 64, doc="display name; its length is 0..64"),
+    # Analytics (broker-owned: the broker analyses its own frames, so these work for
+    # every camera, also one without a worker or control channel).
+    "ai_enabled": Setting(bool, False, doc="analyse this camera's frames ([analytics] on)"),
+    "ai_model": Setting(
+        str,
+        "motion",
+        choices=("motion", "face", "person", "onnx"),
+        doc="the detector; seed 002's object_detection and face_recognition are aliases "
+        "of person and face",
+    ),
+    "ai_confidence": Setting(float, 0.5, 0, 1, doc="least confidence of a reported object"),
 }
+
+# The settings the broker applies itself (never sent to a worker).
+BROKER_KEYS = ("ai_enabled", "ai_model", "ai_confidence")
+# Other names accepted for a setting's value (seed 002's model names), normalised by
+# `validate` to the canonical value.
+ALIASES: dict[str, dict[str, str]] = {
+    "ai_model": {"object_detection": "person", "face_recognition": "face"},
+}
+
+
+def split(changes: Mapping[str, Any]) -> tuple[Settings, Settings]:
+    """``changes`` as (the keys a worker applies, the broker's own keys)."""
+    worker = {k: v for k, v in changes.items() if k not in BROKER_KEYS}
+    return worker, {k: v for k, v in changes.items() if k in BROKER_KEYS}
+
+
+def worker_supported() -> dict[str, dict[str, Any]]:
+    """Every setting a worker applies, described (the broker's own keys left out)."""
+    return {n: s.describe() for n, s in SETTINGS.items() if n not in BROKER_KEYS}
 
 
 class SettingsError(ValueError):
@@ -98,7 +128,9 @@ def validate(changes: Any, allowed: Mapping[str, Mapping[str, Any]] | None = Non
         if setting is None:
             errors[_name(key)] = f"unknown setting (known: {', '.join(SETTINGS)})"
             continue
-        limits = allowed.get(key) if allowed is not None else {}
+        value = ALIASES.get(key, {}).get(value, value) if isinstance(value, str) else value
+        # The broker's own keys are never narrowed by a worker.
+        limits = allowed.get(key) if allowed is not None and key not in BROKER_KEYS else {}
         if not isinstance(limits, Mapping):
             errors[key] = "not supported by this camera"
             continue

@@ -7,6 +7,7 @@ are `broker.serve.server`'s.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -48,7 +49,7 @@ CONTENT_SECURITY_POLICY = (
 )
 MAX_REQUEST_ID = 128
 THREAD_CHECK_BYTES = 1024 * 1024  # uploads this large are checked in a worker thread
-CAMERA_KINDS = frozenset((Kind.WEBSOCKET, Kind.SNAPSHOT, Kind.MJPEG, Kind.NEXT))
+CAMERA_KINDS = frozenset((Kind.WEBSOCKET, Kind.SNAPSHOT, Kind.MJPEG, Kind.NEXT, Kind.DETECTIONS))
 
 
 class Handlers:
@@ -103,6 +104,8 @@ class Handlers:
             return error("unknown_camera", f"no camera {route.camera!r}")
         if kind is Kind.NEXT:
             return await self.next_image(route.camera, route)
+        if kind is Kind.DETECTIONS:
+            return self.detections(route)
         if kind is Kind.WEBSOCKET or kind is Kind.MUX:
             return error(
                 "upgrade_required",
@@ -229,6 +232,17 @@ class Handlers:
             return await self._frame_response(camera, frame)
         return await self._no_data(camera, time.monotonic())
 
+    def detections(self, route: Route) -> Response:
+        """Recent analytics results of a camera, received after ``since`` (Unix seconds)."""
+        text = route.param("since") or "0"
+        try:
+            since = float(text)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            return error("bad_request", f"since must be a time in Unix seconds, got {text[:40]!r}")
+        return json_response(self.views.detections(route.camera, since))
+
     async def snapshot(self, camera_id: str) -> Response:
         """The latest fresh frame, else the "No Data" image."""
         camera = self.hub.camera(camera_id)
@@ -291,6 +305,6 @@ def index_with_token(token: str) -> Response:
     too, so their URLs carry the token (viewer.js passes it on to its own requests)."""
     page = static("index.html")
     suffix = ("?token=" + quote(token, safe="")).encode()
-    for asset in (b'"/viewer.js"', b'"/settings.js"', b'"/viewer.css"'):
+    for asset in (b'"/viewer.js"', b'"/settings.js"', b'"/analytics.js"', b'"/viewer.css"'):
         page.body = page.body.replace(asset, asset[:-1] + suffix + b'"')
     return page

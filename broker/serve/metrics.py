@@ -19,6 +19,7 @@ from broker.core.hub import Hub
 from broker.support.faults import Faults
 
 if TYPE_CHECKING:
+    from broker.analytics import Analytics
     from broker.control import Control
     from broker.serve.tls import TlsStats
 
@@ -92,6 +93,48 @@ class BrokerCollector(Collector):
         yield from (connected, commands, errors)
 
 
+class AnalyticsCollector(Collector):
+    """The analyzer's results and health (`broker.analytics`)."""
+
+    def __init__(self, analytics: Analytics) -> None:
+        self.analytics = analytics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        results = self.analytics.results
+        active = gauge("motion_active", "1 while the analyzer sees motion", "camera")
+        for camera in sorted(set(results.motion_active) | set(self.analytics.enabled)):
+            active.add_metric([camera], int(results.motion_active.get(camera, False)))
+        motion = counter("motion_events", "Motion started (motion_started events)", "camera")
+        for camera, count in sorted(results.motion_events.items()):
+            motion.add_metric([camera], count)
+        detections = CounterMetricFamily(
+            PREFIX + "detections",
+            "Objects detected by the analyzer, by camera and label",
+            labels=["camera", "label"],
+        )
+        for (camera, label), count in sorted(results.detections.items()):
+            detections.add_metric([camera, label], count)
+        analysed = counter("frames_analysed", "Frames the analyzer analysed", "camera")
+        for camera, count in sorted(results.analysed.items()):
+            analysed.add_metric([camera], count)
+        skipped = counter(
+            "frames_not_analysed", "Frames the analyzer skipped (newest wins)", "camera"
+        )
+        for camera, count in sorted(results.skipped.items()):
+            skipped.add_metric([camera], count)
+        lag = gauge("analyzer_lag_seconds", "Capture to the end of the last analysis", "camera")
+        for camera, seconds in sorted(results.lag.items()):
+            lag.add_metric([camera], seconds)
+        health = self.analytics.health()
+        up = GaugeMetricFamily(
+            PREFIX + "analyzer_up", "1 while the analyzer process is connected and heard"
+        )
+        up.add_metric([], int(bool(health["ok"])))
+        restarts = CounterMetricFamily(PREFIX + "analyzer_restarts", "Analyzer process restarts")
+        restarts.add_metric([], int(health["restarts"]))
+        yield from (active, motion, detections, analysed, skipped, lag, up, restarts)
+
+
 PREFIX = "camera_broker_"
 
 
@@ -159,6 +202,9 @@ class Metrics:
     def add_tls(self, stats: TlsStats) -> None:
         """Export the TLS counters of the port (`broker.serve.tls`)."""
         self.registry.register(TlsCollector(stats))
+
+    def add_analytics(self, analytics: Analytics) -> None:
+        self.registry.register(AnalyticsCollector(analytics))
 
     def forget(self, camera_id: str) -> None:
         """Drop a removed camera's latency series, so ids that come and go stay bounded."""

@@ -51,6 +51,7 @@ class Kind(enum.Enum):
     FRAMES = "frames"  # /cameras/{id}/frames: uploads
     SETTINGS = "settings"  # /api/cameras/{id}/settings
     PRESET = "preset"  # /api/cameras/{id}/presets/{name}
+    DETECTIONS = "detections"  # /api/cameras/{id}/detections: recent analytics results
     NOT_FOUND = "not_found"
 
 
@@ -58,6 +59,7 @@ STATIC_FILES = {
     "/": "index.html",
     "/viewer.js": "viewer.js",
     "/settings.js": "settings.js",
+    "/analytics.js": "analytics.js",
     "/viewer.css": "viewer.css",
 }
 FIXED = {
@@ -135,6 +137,8 @@ def _classify(path: str) -> tuple[Kind, str, str | None]:
     elif len(parts) >= 5 and parts[1:3] == ["api", "cameras"] and parts[3]:
         if len(parts) == 5 and parts[4] == "settings":
             return Kind.SETTINGS, parts[3], None
+        if len(parts) == 5 and parts[4] == "detections":
+            return Kind.DETECTIONS, parts[3], None
         if len(parts) == 6 and parts[4] == "presets" and parts[5]:
             return Kind.PRESET, parts[3], parts[5]
     return Kind.NOT_FOUND, "", None

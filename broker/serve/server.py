@@ -58,6 +58,7 @@ from broker.support.faults import Faults
 from broker.support.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
+    from broker.analytics import Analytics
     from broker.control import Control
 
 log = logging.getLogger("broker.server")
@@ -119,6 +120,7 @@ class Server:
         control: Control | None = None,
         faults: Faults | None = None,
         config_file: str = "",
+        analytics: Analytics | None = None,
     ) -> None:
         """``config_file``: the file ``config`` was loaded from, if any; its
         ``security.revoked`` is then re-read when it changes."""
@@ -133,7 +135,7 @@ class Server:
         self.router = Router(config, self.access, hub)
         commands = CommandRate(config.control.command_rate)  # HTTP and /ws alike
         self.delivery = Delivery(hub, config.server)
-        self.views = Views(config, hub, self.health, control)
+        self.views = Views(config, hub, self.health, control, analytics)
         # The JPEGs of raw-format cameras for browser outputs; the broker starts its task.
         self.deriver = Deriver(hub, hub.errors, self.faults)
         self.handlers = Handlers(

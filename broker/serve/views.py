@@ -16,6 +16,7 @@ from broker.core.hub import Hub
 from broker.serve.access import OPEN, Grant
 
 if TYPE_CHECKING:
+    from broker.analytics import Analytics
     from broker.control import Control
 
 
@@ -26,11 +27,13 @@ class Views:
         hub: Hub,
         health: Callable[[], dict[str, object]],
         control: Control | None = None,
+        analytics: Analytics | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
         self._health = health
         self.control = control
+        self.analytics = analytics
 
     def health(self) -> dict[str, object]:
         return self._health()
@@ -63,9 +66,22 @@ class Views:
                     "frames_dropped": dropped,
                     "bytes_sent": sent_bytes,
                     "subscribers": [s.stats(now) for s in camera.subscribers],
+                    **self._analytics(camera.id),
                 }
             )
         return {**self.health(), "cameras": cameras}
+
+    def _analytics(self, camera: str) -> dict[str, Any]:
+        """The camera's analytics counts, when analytics is enabled."""
+        if self.analytics is None:
+            return {}
+        return {"analytics": self.analytics.results.camera_stats(camera)}
+
+    def detections(self, camera: str, since: float) -> dict[str, Any]:
+        """Recent analytics results of ``camera`` (GET /api/cameras/{id}/detections)."""
+        if self.analytics is None:
+            return {"camera": camera, "enabled": False, "motion_active": False, "results": []}
+        return self.analytics.detections(camera, since)
 
     def _with_control(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A camera summary with what the control plane knows: settings, streaming,
