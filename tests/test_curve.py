@@ -488,6 +488,18 @@ def test_loopback_endpoints_need_no_keys(tmp_path: Path, endpoint: str) -> None:
     assert broker_cli("check", str(config)).stdout == "ok\n"
 
 
+def test_a_network_frame_feed_needs_an_explicit_yes(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    feed = '[analytics]\nfeed_endpoints = ["tcp://127.0.0.1:1", "tcp://0.0.0.0:5557"]\n'
+    config.write_text(feed)
+    done = broker_cli("check", str(config))
+    assert done.returncode == 2
+    assert 'analytics.feed_endpoints[1]: "tcp://0.0.0.0:5557" is reachable' in done.stderr
+    assert "feed_endpoints[0]" not in done.stderr
+    config.write_text(feed + "[security]\nallow_insecure_network = true\n")
+    assert broker_cli("check", str(config)).stdout == "ok\n"
+
+
 def test_check_refuses_keys_dir_without_the_broker_key(tmp_path: Path) -> None:
     config = tmp_path / "broker.toml"
     config.write_text('[security]\nkeys_dir = "nowhere"\n')

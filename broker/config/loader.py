@@ -83,6 +83,7 @@ def from_dict(data: Mapping[str, Any], base: Path | None = None) -> Config:
     rules.check_network_exposure(
         tables.get("ingest", {}), tables.get("control", {}), tables.get("security", {}), problems
     )
+    rules.check_feed_exposure(tables.get("analytics", {}), tables.get("security", {}), problems)
     security = tables.get("security", {})
     for name in ("jwt_secret_file", "jwks_file"):  # key files: relative to the config
         if security.get(name) and base is not None:

@@ -179,6 +179,25 @@ def check_network_exposure(
             )
 
 
+def check_feed_exposure(
+    analytics: dict[str, Any], security: dict[str, Any], problems: Problems
+) -> None:
+    """The frame feed is not encrypted or authenticated (camera keys do not cover it): a
+    feed endpoint other hosts can reach needs an explicit yes."""
+    if security.get("allow_insecure_network") or any(
+        path.startswith("analytics.feed_endpoints") for path in problems.paths
+    ):
+        return
+    for i, endpoint in enumerate(analytics.get("feed_endpoints", ())):
+        if not is_loopback(endpoint):
+            problems.add(
+                f"analytics.feed_endpoints[{i}]",
+                f"{show(endpoint)} is reachable from other hosts, and the frame feed has no "
+                "keys: anyone who reaches it can watch every camera; bind it on loopback or "
+                "ipc://, or set security.allow_insecure_network = true to accept that",
+            )
+
+
 def check_max_cameras(ingest: dict[str, Any], configured: int, problems: Problems) -> None:
     limit = ingest.get("max_cameras", _INGEST.max_cameras)
     if "ingest.max_cameras" not in problems.paths and configured > limit:
