@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -205,12 +206,25 @@ def test_drawer_applies_changes_shows_refusals_and_applies_presets(tmp_path: Pat
         page.keyboard.press("Escape")
         assert not page.is_visible(".tile.big")
 
-        # A camera without a worker on the control channel: a clear message, no form.
-        open_drawer(page, "ext", "failed")
+        # A camera without a worker on the control channel: a clear message, and only
+        # the broker's own settings (analytics), which apply to every camera.
+        open_drawer(page, "ext", "ready")
         kind, text = message(page)
-        assert kind == "error" and "Camera not connected" in text
-        assert page.locator(f"{DRAWER} .fields input").count() == 0
-        assert page.is_disabled(f"{DRAWER} .apply")
+        assert kind == "info" and "Camera not connected" in text and "analytics" in text
+        fields = page.eval_on_selector_all(
+            f"{DRAWER} .field", "rows => rows.map(r => r.dataset.key)"
+        )
+        assert sorted(fields) == ["ai_confidence", "ai_enabled", "ai_model"]
+        assert not page.is_checked(f"{DRAWER} [name=ai_enabled]")
+        page.check(f"{DRAWER} [name=ai_enabled]")
+        page.select_option(f"{DRAWER} [name=ai_model]", "face")
+        page.click(f"{DRAWER} .apply")
+        wait_message(page, "ok")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(broker.url + "/api/cameras/ext/settings", timeout=15)
+        body = json.load(refused.value)
+        assert refused.value.code == 503 and body["error"] == "not_connected"
+        assert body["settings"]["ai_enabled"] is True and body["settings"]["ai_model"] == "face"
 
 
 @pytest.mark.timeout(180)

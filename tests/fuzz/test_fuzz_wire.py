@@ -10,15 +10,19 @@ JSON. Valid frames round-trip.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 import struct
 import time
 from typing import Any
 
+import lz4.frame
 import msgpack
 from fuzzing import SEEDS, bounded, budget, mux_frame
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 from strategies import msgpack_values, mutate_bytes
 
 from broker.core.frame import Frame
@@ -26,12 +30,36 @@ from broker.protocol import wire
 
 MAX_PAYLOAD = 64 * 1024
 REASONS = {"parts", "topic", "header", "version", "field", "oversize", "not_image"}
+REASONS |= {"layout", "dimensions"}  # a header that disagrees with the image or the caps
+SEED_SIZE = (24, 16)  # every seed image's
+
+
+def _tiff() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", SEED_SIZE, (40, 90, 200)).save(out, format="TIFF")
+    return out.getvalue()
+
+
 PAYLOADS = {
     "jpeg": (SEEDS / "baseline.jpg").read_bytes(),
     "png": (SEEDS / "rgb.png").read_bytes(),
     "webp": (SEEDS / "lossy.webp").read_bytes(),
     "bmp": (SEEDS / "mono1.bmp").read_bytes(),
+    "tiff": _tiff(),
+    "lz4": lz4.frame.compress(
+        bytes(range(256)) * 4 + bytes(SEED_SIZE[0] * SEED_SIZE[1] * 3 - 1024)
+    ),
 }
+# Their own headers state their size, which the frame header must then repeat.
+SIZED = {"bmp", "tiff", "lz4"}
+
+
+def fit(header: wire.FrameHeader) -> wire.FrameHeader:
+    """A header that agrees with its format's seed payload."""
+    if header.format not in SIZED:
+        return header
+    return dataclasses.replace(header, width=SEED_SIZE[0], height=SEED_SIZE[1])
+
 
 camera_ids = st.from_regex(wire.CAMERA_ID, fullmatch=True)
 headers = st.builds(
@@ -42,7 +70,7 @@ headers = st.builds(
     width=st.integers(1, wire.MAX_DIMENSION),
     height=st.integers(1, wire.MAX_DIMENSION),
     format=st.sampled_from(wire.FORMATS),
-)
+).map(fit)
 
 
 def check(parts: list[Any], max_payload: int = MAX_PAYLOAD) -> None:

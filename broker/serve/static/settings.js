@@ -170,6 +170,15 @@ class SettingsDrawer {
       this.render();
       this.el.dataset.state = "ready";
       this.say("info", answer.data.message);
+    } else if (answer.data?.error === "not_connected" && answer.data.supported) {
+      // No worker: the broker's own settings (analytics) still apply to this camera.
+      this.supported = answer.data.supported;
+      const defaults = Object.fromEntries(
+        Object.entries(this.supported).map(([key, spec]) => [key, spec.default]));
+      this.settings = { ...defaults, ...(answer.data.settings ?? {}) };
+      this.render();
+      this.el.dataset.state = "ready";
+      this.say("info", `${FAILURES[503]} Only the broker's own settings (analytics) apply.`);
     } else if (answer.status === 403) {
       this.readOnly = true;
       this.renderReadOnly(this.summary.settings ?? {});
