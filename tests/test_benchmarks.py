@@ -224,3 +224,44 @@ def test_4k_runs_small(tmp_path: Path) -> None:
         assert step["p99_ms"] > 0 and step["unstamped"] == 0, step
         assert step["broker_peak_rss_bytes"] > 0 and step["worker_cpu_ms_per_frame"], step
     assert "targets:" in completed.stdout
+
+
+def run_scenario(tmp_path: Path, name: str, *args: str) -> dict:
+    """Run one scenario that ``all`` leaves out, small; its JSON."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", name, "--quick", *args, "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    found = list(tmp_path.glob(f"{name}-*.json"))
+    assert len(found) == 1, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "targets:" in completed.stdout
+    return json.loads(found[0].read_text())
+
+
+@pytest.mark.timeout(120)
+def test_analytics_runs_small(tmp_path: Path) -> None:
+    """``analytics``: viewers with analysis off and on, event latency, each detector's
+    cost per analysed frame."""
+    data = run_scenario(tmp_path, "analytics")
+    assert set(data["targets"]) == {"fps_ratio", "p99_ratio", "event_p99_ms"}
+    assert all(t["worst"] is not None for t in data["targets"].values()), data["targets"]
+    models = {d["model"]: d for d in data["detectors"]}
+    assert set(models) == {"motion", "face", "person"}
+    assert all(d["frames"] > 0 and d["cpu_ms_per_frame"] > 0 for d in models.values()), models
+
+
+@pytest.mark.timeout(120)
+def test_tls_runs_small(tmp_path: Path) -> None:
+    """``tls``: a plain and a TLS broker stepped up together; their egress ratio."""
+    data = run_scenario(tmp_path, "tls")
+    assert data["targets"]["ratio"]["value"] > 0, data["targets"]
+
+
+@pytest.mark.timeout(120)
+def test_ingest_with_curve_runs_small(tmp_path: Path) -> None:
+    """``ingest --curve``: the broker's ingest over CURVE against plain, in one run."""
+    data = run_scenario(tmp_path, "ingest", "--curve", "--duration", "1")
+    assert data["targets"]["curve_ratio"]["value"] > 0, data["targets"]
