@@ -60,7 +60,9 @@ def tls_page(tls_broker: BrokerProcess) -> Iterator:
             args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
         )
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            # Like conftest's `page`: wait_for_function evaluates strings, which the
+            # viewer page's Content-Security-Policy forbids once it has to poll.
+            page = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=True)
             page.set_default_timeout(30_000)
             yield page
         finally:
