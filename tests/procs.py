@@ -3,14 +3,18 @@ port, waited for until /healthz answers, and always stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from leaks import watch_broker
@@ -96,6 +100,21 @@ class BrokerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def http_json(method: str, url: str, body: object = None) -> tuple[int, Any]:
+    """A JSON request (``body`` sent as JSON unless None): status and decoded answer,
+    errors included."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.load(error)
 
 
 def wait_until(predicate: Callable[[], object], within: float, what: str) -> None:

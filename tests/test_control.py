@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from controlpeer import (
     wait_for,
 )
 from helpers import running_broker
-from procs import BrokerProcess, get_json, wait_until, write_config
+from procs import BrokerProcess, get_json, http_json, wait_until, write_config
 from rawws import RawWebSocket
 
 from broker import config as configuration
@@ -743,19 +742,6 @@ async def test_settings_survive_a_worker_restart(tmp_path: Path) -> None:
         assert (status.settings["brightness"], status.settings["name"]) == (80, "Front door")
 
 
-def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.load(error)
-
-
 @pytest.mark.timeout(120)
 def test_settings_survive_a_broker_restart(tmp_path: Path) -> None:
     config = write_config(
@@ -769,9 +755,11 @@ def test_settings_survive_a_broker_restart(tmp_path: Path) -> None:
             30,
             "the worker never connected",
         )
-        code, answer = http("PATCH", broker.url + settings_url, {"brightness": 75, "quality": 60})
+        code, answer = http_json(
+            "PATCH", broker.url + settings_url, {"brightness": 75, "quality": 60}
+        )
         assert code == 200 and answer["success"], answer
-        code, answer = http("PATCH", broker.url + settings_url, {"brightness": 101})
+        code, answer = http_json("PATCH", broker.url + settings_url, {"brightness": 101})
         assert (code, answer["error"]) == (400, "invalid_settings"), answer
         wait_until(state_file.exists, 10, "no state file")
     assert json.loads(state_file.read_text()) == {
@@ -781,11 +769,11 @@ def test_settings_survive_a_broker_restart(tmp_path: Path) -> None:
     with BrokerProcess(config) as broker:  # a new broker and a new worker
 
         def restored() -> bool:
-            code, answer = http("GET", broker.url + settings_url)
+            code, answer = http_json("GET", broker.url + settings_url)
             return code == 200 and answer["settings"]["brightness"] == 75
 
         wait_until(restored, 30, "settings not restored:\n" + broker.logs())
-        _, answer = http("GET", broker.url + settings_url)
+        _, answer = http_json("GET", broker.url + settings_url)
         assert answer["settings"]["quality"] == 60
         assert "restoring stored settings" in broker.logs()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import socket as net
 import stat
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 import zmq
 from helpers import sample_jpeg
-from procs import ROOT, BrokerProcess, free_port, get_json, wait_until
+from procs import ROOT, BrokerProcess, free_port, get_json, http_json, wait_until
 from survival import Viewer
 
 from broker.cli import main
@@ -175,19 +174,6 @@ def forged_frame(camera: str, seq: int) -> list[bytes]:
     return wire.encode(header, FORGED)
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.load(error)
-
-
 def snapshot(lab: Lab, camera: str) -> bytes:
     with urllib.request.urlopen(f"{lab.broker.url}/cameras/{camera}/snapshot.jpg", timeout=10) as r:
         return r.read()
@@ -289,10 +275,12 @@ def test_a_rogue_dealer_cannot_take_over_a_camera(lab: Lab) -> None:
             with contextlib.suppress(zmq.Again):
                 rogue_hello(socket, "front")
         time.sleep(0.1)
-    code, answer = http("PATCH", f"{lab.broker.url}/api/cameras/front/settings", {"quality": 55})
+    code, answer = http_json(
+        "PATCH", f"{lab.broker.url}/api/cameras/front/settings", {"quality": 55}
+    )
     assert code == 200 and answer["success"], answer
     assert answer["settings"]["quality"] == 55
-    code, answer = http("GET", f"{lab.broker.url}/api/cameras/front/settings")
+    code, answer = http_json("GET", f"{lab.broker.url}/api/cameras/front/settings")
     assert code == 200 and answer["settings"]["quality"] == 55
     for socket in (no_key, other_key, drawn):
         while socket.poll(200):  # the drawn one is asked for a hello as back, nothing else
@@ -371,7 +359,7 @@ def test_a_keyed_worker_that_reconnects_is_answered_on_its_new_route(lab: Lab) -
         wait_until(lambda: worker_connected(lab, "front"), 20, "front's worker to say hello")
         assert proxy.cut() == 1
         time.sleep(1.0)  # the worker reconnects (a new route); heartbeats flow again
-        code, answer = http(
+        code, answer = http_json(
             "PATCH", f"{lab.broker.url}/api/cameras/front/settings", {"quality": 44}
         )
         assert code == 200 and answer["success"], answer

@@ -25,8 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 
 import pytest
 from netns import Peer, unavailable
-from procs import BrokerProcess, get_json, synthetic_camera, write_config
+from procs import BrokerProcess, get_json, http_json, synthetic_camera, write_config
 from survival import Viewer, _parse
 
 from benchmarks.procs import stop_process
@@ -418,27 +416,14 @@ def free_ports(host: str, count: int) -> list[int]:
             s.close()
 
 
-def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.load(error)
-
-
 def settings(broker: BrokerProcess, camera: str) -> dict[str, Any]:
     """The camera's settings as its worker reports them (GET asks the worker)."""
-    code, answer = http("GET", f"{broker.url}/api/cameras/{camera}/settings")
+    code, answer = http_json("GET", f"{broker.url}/api/cameras/{camera}/settings")
     return answer.get("settings", {}) if code == 200 else {}
 
 
 def change(broker: BrokerProcess, camera: str, **values: object) -> None:
-    code, answer = http("PATCH", f"{broker.url}/api/cameras/{camera}/settings", values)
+    code, answer = http_json("PATCH", f"{broker.url}/api/cameras/{camera}/settings", values)
     assert code == 200 and answer["success"], answer
 
 

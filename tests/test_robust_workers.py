@@ -36,7 +36,7 @@ import trio
 import zmq
 from controlpeer import make_config, running_control, serving, wait_for
 from helpers import sample_jpeg
-from procs import BrokerProcess, free_port, get_json, wait_until, write_config
+from procs import BrokerProcess, free_port, get_json, http_json, wait_until, write_config
 from rawws import RawWebSocket
 from survival import Viewer
 
@@ -138,19 +138,6 @@ def wait_connected(broker: BrokerProcess, *camera_ids: str, within: float = 30) 
     found = connected_pids(broker, *camera_ids)
     assert found is not None
     return found
-
-
-def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.load(error)
 
 
 def live_again_at(arrivals: list[float], after: float, fps: float, run: int = 5) -> float | None:
@@ -485,7 +472,7 @@ def test_workers_die_with_a_killed_broker_and_a_restart_has_one_each(tmp_path: P
         first = BrokerProcess(config).start()
         try:
             pids = wait_connected(first, *cameras)
-            code, answer = http("PATCH", first.url + settings_url, {"brightness": 70})
+            code, answer = http_json("PATCH", first.url + settings_url, {"brightness": 70})
             assert code == 200 and answer["success"], answer
             wait_until(
                 lambda: (
@@ -525,7 +512,7 @@ def test_workers_die_with_a_killed_broker_and_a_restart_has_one_each(tmp_path: P
             assert {c: len(worker_pids(c)) for c in cameras} == dict.fromkeys(cameras, 1)
 
             def restored() -> bool:
-                code, answer = http("GET", second.url + settings_url)
+                code, answer = http_json("GET", second.url + settings_url)
                 return code == 200 and answer["settings"].get("brightness") == 70
 
             wait_until(restored, 30, "settings not restored:\n" + second.logs()[-3000:])
@@ -711,7 +698,7 @@ def test_an_unwritable_state_file_stops_nothing_and_healthz_says_so(tmp_path: Pa
         folder.rename(aside)
         folder.write_text("in the way")
         since = time.monotonic()
-        code, answer = http("PATCH", broker.url + settings_url, {"brightness": 65})
+        code, answer = http_json("PATCH", broker.url + settings_url, {"brightness": 65})
         assert code == 200 and answer["success"], answer
         assert answer["settings"]["brightness"] == 65  # applied live all the same
 
@@ -725,7 +712,7 @@ def test_an_unwritable_state_file_stops_nothing_and_healthz_says_so(tmp_path: Pa
         assert "cannot write" in report["error"], report
         time.sleep(1.0)
         viewer.assert_kept(FPS, since)
-        code, answer = http("GET", broker.url + settings_url)
+        code, answer = http_json("GET", broker.url + settings_url)
         assert code == 200 and answer["settings"]["brightness"] == 65
         # Writable again: the retry writes it and the report is back to ok.
         folder.unlink()
