@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -57,40 +57,39 @@ class BrokerCollector(Collector):
             sent_bytes.add_metric([camera.id], size)
             clients.add_metric([camera.id], len(camera.subscribers))
             online.add_metric([camera.id], int(camera.online))
-        errors = counter("ingest_errors", "Malformed or refused ingest messages", "reason")
-        for reason, count in sorted(self.ingest_errors.items()):
-            errors.add_metric([reason], count)
-        restarts = counter("worker_restarts", "Camera worker restarts", "camera")
-        for camera_id, count in sorted(self.worker_restarts().items()):
-            restarts.add_metric([camera_id], count)
+        errors = counter(
+            "ingest_errors", "Malformed or refused ingest messages", "reason", self.ingest_errors
+        )
+        restarts = counter(
+            "worker_restarts", "Camera worker restarts", "camera", self.worker_restarts()
+        )
         yield from (received, delivered, dropped, sent_bytes, clients, online, errors, restarts)
         if self.faults is not None:
-            faults = counter(
+            yield counter(
                 "faults",
                 "Unexpected exceptions contained at a boundary, by where they happened",
                 "where",
+                self.faults.counts,
             )
-            for where, count in sorted(self.faults.counts.items()):
-                faults.add_metric([where], count)
-            yield faults
         if self.control is not None:
             yield from self._control(self.control)
 
     def _control(self, control: Control) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        connected = gauge(
-            "worker_connected", "1 while the worker's control channel is up", "camera"
+        yield gauge(
+            "worker_connected",
+            "1 while the worker's control channel is up",
+            "camera",
+            {camera_id: int(link.connected) for camera_id, link in control.links.items()},
         )
-        for camera_id, link in sorted(control.links.items()):
-            connected.add_metric([camera_id], int(link.connected))
-        commands = counter(
-            "commands", "Camera commands by outcome (ok or the error code)", "outcome"
+        yield counter(
+            "commands",
+            "Camera commands by outcome (ok or the error code)",
+            "outcome",
+            control.results,
         )
-        for outcome, count in sorted(control.results.items()):
-            commands.add_metric([outcome], count)
-        errors = counter("control_errors", "Malformed or refused control messages", "reason")
-        for reason, count in sorted(control.errors.items()):
-            errors.add_metric([reason], count)
-        yield from (connected, commands, errors)
+        yield counter(
+            "control_errors", "Malformed or refused control messages", "reason", control.errors
+        )
 
 
 class AnalyticsCollector(Collector):
@@ -101,12 +100,19 @@ class AnalyticsCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         results = self.analytics.results
-        active = gauge("motion_active", "1 while the analyzer sees motion", "camera")
-        for camera in sorted(set(results.motion_active) | set(self.analytics.enabled)):
-            active.add_metric([camera], int(results.motion_active.get(camera, False)))
-        motion = counter("motion_events", "Motion started (motion_started events)", "camera")
-        for camera, count in sorted(results.motion_events.items()):
-            motion.add_metric([camera], count)
+        watched = set(results.motion_active) | set(self.analytics.enabled)
+        active = gauge(
+            "motion_active",
+            "1 while the analyzer sees motion",
+            "camera",
+            {camera: int(results.motion_active.get(camera, False)) for camera in watched},
+        )
+        motion = counter(
+            "motion_events",
+            "Motion started (motion_started events)",
+            "camera",
+            results.motion_events,
+        )
         detections = CounterMetricFamily(
             PREFIX + "detections",
             "Objects detected by the analyzer, by camera and label",
@@ -114,17 +120,21 @@ class AnalyticsCollector(Collector):
         )
         for (camera, label), count in sorted(results.detections.items()):
             detections.add_metric([camera, label], count)
-        analysed = counter("frames_analysed", "Frames the analyzer analysed", "camera")
-        for camera, count in sorted(results.analysed.items()):
-            analysed.add_metric([camera], count)
-        skipped = counter(
-            "frames_not_analysed", "Frames the analyzer skipped (newest wins)", "camera"
+        analysed = counter(
+            "frames_analysed", "Frames the analyzer analysed", "camera", results.analysed
         )
-        for camera, count in sorted(results.skipped.items()):
-            skipped.add_metric([camera], count)
-        lag = gauge("analyzer_lag_seconds", "Capture to the end of the last analysis", "camera")
-        for camera, seconds in sorted(results.lag.items()):
-            lag.add_metric([camera], seconds)
+        skipped = counter(
+            "frames_not_analysed",
+            "Frames the analyzer skipped (newest wins)",
+            "camera",
+            results.skipped,
+        )
+        lag = gauge(
+            "analyzer_lag_seconds",
+            "Capture to the end of the last analysis",
+            "camera",
+            results.lag,
+        )
         health = self.analytics.health()
         up = GaugeMetricFamily(
             PREFIX + "analyzer_up", "1 while the analyzer process is connected and heard"
@@ -150,14 +160,12 @@ class TlsCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "tls_handshakes", "Completed TLS handshakes", value=stats.handshakes
         )
-        refused = counter(
+        yield counter(
             "tls_refused",
             "Connections refused before HTTP (plain_http, handshake_failed, handshake_timeout)",
             "reason",
+            stats.refused,
         )
-        for reason, count in sorted(stats.refused.items()):
-            refused.add_metric([reason], count)
-        yield refused
         reloads = counter("tls_reloads", "Certificate reloads by outcome", "outcome")
         reloads.add_metric(["ok"], stats.reloads)
         reloads.add_metric(["failed"], stats.reload_failures)
@@ -170,12 +178,27 @@ class TlsCollector(Collector):
             )
 
 
-def counter(name: str, documentation: str, label: str) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, documentation, labels=[label])
+def counter(
+    name: str, documentation: str, label: str, values: Mapping[str, float] | None = None
+) -> CounterMetricFamily:
+    """A counter family by ``label``, with ``values`` (label value → count) in order."""
+    return _filled(CounterMetricFamily(PREFIX + name, documentation, labels=[label]), values)
 
 
-def gauge(name: str, documentation: str, label: str) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, documentation, labels=[label])
+def gauge(
+    name: str, documentation: str, label: str, values: Mapping[str, float] | None = None
+) -> GaugeMetricFamily:
+    """A gauge family by ``label``, with ``values`` (label value → value) in order."""
+    return _filled(GaugeMetricFamily(PREFIX + name, documentation, labels=[label]), values)
+
+
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _filled(family: Family, values: Mapping[str, float] | None) -> Family:
+    for key, value in sorted((values or {}).items()):
+        family.add_metric([key], value)
+    return family
 
 
 class Metrics:
