@@ -124,7 +124,7 @@ class Peer:
     async def frame(self) -> tuple[int, bytes]:
         """The next WebSocket frame from the broker (unmasked)."""
         while True:
-            parsed = _parse_frame(self.buffer)
+            parsed = parse_server_frame(self.buffer)
             if parsed is not None:
                 return parsed
             if not await self.fill():
@@ -145,7 +145,9 @@ def _headers(lines: list[str]) -> dict[str, str]:
     return headers
 
 
-def _parse_frame(buffer: bytearray) -> tuple[int, bytes] | None:
+def parse_server_frame(buffer: bytearray) -> tuple[int, bytes] | None:
+    """The next (opcode, payload) of an unmasked server frame, removed from ``buffer``;
+    None until the whole frame is there. (The test suite's raw clients use it too.)"""
     if len(buffer) < 2:
         return None
     opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2

@@ -11,6 +11,8 @@ import struct
 
 import trio
 
+from benchmarks.churn import parse_server_frame
+
 
 class RawWebSocket:
     def __init__(self, stream: trio.SocketStream) -> None:
@@ -55,7 +57,7 @@ class RawWebSocket:
         With ``pace`` (bytes per second) the client reads no faster than that.
         """
         while True:
-            parsed = self._parse()
+            parsed = parse_server_frame(self.buffer)
             if parsed is not None:
                 return parsed
             if not await self._fill(chunk):
@@ -81,27 +83,6 @@ class RawWebSocket:
             length, "little"
         )
         await self.stream.send_all(head + mask + masked)
-
-    def _parse(self) -> tuple[int, bytes] | None:
-        buf = self.buffer
-        if len(buf) < 2:
-            return None
-        opcode, length, offset = buf[0] & 0x0F, buf[1] & 0x7F, 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            (length,) = struct.unpack(">H", buf[2:4])
-            offset = 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            (length,) = struct.unpack(">Q", buf[2:10])
-            offset = 10
-        if len(buf) < offset + length:
-            return None
-        payload = bytes(buf[offset : offset + length])
-        del buf[: offset + length]
-        return opcode, payload
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

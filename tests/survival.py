@@ -22,6 +22,8 @@ import threading
 import time
 from types import TracebackType
 
+from benchmarks.churn import parse_server_frame
+
 
 class Viewer(threading.Thread):
     """A per-camera WebSocket viewer that records when each frame arrived."""
@@ -66,7 +68,7 @@ class Viewer(threading.Thread):
             buffer = bytearray(rest)
             sock.settimeout(1.0)
             while not self._stop_reading.is_set():
-                frame = _parse(buffer)
+                frame = parse_server_frame(buffer)
                 if frame is None:
                     try:
                         buffer += self._receive(sock)
@@ -133,25 +135,3 @@ class Viewer(threading.Thread):
         )
         gap = self.longest_gap(since, end)
         assert gap < max(1.0, 3 / fps), f"viewer of {self.camera}: a {gap:.2f} s gap"
-
-
-def _parse(buffer: bytearray) -> tuple[int, bytes] | None:
-    """The next (opcode, payload) of an unmasked server frame, removed from ``buffer``."""
-    if len(buffer) < 2:
-        return None
-    opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
-    if length == 126:
-        if len(buffer) < 4:
-            return None
-        (length,) = struct.unpack(">H", buffer[2:4])
-        offset = 4
-    elif length == 127:
-        if len(buffer) < 10:
-            return None
-        (length,) = struct.unpack(">Q", buffer[2:10])
-        offset = 10
-    if len(buffer) < offset + length:
-        return None
-    payload = bytes(buffer[offset : offset + length])
-    del buffer[: offset + length]
-    return opcode, payload

@@ -33,8 +33,9 @@ from typing import Any
 import pytest
 from netns import Peer, unavailable
 from procs import BrokerProcess, get_json, http_json, synthetic_camera, write_config
-from survival import Viewer, _parse
+from survival import Viewer
 
+from benchmarks.churn import parse_server_frame
 from benchmarks.procs import stop_process
 from broker.protocol import stamp
 
@@ -102,7 +103,7 @@ class StampViewer(Viewer):
                 return data
             del self._copy[: end + 4]
             self._in_body = True
-        while (frame := _parse(self._copy)) is not None:
+        while (frame := parse_server_frame(self._copy)) is not None:
             opcode, payload = frame
             if opcode == 0x2:
                 self.seen.append(Seen(at, wall, stamp.read(payload)))
