@@ -14,7 +14,6 @@ import dataclasses
 import io
 import math
 import struct
-import time
 from typing import Any
 
 import lz4.frame
@@ -88,7 +87,7 @@ def check(parts: list[Any], max_payload: int = MAX_PAYLOAD) -> None:
     assert 1 <= header.width <= wire.MAX_DIMENSION and 1 <= header.height <= wire.MAX_DIMENSION
     assert header.format in wire.FORMATS and wire.sniff_format(payload) == header.format
     assert len(payload) <= max_payload
-    frame = Frame(
+    frame = Frame.received(
         header.camera,
         header.seq,
         header.captured_at,
@@ -96,7 +95,6 @@ def check(parts: list[Any], max_payload: int = MAX_PAYLOAD) -> None:
         header.height,
         header.format,
         payload,
-        time.monotonic(),
     )
     assert frame.websocket_message().endswith(bytes(payload))
     assert frame.mjpeg_part()
