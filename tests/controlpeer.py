@@ -4,6 +4,7 @@ Shared by the control-plane tests."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,16 @@ from broker.protocol.events import Event
 from broker.serve import delivery
 
 FAST = {"heartbeat_interval": 0.2, "lost_after": 0.6, "command_timeout": 3.0}
+
+
+class WallClock:
+    """The scheduler's clock, set by the test."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
 
 
 def make_config(

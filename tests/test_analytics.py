@@ -27,7 +27,7 @@ import onnx
 import pytest
 import skimage
 import trio
-from controlpeer import make_config, running_control, serving, wait_for
+from controlpeer import WallClock, make_config, running_control, serving, wait_for
 from helpers import get, http
 from procs import BrokerProcess, synthetic_camera, wait_until, write_config
 from survival import Viewer
@@ -301,14 +301,6 @@ async def test_person_model_runs_hog_and_honours_the_confidence(broker: BrokerPr
 
 
 # -- settings through the control plane: presets, schedules, the state file ---------
-
-
-class WallClock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.mark.timeout(30)

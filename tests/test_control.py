@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 from controlpeer import (
+    WallClock,
     fake_worker,
     make_config,
     next_event,
@@ -590,14 +591,6 @@ async def test_on_demand_streams_only_while_watched(tmp_path: Path) -> None:
                 "start_stream",
             ]
             nursery.cancel_scope.cancel()
-
-
-class WallClock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.mark.timeout(30)
