@@ -25,8 +25,9 @@ import pytest
 import trio
 import zmq
 from procs import BrokerProcess, synthetic_camera, wait_until, write_config
-from survival import Viewer, _parse
+from survival import Viewer
 
+from benchmarks.churn import parse_server_frame
 from benchmarks.procs import free_port, get_json
 from broker.config import parse as parse_config
 from broker.control.supervisor import worker_command
@@ -104,7 +105,7 @@ def messages(client: Client, count: int, within: float = 15) -> list[bytes]:
     out, deadline = [], time.monotonic() + within
     while len(out) < count:
         assert time.monotonic() < deadline, f"{len(out)} of {count} messages"
-        frame = _parse(client.buffer)
+        frame = parse_server_frame(client.buffer)
         if frame is None:
             data = client.sock.recv(1 << 20)
             assert data, "closed"
