@@ -393,6 +393,13 @@ def test_viewer_page_draws_the_face_box_and_the_motion_badge(tmp_path: Path, pag
             page.wait_for_selector('.tile[data-camera="face"] .boxes .box', timeout=20_000)
             label = page.text_content('.tile[data-camera="face"] .boxes .box span') or ""
             assert label.startswith("face ")
+            # Until the tile's first photo has loaded, the overlay has the tile's 16:9
+            # shape (the "No Data" image's); measure once it has the photo's.
+            page.wait_for_function(
+                "(() => { const r = document.querySelector("
+                "'.tile[data-camera=\"face\"] .boxes').getBoundingClientRect();"
+                " return r.height > 0 && Math.abs(r.width / r.height - 1) < 0.02; })()"
+            )
             # The box sits over the astronaut's face: about x 180..270, y 60..160 of 512.
             frame = page.locator('.tile[data-camera="face"] .boxes').bounding_box()
             box = page.locator('.tile[data-camera="face"] .boxes .box').first.bounding_box()
