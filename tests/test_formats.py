@@ -449,8 +449,9 @@ async def drain(port: int, path: str, total: int) -> None:
 
 @pytest.mark.timeout(60)
 async def test_no_copy_of_a_frame_per_client_between_ingest_and_the_socket() -> None:
-    """Eight WebSocket clients of a 4 MB LZ4 camera: the broker's Python memory peaks at
-    about one frame's message (tracemalloc), not one per client, and each frame's
+    """Eight WebSocket clients of a 4 MB LZ4 camera: the broker's Python memory grows by
+    less than one frame (tracemalloc): not a copy per client, not even one for the
+    message, which is the header and the received payload itself; and each frame's
     message is built once (counted), whatever the number of clients."""
     width, height, frames, clients = 1280, 1080, 4, 8
     payload = lz4.frame.compress(os.urandom(width * height * 3), store_size=True)
@@ -489,7 +490,8 @@ async def test_no_copy_of_a_frame_per_client_between_ingest_and_the_socket() -> 
     assert builds == frames, builds  # one message per frame, shared by the 8 clients
     grown = peak - before
     print(f"peak Python memory over the baseline: {grown / 1e6:.1f} MB for {clients} clients")
-    assert grown < 3.5 * len(payload), grown  # a copy per client: 8 x 3.7 MB more
+    # A copy per client would be 8 x 3.7 MB more; a joined message, one 3.7 MB.
+    assert grown < len(payload) / 2, grown
 
 
 def test_the_kernel_may_hold_a_sixteenth_of_a_raw_frame_per_viewer() -> None:

@@ -11,7 +11,7 @@ import trio.testing
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from broker.core.camera import Camera, CameraInfo
-from broker.core.frame import Frame, websocket_binary_header
+from broker.core.frame import JOIN_BELOW, Frame, websocket_binary_header
 from broker.core.hub import Hub, Outcome, UnknownCamera
 from broker.core.subscriber import RateMeter, Subscriber
 from broker.serve.delivery import Waiter
@@ -91,14 +91,26 @@ def parse_header(message: bytes) -> tuple[bool, int, bool, int, int]:
 def test_websocket_message(length: int, header_length: int) -> None:
     data = bytes(i % 251 for i in range(length))
     item = frame(data=data)
-    message = item.websocket_message()
+    parts = item.websocket_message()
+    message = b"".join(parts)
     fin, opcode, masked, parsed_length, parsed_header_length = parse_header(message)
     assert (fin, opcode, masked) == (True, 2, False)
     assert parsed_length == length
     assert parsed_header_length == header_length
     assert message[header_length:] == data
     assert websocket_binary_header(length) == message[:header_length]
-    assert item.websocket_message() is message  # built once, then shared
+    assert item.websocket_message() is parts  # built once, then shared
+
+
+def test_large_payload_is_not_copied_into_its_messages() -> None:
+    """From JOIN_BELOW on, every message is the header, the frame's own payload object
+    and (MJPEG) a tail: the 17-25 MB of a 4K raw frame are never copied (issue 12)."""
+    data = memoryview(bytes(JOIN_BELOW))
+    item = frame(data=data)
+    for parts in (item.websocket_message(), item.mux_message(), item.mjpeg_part()):
+        assert parts[1] is data
+        assert sum(len(part) for part in parts) - len(data) < 200  # headers only
+    assert frame(data=data[1:]).websocket_message()[0].endswith(bytes(data[1:]))  # joined
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
@@ -106,7 +118,7 @@ def test_websocket_message_parses_with_wsproto(length: int) -> None:
     """An independent client-side parser reads one final binary message."""
     data = b"\x5a" * length
     protocol = FrameProtocol(client=True, extensions=[])
-    protocol.receive_bytes(frame(data=data).websocket_message())
+    protocol.receive_bytes(b"".join(frame(data=data).websocket_message()))
     frames = list(protocol.received_frames())
     assert {f.opcode for f in frames[:1]} == {Opcode.BINARY}
     assert frames[-1].message_finished
@@ -115,7 +127,7 @@ def test_websocket_message_parses_with_wsproto(length: int) -> None:
 
 def test_websocket_message_from_memoryview_data() -> None:
     data = memoryview(b"\xff\xd8\xff" + b"x" * 200)
-    message = frame(data=data).websocket_message()
+    (message,) = frame(data=data).websocket_message()  # small: one joined buffer
     assert isinstance(message, bytes)
     assert message == websocket_binary_header(203) + bytes(data)
 

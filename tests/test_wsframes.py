@@ -159,10 +159,10 @@ async def test_send_prebuilt_over_tcp() -> None:
         assert isinstance(ws._stream_lock, trio.StrictFIFOLock)
         assert isinstance(ws._stream, trio.SocketStream)
         server_checks.append("internals")
-        for payload in PAYLOADS:
-            await send_prebuilt(ws, websocket_binary_header(len(payload)) + payload)
+        for payload in PAYLOADS:  # header and payload as two buffers, as a large frame's
+            await send_prebuilt(ws, (websocket_binary_header(len(payload)), payload))
         await ws.send_message("text from trio-websocket")
-        await send_prebuilt(ws, websocket_binary_header(3) + b"end")
+        await send_prebuilt(ws, (websocket_binary_header(3) + b"end",))
         with pytest.raises(ConnectionClosed):
             await ws.get_message()  # until the client closes
 
@@ -186,7 +186,8 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
     from broker.core.subscriber import Subscriber
     from broker.serve.delivery import DirectWriter
 
-    big = bytes(range(256)) * 4096  # 1 MiB: more than a socket takes at once
+    big = bytes(range(256)) * 4096  # 1 MiB: more than a socket takes at once, and
+    # a message of two buffers (header, payload), written with one sendmsg
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
@@ -197,11 +198,10 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
         assert isinstance(sock, socket.socket)
         assert wsframes.direct_access(ws) == (lock, sock)  # replaced once
         subscriber = Subscriber(Camera(CameraInfo("c", "c", 1, 1)), "client", 2)
-        writer = DirectWriter(lock, sock, subscriber, lambda frame: frame.data)
+        writer = DirectWriter(lock, sock, subscriber, Frame.websocket_message)
         for payload in (b"small", big):
-            frame = Frame(
-                "c", 0, 0.0, 1, 1, "jpeg", websocket_binary_header(len(payload)) + payload, 0.0
-            )
+            frame = Frame("c", 0, 0.0, 1, 1, "jpeg", payload, 0.0)
+            assert len(frame.websocket_message()) == (1 if payload == b"small" else 2)
             assert writer(frame)
             if writer.inflight is not None:  # written in part: finish it, as a task does
                 await writer.finish(ws._stream, writer.inflight[1])
@@ -218,6 +218,22 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
             assert await client.get_message() == "text from trio-websocket"
 
 
+@pytest.mark.parametrize(
+    ("sent", "rest"),
+    [
+        (0, [b"head", b"payload"]),
+        (2, [b"ad", b"payload"]),
+        (4, [b"payload"]),
+        (6, [b"yload"]),
+        (11, []),
+    ],
+)
+def test_rest_after_a_partial_write(sent: int, rest: list[bytes]) -> None:
+    from broker.serve.delivery import rest_after
+
+    assert [bytes(part) for part in rest_after((b"head", b"payload"), sent)] == rest
+
+
 async def test_concurrent_send_prebuilt_never_interleaves() -> None:
     """Several tasks writing large frames at once: the lock keeps each frame whole."""
     size = 256 * 1024
@@ -227,7 +243,7 @@ async def test_concurrent_send_prebuilt_never_interleaves() -> None:
         ws = await request.accept()
         async with trio.open_nursery() as nursery:
             for payload in payloads:
-                message = websocket_binary_header(len(payload)) + payload
+                message = (websocket_binary_header(len(payload)), payload)
                 nursery.start_soon(send_prebuilt, ws, message)
             nursery.start_soon(ws.ping, b"p")
         with pytest.raises(ConnectionClosed):
@@ -263,7 +279,7 @@ async def test_upgrade_handed_over_through_replay_stream() -> None:
             )
             assert request.path == "/ws/cam1"
             ws = await request.accept()
-            await send_prebuilt(ws, websocket_binary_header(len(payload)) + payload)
+            await send_prebuilt(ws, (websocket_binary_header(len(payload)) + payload,))
             assert await ws.get_message() == "got it"
             await wsframes.close_going_away(ws)
             nursery.cancel_scope.cancel()

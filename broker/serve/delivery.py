@@ -13,12 +13,14 @@ frame itself). A ``/ws`` connection waits for events the same way (`next_event`)
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 from trio_websocket import WebSocketConnection
@@ -26,7 +28,7 @@ from trio_websocket import WebSocketConnection
 from broker.config import ServerConfig
 from broker.core.camera import Camera
 from broker.core.events import Listener, ListenerClosed
-from broker.core.frame import Frame
+from broker.core.frame import Frame, Message
 from broker.core.hub import Hub
 from broker.core.subscriber import Subscriber, SubscriptionEnded
 from broker.core.transcode import needs_jpeg
@@ -42,6 +44,7 @@ log = logging.getLogger("broker.server")
 # frame instead: still a small part of one frame behind, at most.
 UNSENT_FRACTION = 16
 MIN_UNSENT = 64 * 1024
+T = TypeVar("T")
 
 
 def unsent_bound(camera: Camera) -> int | None:
@@ -71,11 +74,11 @@ class Delivery:
 
     async def send_frames(
         self,
-        write: Callable[[bytes], Awaitable[None]],
+        write: Callable[[Message], Awaitable[None]],
         stream: trio.abc.Stream,
         subscriber: Subscriber,
         max_fps: float | None,
-        message: Callable[[Frame], bytes],
+        message: Callable[[Frame], Message],
         direct: DirectWriter | None = None,
     ) -> None:
         """Feed one client from its queue; on a send timeout abort ``stream`` and return.
@@ -195,7 +198,8 @@ class Waiter:
 class DirectWriter:
     """Writes a frame to an idle WebSocket client from `Hub.publish` itself: one
     non-blocking ``send`` instead of waking the client's task, the largest cost per
-    frame per client once the bytes are shared (benchmarks: saturation). The core's
+    frame per client once the bytes are shared (benchmarks: saturation); a message of
+    several buffers (`broker.core.frame.Message`) goes in one ``sendmsg``. The core's
     `broker.core.subscriber.DirectWrite`.
 
     Only when nothing else is writing to the connection: it takes the connection's send
@@ -207,63 +211,96 @@ class DirectWriter:
     the queue, where the task learns why.
 
     Over TLS ``sock`` is the connection's non-blocking ``ssl.SSLSocket``
-    (`broker.serve.tlsstream.TlsStream`): ``send`` encrypts and writes the whole frame or
-    raises "want write", after which OpenSSL must be given the same bytes again, so the
-    whole frame becomes the rest, and `TlsStream.send_all` finishes it.
+    (`broker.serve.tlsstream.TlsStream`): ``send`` encrypts and writes a whole buffer or
+    raises "want write", after which OpenSSL must be given the same bytes again, so that
+    whole buffer begins the rest, and `TlsStream.send_all` finishes it.
     """
 
-    __slots__ = ("inflight", "lock", "message", "sock", "subscriber", "whole")
+    __slots__ = ("inflight", "lock", "message", "sock", "subscriber", "tls", "whole")
 
     def __init__(
         self,
         lock: trio.Semaphore,
         sock: socket.socket,
         subscriber: Subscriber,
-        message: Callable[[Frame], bytes],
+        message: Callable[[Frame], Message],
         whole: bool = False,
     ) -> None:
         self.lock, self.sock, self.subscriber, self.message = lock, sock, subscriber, message
         self.whole = whole  # `finish` even when cancelled (see `write_whole`)
-        self.inflight: tuple[Frame, memoryview] | None = None  # written in part
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.inflight: tuple[Frame, Message] | None = None  # written in part
 
     def __call__(self, frame: Frame) -> bool:
         if self.lock.value == 0:
             return False
-        data = self.message(frame)
+        parts = self.message(frame)
         self.lock.acquire_nowait()
         try:
-            sent = self.sock.send(data)
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            # TLS: OpenSSL has taken the frame in hand (some records may be out) and must
-            # be offered the same bytes again: all of them are the rest to write.
-            sent = 0
-        except OSError:  # BlockingIOError included
+            rest = self._send_tls(parts) if self.tls else self._send(parts)
+        except OSError:  # BlockingIOError included: nothing was sent
             self.lock.release()
             return False
-        if sent == len(data):
+        if not rest:
             self.lock.release()
             self.subscriber.delivered(frame)
         else:  # the sender must write the rest next
             subscriber = self.subscriber
             subscriber.direct = None
-            self.inflight = (frame, memoryview(data)[sent:])
+            self.inflight = (frame, rest)
             subscriber.wake()
         return True
 
-    async def finish(self, stream: trio.abc.Stream, rest: memoryview) -> None:
+    def _send(self, parts: Message) -> Message:
+        """Write what the socket takes of ``parts`` (one ``sendmsg``); the rest."""
+        sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
+        return rest_after(parts, sent)
+
+    def _send_tls(self, parts: Message) -> Message:
+        """Encrypt and write ``parts`` one by one (an ``ssl.SSLSocket`` has no
+        ``sendmsg``); the rest. After a "want write" OpenSSL has that part in hand and
+        must be offered the same bytes again: all of them are in the rest. Raises
+        OSError only when nothing was sent."""
+        for index, part in enumerate(parts):
+            try:
+                sent = self.sock.send(part)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return parts[index:]
+            except OSError:
+                if index == 0:
+                    raise
+                return parts[index:]  # the sender meets the error again
+            if sent < len(part):
+                return rest_after(parts[index:], sent)
+        return ()
+
+    async def finish(self, stream: trio.abc.Stream, rest: Message) -> None:
         """Write the rest of a frame `__call__` wrote in part, then give the lock back."""
         try:
             if self.whole:
-                await write_whole(stream.send_all, rest)
+                await write_whole(functools.partial(send_parts, stream), rest)
             else:
-                await stream.send_all(rest)
+                await send_parts(stream, rest)
         finally:
             self.lock.release()
 
 
-async def write_whole(
-    write: Callable[[bytes | memoryview], Awaitable[None]], data: bytes | memoryview
-) -> None:
+def rest_after(parts: Message, sent: int) -> Message:
+    """What remains of ``parts`` once their first ``sent`` bytes are written."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return (memoryview(part)[sent:], *parts[index + 1 :])
+        sent -= len(part)
+    return ()
+
+
+async def send_parts(stream: trio.abc.SendStream, parts: Message) -> None:
+    """Write the buffers of one message, in order."""
+    for part in parts:
+        await stream.send_all(part)
+
+
+async def write_whole(write: Callable[[T], Awaitable[None]], data: T) -> None:
     """Write ``data`` to the end even if the caller is cancelled meanwhile, within the
     caller's deadline (the send timeout of `Delivery.send_frames`).
 
@@ -294,7 +331,7 @@ async def next_event(listener: Listener) -> Event:
 def direct_writer(
     ws: WebSocketConnection,
     subscriber: Subscriber,
-    message: Callable[[Frame], bytes],
+    message: Callable[[Frame], Message],
     whole: bool = False,
 ) -> DirectWriter | None:
     """A `DirectWriter` for ``ws``, or None when its internals do not allow one

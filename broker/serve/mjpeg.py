@@ -8,13 +8,14 @@ through the same drop-oldest queue and send timeout as WebSocket
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 import trio
 
 from broker.core.frame import MJPEG_BOUNDARY, Frame
 from broker.core.subscriber import SubscriptionEnded
-from broker.serve.delivery import Delivery
+from broker.serve.delivery import Delivery, send_parts
 
 log = logging.getLogger("broker.server")
 
@@ -49,7 +50,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_eof, stream, nursery.cancel_scope)
             await delivery.send_frames(
-                stream.send_all, stream, subscriber, max_fps, Frame.mjpeg_part
+                functools.partial(send_parts, stream), stream, subscriber, max_fps, Frame.mjpeg_part
             )
             nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, SubscriptionEnded):

@@ -37,6 +37,7 @@ import h11
 import trio
 from trio_websocket import WebSocketConnection
 
+from broker.core.frame import Message
 from broker.serve.http import Response, error, header
 from broker.serve.tlsstream import TlsStream
 
@@ -449,15 +450,16 @@ async def abort(ws: WebSocketConnection) -> None:
     await trio.aclose_forcefully(ws._stream)
 
 
-async def send_prebuilt(ws: WebSocketConnection, message: bytes) -> None:
-    """Write one complete, pre-built WebSocket frame.
+async def send_prebuilt(ws: WebSocketConnection, message: Message) -> None:
+    """Write one complete, pre-built WebSocket frame (its buffers, in order).
 
     Raises trio.BrokenResourceError / ClosedResourceError when the client is gone.
     If cancelled part-way, a partial frame is on the wire: the caller must abort the
     connection, not reuse it.
     """
     async with ws._stream_lock:
-        await ws._stream.send_all(message)
+        for part in message:
+            await ws._stream.send_all(part)
 
 
 async def write_close(
@@ -484,7 +486,7 @@ async def close_with(ws: WebSocketConnection, code: int, grace: float = 0.5) -> 
             trio.move_on_after(grace),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
-            await send_prebuilt(ws, close_frame(code))
+            await send_prebuilt(ws, (close_frame(code),))
         await trio.aclose_forcefully(ws._stream)
 
 

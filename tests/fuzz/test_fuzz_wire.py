@@ -96,9 +96,9 @@ def check(parts: list[Any], max_payload: int = MAX_PAYLOAD) -> None:
         header.format,
         payload,
     )
-    assert frame.websocket_message().endswith(bytes(payload))
+    assert b"".join(frame.websocket_message()).endswith(bytes(payload))
     assert frame.mjpeg_part()
-    message = frame.mux_message()
+    message = b"".join(frame.mux_message())
     # The /ws message: a WebSocket header, then our uint16 + JSON header + image.
     skip = 2 + {126: 2, 127: 8}.get(message[1] & 0x7F, 0)
     fields, image = mux_frame(message[skip:])
