@@ -8,16 +8,22 @@ and S WebSocket clients per camera. Two measured windows in the same run:
 - **on**: ``motion`` on every camera, ``face`` on camera 0, at ``--analytics-fps``.
 
 Compared: per client delivered fps (on / off, target >= 0.99) and p99 latency (on / off,
-target <= 1.1), broker CPU (on - off). During "on" a /ws listener times each analytics
-event from its frame's capture to its arrival (``objects_detected``: ``captured_at``;
-motion: ``time``), target p99 <= 300 ms. Then, per detector, camera 0 alone with that
-model: analyzer CPU (/proc) per analysed frame (from /api/stats) at the camera's size.
+target <= 1.1), broker CPU (on - off). A third window, **load**, is the control: analysis
+off again and a plain busy loop in another process using what the analyzer used during
+"on" (its cores, in bursts at the face detector's 5 Hz), so a p99 ratio that comes from
+sharing two cores at all, and not from analysis, shows as the same ratio there. During
+"on" a /ws listener times each analytics event from its frame's capture to its arrival
+(``objects_detected``: ``captured_at``; motion: ``time``), target p99 <= 300 ms. Then,
+per detector, camera 0 alone with that model: analyzer CPU (/proc) per analysed frame
+(from /api/stats) at the camera's size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -124,6 +130,18 @@ def analyzer_pid(url: str, within: float = 30) -> int:
     raise TimeoutError("the analyzer never connected")
 
 
+# A process that keeps one core busy ``duty`` of the time, in bursts every 200 ms.
+BUSY_LOOP = """
+import sys, time
+duty, period = float(sys.argv[1]), 0.2
+while True:
+    start = time.monotonic()
+    while time.monotonic() - start < duty * period:
+        pass
+    time.sleep(max(0.0, period - (time.monotonic() - start)))
+"""
+
+
 def phase(run: Run, warmup: float, label: str) -> dict[str, Any]:
     start_clients(run)
     wait(warmup, f"{label}: warm-up")
@@ -190,11 +208,22 @@ def run(args: argparse.Namespace) -> int:
         counts = {cid: analysed(broker.url, cid) - counts_before[cid] for cid in run.camera_ids}
         listener.stopping.set()
         listener.join(5)
+        for cid in run.camera_ids:
+            patch(broker.url, cid, {"ai_enabled": False})
+        duty = min(0.95, analyzer.total())
+        busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(duty)])
+        try:
+            load = phase(run, warmup, "load")
+        finally:
+            busy.kill()
+            busy.wait(10)
         seconds = max(2.0, a.duration / 2)
         costs = [detector_cost(run, model, seconds) for model in DETECTORS]
         return {
             "off": off,
             "on": on,
+            "load": load,
+            "load_duty": duty,
             "analyzer_cores": analyzer.total(),
             "analysed": counts,
             "latencies": listener.latencies,
@@ -208,10 +237,10 @@ def run(args: argparse.Namespace) -> int:
 
 def analyse(run: Run, raw: dict[str, Any], warmup: float, started: str) -> dict[str, Any]:
     a = run.args
-    off, on = per_client(raw["off"]), per_client(raw["on"])
+    off, on, load = per_client(raw["off"]), per_client(raw["on"]), per_client(raw["load"])
     clients = []
     for name in sorted(set(off) & set(on)):
-        before, after = off[name], on[name]
+        before, after, control = off[name], on[name], load.get(name, {})
         clients.append(
             {
                 "name": name,
@@ -221,6 +250,8 @@ def analyse(run: Run, raw: dict[str, Any], warmup: float, started: str) -> dict[
                 "p99_off_ms": before["p99_ms"],
                 "p99_on_ms": after["p99_ms"],
                 "p99_ratio": _ratio(after["p99_ms"], before["p99_ms"]),
+                "p99_load_ms": control.get("p99_ms"),
+                "p99_load_ratio": _ratio(control.get("p99_ms"), before["p99_ms"]),
             }
         )
     all_events = [v for values in raw["latencies"].values() for v in values]
@@ -230,6 +261,7 @@ def analyse(run: Run, raw: dict[str, Any], warmup: float, started: str) -> dict[
     }
     fps_worst = min((c["fps_ratio"] for c in clients if c["fps_ratio"]), default=None)
     p99_worst = max((c["p99_ratio"] for c in clients if c["p99_ratio"]), default=None)
+    load_worst = max((c["p99_load_ratio"] for c in clients if c["p99_load_ratio"]), default=None)
     event_p99 = events["all"]["p99_ms"]
     targets = {
         "fps_ratio": {
@@ -274,6 +306,8 @@ def analyse(run: Run, raw: dict[str, Any], warmup: float, started: str) -> dict[
             "cores_on": raw["on"]["broker_cores"],
             "health_on": raw["on"]["health"],
         },
+        # The control window: analysis off, a busy loop as heavy as the analyzer.
+        "load": {"busy_duty": raw["load_duty"], "p99_ratio_worst": load_worst},
         "analyzer": {"cores_on": raw["analyzer_cores"], "analysed": raw["analysed"]},
         "clients": clients,
         "events": events,
@@ -297,11 +331,19 @@ def print_report(result: dict[str, Any]) -> None:
             c["p99_off_ms"],
             c["p99_on_ms"],
             c["p99_ratio"],
+            c["p99_load_ms"],
+            c["p99_load_ratio"],
         ]
         for c in result["clients"]
     ]
     headers = ["client", "fps off", "fps on", "ratio", "p99 off ms", "p99 on ms", "ratio"]
+    headers += ["p99 load ms", "ratio"]
     print(common.format_table(headers, rows))
+    load = result["load"]
+    print(
+        f"\ncontrol (analysis off, a busy loop at {load['busy_duty']:.2f} of a core): "
+        f"worst p99 ratio {common._cell(load['p99_ratio_worst'])}"
+    )
     b, an = result["broker"], result["analyzer"]
     print(f"\nbroker: {b['cores_off']:.3f} cores off, {b['cores_on']:.3f} cores on")
     frames = ", ".join(f"{cid} {n}" for cid, n in an["analysed"].items())
