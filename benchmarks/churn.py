@@ -562,8 +562,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             ops.cancel_scope.deadline = trio.current_time() + DRAIN
         outer.cancel_scope.cancel()
     seconds = time.monotonic() - began
-    ops = {kind: dict(counts) for kind, counts in sorted(churn.outcomes.items())}
-    return {"seconds": round(seconds, 1), "skipped": skipped, "ops": ops}
+    outcomes = {kind: dict(counts) for kind, counts in sorted(churn.outcomes.items())}
+    return {"seconds": round(seconds, 1), "skipped": skipped, "ops": outcomes}
 
 
 def parser() -> argparse.ArgumentParser:

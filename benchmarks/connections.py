@@ -102,7 +102,8 @@ def _defaults(a: argparse.Namespace) -> None:
 
 def add_clients(run: Run, count: int, first: int) -> list[Child]:
     """``count`` more connections, spread over the cameras, ``--per-proc`` per process."""
-    a, started = run.args, []
+    a = run.args
+    started: list[Child] = []
     assert run.broker is not None
     for offset in range(0, count, a.per_proc):
         n = min(a.per_proc, count - offset)
@@ -207,7 +208,7 @@ def execute(run: Run, warmup: float) -> dict:
         )
         wait(a.settle, f"{total} settle")
         measured = window(run, f"{total} connections")
-        health = get_json(run.broker.url + "/healthz", timeout=30)
+        health = get_json(broker.url + "/healthz", timeout=30)
         measured.update(
             connections=total,
             connect_seconds=round(connect_s, 2),

@@ -32,7 +32,7 @@ class Run:
     broker: Broker | None = None
     replays: list[Child] = field(default_factory=list)
     clients: list[Child] = field(default_factory=list)
-    samples: list[dict[str, float]] = field(default_factory=list)
+    samples: list[dict[str, float | str]] = field(default_factory=list)
 
     @property
     def camera_ids(self) -> list[str]:
@@ -200,9 +200,10 @@ def measure(run: Run, seconds: float | None = None, label: str = "measure") -> d
     broker and load-generator CPU and broker RSS each second; the clients' and replays'
     summaries, broker figures and ``/healthz``. The clients exit after it; the replays
     keep publishing (their counters restart at the next ``start``)."""
-    assert run.broker is not None
+    broker = run.broker
+    assert broker is not None
     seconds = run.args.duration if seconds is None else seconds
-    broker_cpu = common.CpuMeter([run.broker.pid])
+    broker_cpu = common.CpuMeter([broker.pid])
     loadgen_cpu = common.CpuMeter([c.pid for c in run.replays + run.clients])
     for child in run.replays + run.clients:
         child.send("start")
@@ -214,7 +215,7 @@ def measure(run: Run, seconds: float | None = None, label: str = "measure") -> d
     def tick() -> str:
         nonlocal peak_rss
         cores, gen = broker_cpu.interval(), loadgen_cpu.interval()
-        rss = common.rss_bytes(run.broker.pid) or 0
+        rss = common.rss_bytes(broker.pid) or 0
         peak_rss = max(peak_rss, rss)
         frames = sum(c.latest.get("frames", 0) for c in run.clients)
         run.samples.append(
@@ -236,11 +237,11 @@ def measure(run: Run, seconds: float | None = None, label: str = "measure") -> d
     return {
         "broker_cores": broker_cpu.total(),
         "loadgen_cores": loadgen_cpu.total(),
-        "broker_rss_bytes": common.rss_bytes(run.broker.pid),
+        "broker_rss_bytes": common.rss_bytes(broker.pid),
         "broker_peak_rss_bytes": peak_rss,
         "replays": {cid: r.expect(10) for cid, r in zip(run.camera_ids, run.replays, strict=True)},
         "clients": [c.expect(30) for c in run.clients],
-        "health": run.broker.get_json("/healthz"),
+        "health": broker.get_json("/healthz"),
     }
 
 

@@ -24,8 +24,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 from benchmarks.harness import wait, write_broker_config
@@ -212,8 +214,14 @@ def stop_children(run: Run) -> None:
 
 
 def phase(
-    run: Run, name: str, warmup: float, counter, receiver_pid: int, pubs: list[Child], begin=None
-) -> dict[str, object]:
+    run: Run,
+    name: str,
+    warmup: float,
+    counter: Callable[[], int],
+    receiver_pid: int,
+    pubs: list[Child],
+    begin: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Warm up, then measure ``counter()`` (frames received so far) over the window."""
     wait(warmup, f"{name} warm-up")
     recv_cpu = common.CpuMeter([receiver_pid])
@@ -258,7 +266,7 @@ def _per_frame_us(cores: float, seconds: float, frames: int) -> float | None:
     return round(cores * seconds / frames * 1e6, 1) if frames else None
 
 
-def bare_phase(run: Run, warmup: float) -> dict[str, object]:
+def bare_phase(run: Run, warmup: float) -> dict[str, Any]:
     a = run.args
     endpoint = f"ipc://{run.work.path / 'bare.ipc'}"
     argv = ["-m", "benchmarks.ingest", "receive", "--endpoint", endpoint, "--hwm", str(a.hwm)]
@@ -302,7 +310,7 @@ def make_keys(run: Run) -> Path:
 
 def broker_phase(
     run: Run, warmup: float, name: str = "broker", tcp: bool = False, curve: bool = False
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The real broker; over ipc, or over tcp on loopback, with camera keys if ``curve``."""
     endpoint = (
         f"tcp://127.0.0.1:{free_port()}" if tcp else f"ipc://{run.work.path / (name + '.ipc')}"
@@ -441,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         frame_bytes = len(build_payload(args.frame_kb * 1000)[0])
         bare = bare_phase(bench, warmup)
         broker = broker_phase(bench, warmup)
-        curve = None
+        curve: dict[str, Any] | None = None
         if args.curve:
             plain = broker_phase(bench, warmup, "tcp", tcp=True)
             keyed = broker_phase(bench, warmup, "tcp+curve", tcp=True, curve=True)

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import ROOT
 
@@ -30,8 +31,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get_json(url: str, timeout: float = 5, context: ssl.SSLContext | None = None) -> object:
-    """``context``: what an https URL is verified with (a test CA, say)."""
+def get_json(url: str, timeout: float = 5, context: ssl.SSLContext | None = None) -> Any:
+    """A JSON answer; ``context``: what an https URL is verified with (a test CA, say)."""
     with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         return json.load(response)
 
@@ -98,8 +99,8 @@ class Child:
                 cwd=ROOT,
                 env=_env(),
             )
-        self.lines: queue.Queue[dict] = queue.Queue()
-        self.latest: dict = {}
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.latest: dict[str, Any] = {}
         threading.Thread(target=self._read, daemon=True).start()
 
     @property
@@ -123,7 +124,7 @@ class Child:
         self.process.stdin.write(command.encode() + b"\n")
         self.process.stdin.flush()
 
-    def expect(self, timeout: float) -> dict:
+    def expect(self, timeout: float) -> dict[str, Any]:
         """The next answer line, or an error naming the child and its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -183,7 +184,7 @@ class Broker:
     def url(self) -> str:
         return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
-    def get_json(self, path: str) -> object:
+    def get_json(self, path: str) -> Any:
         return get_json(self.url + path, context=self.ssl_context)
 
     def wait_ready(self, timeout: float = 20) -> None:

@@ -135,7 +135,7 @@ def execute(run: Run, warmup: float) -> dict:
         f"{a.fps:g} fps; clients per camera {a.steps}; each step {warmup:g} + "
         f"{a.duration:g} s broker, then the same for the send_all ceiling"
     )
-    start_cameras(run, write_config(run))
+    broker = start_cameras(run, write_config(run))
     argv = [
         "-m",
         "benchmarks.sendall",
@@ -182,7 +182,7 @@ def execute(run: Run, warmup: float) -> dict:
             failed_in_a_row = 0 if b["sustained"] else failed_in_a_row + 1
             if failed_in_a_row > a.patience:
                 break
-            run.broker.wait_online(run.camera_ids)  # resumed publishers are back
+            broker.wait_online(run.camera_ids)  # resumed publishers are back
     finally:
         sender.stop()
     return {"steps": done, "frame_bytes": ready["mean_frame_bytes"]}

@@ -97,7 +97,8 @@ class HealthPoller:
     """``slow_client_disconnects`` from ``/healthz`` twice a second, in a thread."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.points, self.stopped = url, [], threading.Event()
+        self.url, self.stopped = url, threading.Event()
+        self.points: list[list[float]] = []
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -174,8 +175,8 @@ def execute(run: Run, warmup: float) -> dict[str, dict]:
         f"{a.rcvbuf or 'kernel default'}; 2 phases of {warmup:g} + "
         f"{a.duration:g} s"
     )
-    start_cameras(run, write_config(run))
-    common.progress(f"broker up on port {run.broker.port}, {len(run.replays)} replays online")
+    broker = start_cameras(run, write_config(run))
+    common.progress(f"broker up on port {broker.port}, {len(run.replays)} replays online")
     return {
         "alone": phase(run, "alone", warmup, False),
         "with_slow": phase(run, "with slow", warmup, True),

@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
     for name, module in SCENARIOS.items():
-        s = sub.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__)
+        doc = module.__doc__ or ""
+        s = sub.add_parser(name, help=doc.split("\n")[0], description=module.__doc__)
         quick = f"a short run ({QUICK_SECONDS:g} s) that only checks it works"
         s.add_argument("--quick", action="store_true", help=quick)
         seconds = getattr(module, "DEFAULT_SECONDS", DEFAULT_SECONDS)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 from benchmarks.harness import wait
@@ -120,7 +121,7 @@ class Run:
         self.children.clear()
 
 
-def measure_worker(run: Run, width: int, height: int, warmup: float) -> dict[str, object]:
+def measure_worker(run: Run, width: int, height: int, warmup: float) -> dict[str, Any]:
     a, label = run.args, f"{width}x{height}"
     endpoint = f"ipc://{run.work.path / f'worker-{label}.ipc'}"
     argv = ["-m", "benchmarks.ingest", "receive", "--endpoint", endpoint, "--hwm", "1000"]
@@ -188,7 +189,7 @@ def measure_worker(run: Run, width: int, height: int, warmup: float) -> dict[str
     }
 
 
-def measure_bare(run: Run, width: int, height: int, frames: int) -> dict[str, object]:
+def measure_bare(run: Run, width: int, height: int, frames: int) -> dict[str, Any]:
     label = f"{width}x{height}"
     paced = 0 if run.args.quick else min(frames, PACED_FRAMES)
     argv = [
@@ -328,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         f"worker: {sizes} q{args.quality} at {args.fps:g} fps; warm-up "
         f"{warmup:g} s, measure {args.duration:g} s each"
     )
-    results = []
+    results: list[dict[str, Any]] = []
     try:
         for w, h in args.resolutions:
             measured = measure_worker(bench, w, h, warmup)
