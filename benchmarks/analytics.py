@@ -264,21 +264,9 @@ def analyse(run: Run, raw: dict[str, Any], warmup: float, started: str) -> dict[
     load_worst = max((c["p99_load_ratio"] for c in clients if c["p99_load_ratio"]), default=None)
     event_p99 = events["all"]["p99_ms"]
     targets = {
-        "fps_ratio": {
-            "limit": TARGET_DELIVERED_RATIO,
-            "worst": fps_worst,
-            "met": fps_worst is not None and fps_worst >= TARGET_DELIVERED_RATIO,
-        },
-        "p99_ratio": {
-            "limit": TARGET_P99_RATIO,
-            "worst": p99_worst,
-            "met": p99_worst is not None and p99_worst <= TARGET_P99_RATIO,
-        },
-        "event_p99_ms": {
-            "limit": TARGET_EVENT_P99_MS,
-            "worst": event_p99,
-            "met": event_p99 is not None and event_p99 <= TARGET_EVENT_P99_MS,
-        },
+        "fps_ratio": common.target(TARGET_DELIVERED_RATIO, fps_worst, at_least=True, key="worst"),
+        "p99_ratio": common.target(TARGET_P99_RATIO, p99_worst, at_least=False, key="worst"),
+        "event_p99_ms": common.target(TARGET_EVENT_P99_MS, event_p99, at_least=False, key="worst"),
     }
     return {
         **common.result_head(

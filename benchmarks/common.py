@@ -235,6 +235,32 @@ def latency_summary_ms(samples: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+# --- targets -------------------------------------------------------------------------
+
+
+def target(
+    limit: float | None,
+    measured: float | None,
+    *,
+    at_least: bool,
+    key: str = "value",
+    op: bool = False,
+    complete: bool = True,
+) -> dict[str, Any]:
+    """A target as the JSON reports it: ``limit``, the ``measured`` figure under ``key``
+    ("value", or "worst" when it is the worst of several) and ``met``: measured >= limit
+    (``at_least``) or <= limit; not met when either is None or the run is not
+    ``complete`` (say, not every connection reported). ``op`` puts ">=" or "<=" first."""
+    ok = (
+        complete
+        and measured is not None
+        and limit is not None
+        and (measured >= limit if at_least else measured <= limit)
+    )
+    head = {"op": ">=" if at_least else "<="} if op else {}
+    return {**head, "limit": limit, key: measured, "met": bool(ok)}
+
+
 # --- output --------------------------------------------------------------------------
 
 

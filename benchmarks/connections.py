@@ -279,24 +279,18 @@ def targets(a: argparse.Namespace, steps: list[dict]) -> dict[str, dict]:
     if last is not None and last["reported"] != last["connections"]:
         count = last["reported"] - last["closed"]
     per_conn = last["rss_per_connection_bytes"] if last else None
+    # Reached and alive, ``count`` is every connection asked for: at least the target.
     return {
-        "connections": {
-            "op": ">=",
-            "limit": TARGET_CONNECTIONS,
-            "value": count,
-            "met": reached and alive,
-        },
-        "rss_per_connection_bytes": {
-            "op": "<=",
-            "limit": TARGET_BYTES_PER_CONNECTION,
-            "value": per_conn,
-            "met": bool(
-                reached
-                and alive
-                and per_conn is not None
-                and per_conn <= TARGET_BYTES_PER_CONNECTION
-            ),
-        },
+        "connections": common.target(
+            TARGET_CONNECTIONS, count, at_least=True, op=True, complete=reached and alive
+        ),
+        "rss_per_connection_bytes": common.target(
+            TARGET_BYTES_PER_CONNECTION,
+            per_conn,
+            at_least=False,
+            op=True,
+            complete=reached and alive,
+        ),
     }
 
 

@@ -62,19 +62,20 @@ def analyse(run: Run, raw: dict) -> dict[str, object]:
         conn["delivered"] = round(conn["frames"] / span, 4) if span else 0.0
         conn["source_fps"] = raw["replays"][conn["camera"]]["fps"]
     overall = common.latency_summary_ms([v / 1000 for v in all_latencies])
+    complete = len(connections) == run.args.cameras * run.args.clients  # all reported
+    p50, p99 = _worst(connections, "p50_ms"), _worst(connections, "p99_ms")
+    delivered = min((c["delivered"] for c in connections), default=0.0)
+    cores = raw["broker_cores"]
     targets = {
-        "p50_ms": {"limit": TARGET_P50_MS, "worst": _worst(connections, "p50_ms")},
-        "p99_ms": {"limit": TARGET_P99_MS, "worst": _worst(connections, "p99_ms")},
-        "delivered": {
-            "limit": TARGET_DELIVERED,
-            "worst": min((c["delivered"] for c in connections), default=0.0),
-        },
-        "broker_cores": {"limit": TARGET_BROKER_CORES, "worst": raw["broker_cores"]},
+        "p50_ms": common.target(TARGET_P50_MS, p50, at_least=False, key="worst", complete=complete),
+        "p99_ms": common.target(TARGET_P99_MS, p99, at_least=False, key="worst", complete=complete),
+        "delivered": common.target(
+            TARGET_DELIVERED, delivered, at_least=True, key="worst", complete=complete
+        ),
+        "broker_cores": common.target(
+            TARGET_BROKER_CORES, cores, at_least=False, key="worst", complete=complete
+        ),
     }
-    for name, target in targets.items():
-        worst, limit = target["worst"], target["limit"]
-        ok = worst is not None and (worst >= limit if name == "delivered" else worst <= limit)
-        target["met"] = bool(ok and len(connections) == run.args.cameras * run.args.clients)
     return {"connections": connections, "latency_all": overall, "targets": targets}
 
 

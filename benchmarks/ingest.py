@@ -480,19 +480,9 @@ def run(args: argparse.Namespace) -> int:
         "broker": broker,
         "ratio": ratio,
         "targets": {
-            "ratio": {
-                "limit": TARGET_RATIO,
-                "value": ratio,
-                "met": ratio is not None and ratio >= TARGET_RATIO,
-            },
+            "ratio": common.target(TARGET_RATIO, ratio, at_least=True),
             **(
-                {
-                    "curve_ratio": {
-                        "limit": CURVE_TARGET,
-                        "value": curve["ratio"],
-                        "met": curve["ratio"] is not None and curve["ratio"] >= CURVE_TARGET,
-                    }
-                }
+                {"curve_ratio": common.target(CURVE_TARGET, curve["ratio"], at_least=True)}
                 if curve
                 else {}
             ),

@@ -291,12 +291,12 @@ def targets(run: Run, phases: dict[str, dict], frame_bytes: float) -> dict[str, 
         ),
         "broker_peak_rss_bytes": ("<=", int(rss_limit), slow["broker"]["peak_rss_bytes"], slow_ok),
     }
-    result = {}
-    for name, (op, limit, worst, counted) in found.items():
-        ok = worst is not None and limit is not None and counted
-        ok = ok and (worst >= limit if op == ">=" else worst <= limit)
-        result[name] = {"op": op, "limit": limit, "worst": worst, "met": bool(ok)}
-    return result
+    return {
+        name: common.target(
+            limit, worst, at_least=op == ">=", key="worst", op=True, complete=counted
+        )
+        for name, (op, limit, worst, counted) in found.items()
+    }
 
 
 # --- output --------------------------------------------------------------------------

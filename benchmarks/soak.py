@@ -344,11 +344,7 @@ def analyse(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, Any]:
     operations = sum(n for o in totals.values() for n in o.values())
     rss_slope = stats["rss_mb"]["slope_per_min"]
     targets = {
-        "rss_slope_mb_per_min": {
-            "limit": RSS_SLOPE_LIMIT_MB,
-            "value": rss_slope,
-            "met": rss_slope is not None and rss_slope <= RSS_SLOPE_LIMIT_MB,
-        },
+        "rss_slope_mb_per_min": common.target(RSS_SLOPE_LIMIT_MB, rss_slope, at_least=False),
         "files_settled": {
             "limit": f"baseline + {SETTLE_TOLERANCE}",
             "value": stats["files"]["settled"],

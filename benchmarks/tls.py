@@ -240,12 +240,6 @@ def run(args: argparse.Namespace) -> int:
         "steps": raw["steps"],
         "best": bests,
         "ratio": ratio,
-        "targets": {
-            "ratio": {
-                "limit": TARGET_RATIO,
-                "value": ratio,
-                "met": ratio is not None and ratio >= TARGET_RATIO,
-            }
-        },
+        "targets": {"ratio": common.target(TARGET_RATIO, ratio, at_least=True)},
     }
     return common.report(result, args.out, SCENARIO, started, print_report, chart)
