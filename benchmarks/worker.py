@@ -31,12 +31,12 @@ PACED_FRAMES = 150  # bare draw + encode at the worker's fps, for information (n
 
 def resolutions(text: str) -> list[tuple[int, int]]:
     try:
-        pairs = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
+        parsed = [[int(v) for v in item.lower().split("x")] for item in text.split(",")]
     except ValueError:
-        pairs = []
-    if not pairs or any(len(p) != 2 or min(p) < 16 for p in pairs):
+        parsed = []
+    if not parsed or any(len(p) != 2 or min(p) < 16 for p in parsed):
         raise argparse.ArgumentTypeError(f"expected WxH[,WxH...], got {text!r}")
-    return pairs  # type: ignore[return-value]
+    return [(w, h) for w, h in parsed]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
