@@ -73,6 +73,35 @@ async def test_mjpeg_parts_carry_content_length_and_a_slow_reader_does_not_slow_
     await slow.aclose()
 
 
+async def test_large_frames_reach_mjpeg_and_websocket_whole() -> None:
+    """Frames over JOIN_BELOW go out as header and payload, two buffers (no copy): an
+    MJPEG reader and a WebSocket viewer each get every byte of each, and the parts
+    around them stay well formed."""
+    from broker.core.frame import JOIN_BELOW
+
+    big = sample_jpeg(1600, 1200, quality=100)
+    assert len(big) >= JOIN_BELOW, len(big)
+    small = sample_jpeg(64, 48)
+    async with running_broker(config()) as broker, publisher(broker) as pub:
+        mjpeg, _ = await MjpegReader.open(broker.port, "/cameras/a/mjpeg")
+        async with open_websocket_url(
+            f"ws://127.0.0.1:{broker.port}/cameras/a", max_message_size=8 << 20
+        ) as ws:
+            await trio.sleep(0.3)  # both subscribed
+            with trio.fail_after(10):
+                for seq, (jpeg, width, height) in enumerate(
+                    [(big, 1600, 1200), (small, 64, 48), (big, 1600, 1200)]
+                ):
+                    pub.send("a", jpeg, width, height)
+                    message = await ws.get_message()
+                    _, body = await mjpeg.part()
+                    while stamp.read(body) is None:  # "No Data" before the first frame
+                        _, body = await mjpeg.part()
+                    assert message == body, seq  # the same stamped bytes both ways
+                    assert stamp.read(body)[0] == seq and len(body) >= len(jpeg)
+        await mjpeg.aclose()
+
+
 async def test_mjpeg_fps_cap_and_head() -> None:
     async with (
         running_broker(config()) as broker,
