@@ -216,7 +216,8 @@ async def play(target: InProcessBroker, script: list[tuple[str, Any]]) -> list[A
                 worker.adopt(arg[1])
             channel.deliver(*arg)
         elif kind == "command":
-            target.nursery.start_soon(command, *arg, None)
+            camera, name, settings = arg
+            target.nursery.start_soon(command, camera, name, settings, None)
         elif kind == "preset":
             target.nursery.start_soon(command, arg[0], "", None, arg[1])
         elif kind == "script":
@@ -344,7 +345,8 @@ def test_the_harness_answers_commands_like_a_worker(state_file: Path) -> None:
                 ],
                 key=repr,
             )
-            assert target.broker.control.settings("cam")["brightness"] == 61
+            settings = target.broker.control.settings("cam")
+            assert settings is not None and settings["brightness"] == 61
             check_broker_fine(target, "the harness")
 
     run_trio(main, "the control harness")
