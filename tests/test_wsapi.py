@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -33,6 +33,9 @@ from broker.core.hub import Hub
 from broker.protocol import stamp
 from broker.serve.server import Server
 from broker.serve.wsrequests import MAX_REQUEST, RequestError, parse_request, request_id_of
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 TWO = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
 TOKENS = (
@@ -850,7 +853,7 @@ class TokenBrokerProcess(BrokerProcess):
 
 
 @pytest.mark.timeout(120)
-def test_viewer_page_passes_its_token_on(tmp_path: Path, page) -> None:
+def test_viewer_page_passes_its_token_on(tmp_path: Path, page: Page) -> None:
     cameras = synthetic_camera("one", 320, 240, 10) + synthetic_camera("two", 320, 240, 10)
     path = write_config(
         tmp_path,
