@@ -35,6 +35,7 @@ from broker.core import frame as frame_module
 from broker.protocol import layout, mux, wire
 from cameras.encoding import encode
 from cameras.sources import make_source
+from cameras.sources.v4l2 import V4L2Source
 
 SIZE = (640, 480)
 
@@ -405,15 +406,21 @@ def test_garbage_is_refused_with_a_reason_counted_and_disturbs_nobody(tmp_path: 
 # -- cameras by index -------------------------------------------------------------------
 
 
-def test_a_camera_by_index_in_the_config_and_on_the_command_line(tmp_path: Path) -> None:
+def test_a_camera_by_index_in_the_config_and_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = parse_config('[[cameras]]\nid = "usb"\ndevice = 0\n')
     camera = config.cameras[0]
     assert camera.device == 0 and camera.supervised
     command = worker_command(camera, "ipc:///x", "info")
     assert command[command.index("--device") + 1] == "0"
     source = make_source(None, "0", None, 15.0, "jpeg")
-    assert source.device_path == "/dev/video0"  # type: ignore[attr-defined]
-    assert source.open_capture  # type: ignore[attr-defined]
+    assert isinstance(source, V4L2Source)
+    assert source.device_path == "/dev/video0"
+    opened: list[tuple[object, ...]] = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *args: opened.append(args))
+    source.open_capture()
+    assert opened == [(0, cv2.CAP_V4L2)]  # OpenCV opens the device by its index
 
 
 @pytest.mark.timeout(60)
