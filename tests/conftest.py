@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from leaks import no_token_in_logs  # autouse: every test
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 __all__ = ["no_token_in_logs", "page", "strict_page"]
 
@@ -25,7 +29,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def page() -> Iterator:
+def page() -> Iterator[Page]:
     """A fresh page (1280x800) in a fresh Chromium with a temporary profile. It ignores
     the pages' Content-Security-Policy: Playwright's ``wait_for_function`` evaluates
     strings, which the viewer page's policy (no 'unsafe-eval') forbids. `strict_page`
@@ -34,12 +38,12 @@ def page() -> Iterator:
 
 
 @pytest.fixture
-def strict_page() -> Iterator:
+def strict_page() -> Iterator[Page]:
     """A fresh page like `page`, under the pages' Content-Security-Policy."""
     yield from _page(bypass_csp=False)
 
 
-def _page(bypass_csp: bool) -> Iterator:
+def _page(bypass_csp: bool) -> Iterator[Page]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

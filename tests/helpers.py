@@ -1,10 +1,10 @@
 """Shared test helpers: a real in-process broker, a ZeroMQ publisher, realistic JPEGs,
-raw HTTP requests and an MJPEG reader."""
+frames as a viewer receives them, raw HTTP requests and an MJPEG reader."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import cache
 
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import trio
 import zmq
+from trio_websocket import WebSocketConnection
 
 from broker import config as configuration
 from broker.app import Broker
@@ -66,7 +67,7 @@ class Publisher:
         self.socket.send_multipart(wire.encode(header, stamp.stamp(jpeg, self.seq, now)))
         self.seq += 1
 
-    def send_raw(self, parts: list[bytes]) -> None:
+    def send_raw(self, parts: Sequence[wire.Buffer]) -> None:
         self.socket.send_multipart(parts)
 
     async def stream(
@@ -96,6 +97,24 @@ async def publisher(broker: Broker) -> AsyncIterator[Publisher]:
         yield pub
     finally:
         pub.close()
+
+
+# -- what a viewer receives --------------------------------------------------------
+
+
+async def binary_message(ws: WebSocketConnection) -> bytes:
+    """The next message on ``ws``, a frame: a text message fails the test."""
+    message = await ws.get_message()
+    assert isinstance(message, bytes), f"a text message where a frame was due: {message[:200]!r}"
+    return message
+
+
+def read_stamp(image: wire.Buffer) -> tuple[int, float]:
+    """The (seq, capture time) stamp of a worker's frame: an unstamped image (a "No Data"
+    image) fails the test. `stamp.read` itself where either may come."""
+    found = stamp.read(image)
+    assert found is not None, "a frame without a capture stamp"
+    return found
 
 
 # -- raw HTTP -------------------------------------------------------------------------

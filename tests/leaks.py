@@ -101,7 +101,7 @@ def no_token_in_logs(
     records = [
         record.getMessage() + (record.exc_text or "")
         for when in ("setup", "call")
-        for record in caplog.get_records(when)  # type: ignore[arg-type]
+        for record in caplog.get_records(when)
     ]
     problems = leaks_now(records)
     if problems:

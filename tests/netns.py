@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Sequence
 from types import TracebackType
 
-RANGE = ipaddress.ip_network("10.200.0.0/13")  # the /30s we pick from
+RANGE = ipaddress.IPv4Network("10.200.0.0/13")  # the /30s we pick from
 TABLE = "faults"  # the nft table inside the namespace; the one here is named per peer
 CHAIN = "ingress"
 
@@ -66,7 +66,7 @@ def free_subnet() -> ipaddress.IPv4Network:
     ]
     for _ in range(100):
         offset = random.randrange(RANGE.num_addresses // 4) * 4
-        subnet = ipaddress.ip_network(f"{RANGE.network_address + offset}/30")
+        subnet = ipaddress.IPv4Network(f"{RANGE.network_address + offset}/30")
         if not any(subnet.overlaps(other) for other in used):
             return subnet
     raise RuntimeError(f"no free /30 in {RANGE}")

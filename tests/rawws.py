@@ -65,6 +65,12 @@ class RawWebSocket:
             if pace:
                 await trio.sleep(chunk / pace)
 
+    async def next_frame(self) -> tuple[int, bytes]:
+        """The next (opcode, payload): the server closing the connection fails the test."""
+        received = await self.receive()
+        assert received is not None, "the server closed the connection"
+        return received
+
     async def send(self, payload: str | bytes, opcode: int | None = None) -> None:
         """Send one masked frame: text for a str, binary for bytes, unless ``opcode``."""
         data = payload.encode() if isinstance(payload, str) else payload

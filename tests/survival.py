@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 from types import TracebackType
+from typing import Self
 
 from benchmarks.churn import parse_server_frame
 
@@ -38,7 +39,7 @@ class Viewer(threading.Thread):
         self._stop_reading = threading.Event()
         self._sock: socket.socket | None = None
 
-    def __enter__(self) -> Viewer:
+    def __enter__(self) -> Self:
         self.start()
         self.wait_frames(1, within=15)
         return self

@@ -5,6 +5,7 @@ restarts), the ai_* settings (aliases, the broker's own keys) and the motion det
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import cv2
 import msgpack
@@ -20,7 +21,7 @@ from broker.protocol.wire import FrameHeader
 from cameras.analysis.analyzer import decode
 from cameras.analysis.detectors import Motion
 
-OBJECTS = {
+OBJECTS: dict[str, Any] = {
     "camera": "cam",
     "seq": 7,
     "captured_at": 100.0,
@@ -30,10 +31,10 @@ OBJECTS = {
     "objects": [{"label": "face", "confidence": 0.8, "box": [1, 2, 3, 4]}],
 }
 
-values = (
+scalars = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
 )
-values = values | st.lists(values, max_size=5) | st.dictionaries(st.text(max_size=8), values)
+values = scalars | st.lists(scalars, max_size=5) | st.dictionaries(st.text(max_size=8), scalars)
 
 
 @given(st.sampled_from([*OBJECTS, "type", "version", "extra"]), values)
@@ -136,6 +137,8 @@ def test_jpeg_frames_decode_reduced_then_downscaled() -> None:
     ok, data = cv2.imencode(".jpg", image)
     assert ok
     header = FrameHeader("cam", 0, 0.0, 1280, 720, "jpeg")
-    assert decode(data.tobytes(), header, 640, grey=True).shape == (360, 640)
-    assert decode(data.tobytes(), header, 500, grey=False).shape == (281, 500, 3)
+    grey = decode(data.tobytes(), header, 640, grey=True)
+    assert grey is not None and grey.shape == (360, 640)
+    colour = decode(data.tobytes(), header, 500, grey=False)
+    assert colour is not None and colour.shape == (281, 500, 3)
     assert decode(b"not an image", header, 640, grey=True) is None

@@ -18,8 +18,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -34,6 +35,9 @@ from survival import Viewer
 
 from broker.client import connect
 from broker.control import Control
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 PHOTOS = Path(skimage.__file__).parent / "data"
 CAMERAS = '[[cameras]]\nid = "up"\n[[cameras]]\nid = "face"\n[[cameras]]\nid = "cat"\n'
@@ -314,7 +318,7 @@ async def test_presets_and_schedules_switch_models_of_a_camera_without_a_worker(
     )
     cameras = '[[cameras]]\nid = "cam"\nschedule = [{at = "19:30", preset = "night"}]\n'
     clock = WallClock(dt.datetime(2025, 6, 1, 19, 29, 58))
-    heard: list[tuple[str, dict[str, Any]]] = []
+    heard: list[tuple[str, Mapping[str, Any]]] = []
 
     def prepare(control: Control) -> None:
         control.schedules.wall_clock = clock
@@ -362,14 +366,15 @@ async def test_presets_and_schedules_switch_models_of_a_camera_without_a_worker(
             assert result.success, result.message
             assert worker.commands()[-1]["settings"] == {"brightness": 60}
             assert control.broker_settings("cam")["ai_model"] == "face"
-            assert control.settings("cam")["brightness"] == 60
+            settings = control.settings("cam")
+            assert settings is not None and settings["brightness"] == 60
 
 
 # -- the viewer page -----------------------------------------------------------------
 
 
 @pytest.mark.timeout(90)
-def test_viewer_page_draws_the_face_box_and_the_motion_badge(tmp_path: Path, page) -> None:
+def test_viewer_page_draws_the_face_box_and_the_motion_badge(tmp_path: Path, page: Page) -> None:
     config = write_config(tmp_path, CAMERAS, extra=ANALYTICS)
     with BrokerProcess(config) as broker:
         wait_analyzer_sync(broker.url)

@@ -17,11 +17,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("fanout", "mjpeg", "saturation", "slow-clients", "connections", "ingest", "worker")
+Suite = tuple[
+    subprocess.CompletedProcess[str], Path
+]  # the run of `python -m benchmarks all`, its folder
 TIMEOUT = 300  # the first test waits for the whole suite (about a minute)
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Suite:
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
         [
@@ -61,7 +64,7 @@ def results(suite: tuple[subprocess.CompletedProcess, Path], name: str) -> dict:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_all_runs_every_scenario_and_writes_a_summary(suite) -> None:
+def test_all_runs_every_scenario_and_writes_a_summary(suite: Suite) -> None:
     completed, out = suite
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -77,7 +80,7 @@ def test_all_runs_every_scenario_and_writes_a_summary(suite) -> None:
 
 @pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("name", ["fanout", "mjpeg"])
-def test_fanout_and_mjpeg(suite, name: str) -> None:
+def test_fanout_and_mjpeg(suite: Suite, name: str) -> None:
     data = results(suite, name)
     assert data["parameters"]["protocol"] == ("mjpeg" if name == "mjpeg" else "websocket")
     assert (
@@ -91,7 +94,7 @@ def test_fanout_and_mjpeg(suite, name: str) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_saturation(suite) -> None:
+def test_saturation(suite: Suite) -> None:
     data = results(suite, "saturation")
     assert data["parameters"]["steps"] == [1, 2]
     assert 1 <= len(data["steps"]) <= 2
@@ -114,7 +117,7 @@ def test_saturation(suite) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_slow_clients(suite) -> None:
+def test_slow_clients(suite: Suite) -> None:
     data = results(suite, "slow-clients")
     p = data["parameters"]
     assert p["slow_rcvbuf"] == "kernel default"  # SO_RCVBUF only with --rcvbuf
@@ -140,7 +143,7 @@ def test_slow_clients(suite) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_connections(suite) -> None:
+def test_connections(suite: Suite) -> None:
     data = results(suite, "connections")
     assert [s["connections"] for s in data["steps"]] == [50, 200]
     for step in data["steps"]:
@@ -158,7 +161,7 @@ def test_connections(suite) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_ingest(suite) -> None:
+def test_ingest(suite: Suite) -> None:
     data = results(suite, "ingest")
     assert data["frame_bytes"] > 100_000
     for phase in ("bare", "broker"):
@@ -170,7 +173,7 @@ def test_ingest(suite) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-def test_worker(suite) -> None:
+def test_worker(suite: Suite) -> None:
     data = results(suite, "worker")
     assert [r["resolution"] for r in data["results"]] == ["1280x720", "1920x1080"]
     for r in data["results"]:

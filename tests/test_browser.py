@@ -5,9 +5,13 @@ reconnect after a delay unless the close code is 1000."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from procs import BrokerProcess, demo_config
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 PANEL = """
 <img id="img">
@@ -37,19 +41,21 @@ connect();
 """
 
 
-def open_panel(page, ws_url: str, reconnect_ms: int = 500) -> None:
+def open_panel(page: Page, ws_url: str, reconnect_ms: int = 500) -> None:
     page.set_content(
         PANEL.replace("WS_URL", repr(ws_url)).replace("RECONNECT_MS", str(reconnect_ms))
     )
 
 
-def wait_for_more_images(page, count: int) -> int:
+def wait_for_more_images(page: Page, count: int) -> int:
     page.wait_for_function(f"window.loaded >= {count}")
     return page.evaluate("window.loaded")
 
 
 @pytest.mark.timeout(120)
-def test_panel_shows_live_frames_and_recovers_after_broker_restart(tmp_path: Path, page) -> None:
+def test_panel_shows_live_frames_and_recovers_after_broker_restart(
+    tmp_path: Path, page: Page
+) -> None:
     broker = BrokerProcess(demo_config(tmp_path))
     with broker:
         broker.wait_online("lobby", "yard", "garage", "desk")
@@ -67,7 +73,7 @@ def test_panel_shows_live_frames_and_recovers_after_broker_restart(tmp_path: Pat
 
 
 @pytest.mark.timeout(120)
-def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, page) -> None:
+def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, page: Page) -> None:
     with BrokerProcess(demo_config(tmp_path)) as broker:
         broker.wait_online("lobby", "yard", "garage", "desk")
         page.goto(broker.url + "/")
@@ -84,7 +90,7 @@ def test_viewer_page_shows_every_demo_camera_live(tmp_path: Path, page) -> None:
 
 @pytest.mark.timeout(120)
 def test_panel_imitation_shows_every_camera_of_the_generated_dashboard(
-    tmp_path: Path, page
+    tmp_path: Path, page: Page
 ) -> None:
     """The Live Image Panel, imitated, against every wsUrl `broker grafana` generates."""
     from broker import config as configuration

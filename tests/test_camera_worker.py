@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import lz4.frame
@@ -56,6 +57,7 @@ def worker(endpoint: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    assert process.stderr is not None  # a pipe
     try:
         yield process
     finally:
@@ -65,12 +67,23 @@ def worker(endpoint: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
         process.stderr.close()
 
 
+def stderr_text(process: subprocess.Popen[bytes]) -> str:
+    """What a `worker` wrote to its standard error."""
+    assert process.stderr is not None  # a pipe
+    return process.stderr.read().decode()
+
+
 def frames(socket: zmq.Socket, count: int) -> list[tuple[wire.FrameHeader, bytes]]:
-    return [wire.decode(socket.recv_multipart(), 1 << 24) for _ in range(count)]  # type: ignore[misc]
+    """The next ``count`` frames, checked; each payload is the part received (bytes)."""
+    return [
+        cast(tuple[wire.FrameHeader, bytes], wire.decode(socket.recv_multipart(), 1 << 24))
+        for _ in range(count)
+    ]
 
 
 def decoded_size(payload: bytes) -> tuple[int, int]:
     image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
     return image.shape[1], image.shape[0]
 
 
@@ -106,10 +119,10 @@ def test_encode_each_format(fmt: str) -> None:
 def test_tiff_is_8_bit_rgb_or_16_bit_grey_and_lossless() -> None:
     image = TestPattern(64, 48).draw(0)
     rgb = cv2.imdecode(np.frombuffer(encode(image, "tiff", 80), np.uint8), cv2.IMREAD_UNCHANGED)
-    assert rgb.dtype == np.uint8 and np.array_equal(rgb, image)
+    assert rgb is not None and rgb.dtype == np.uint8 and np.array_equal(rgb, image)
     data = encode(image, "tiff", 80, tiff_depth=16)
     grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert grey.dtype == np.uint16 and grey.shape == (48, 64)
+    assert grey is not None and grey.dtype == np.uint16 and grey.shape == (48, 64)
     expected = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257
     assert np.array_equal(grey, expected)
     assert layout.tiff_layout(data) == layout.Layout(64, 48, 1, 16)
@@ -203,14 +216,15 @@ def test_the_heartbeat_range_is_the_protocols(capsys: pytest.CaptureFixture[str]
 def test_worker_options_built_in_code_are_checked_too() -> None:
     good = cli.WorkerOptions(broker="tcp://127.0.0.1:1", camera_id="c", source="test-pattern")
     assert good.camera_settings() == {"fps": 15.0, "format": "jpeg", "quality": 80}
-    for bad in (
+    bad_options: tuple[dict[str, Any], ...] = (
         {"size": (8, 8)},
         {"fps": 0.0},
         {"heartbeat": 0.05},
         {"paused": True},
         {"device": "/dev/video0"},
         {"camera_id": "a b"},
-    ):
+    )
+    for bad in bad_options:
         with pytest.raises(ValueError):
             cli.WorkerOptions(
                 **{"broker": "tcp://127.0.0.1:1", "camera_id": "c", "source": "test-pattern", **bad}
@@ -251,7 +265,9 @@ def test_test_pattern_worker_publishes_stamped_frames_at_the_requested_rate() ->
                 240,
             )
             assert decoded_size(payload) == (320, 240)
-            seq, captured_at = stamp.read(payload)
+            found = stamp.read(payload)
+            assert found is not None
+            seq, captured_at = found
             assert seq == header.seq and captured_at == pytest.approx(header.captured_at, abs=1e-6)
 
 
@@ -278,7 +294,7 @@ def test_png_output() -> None:
 @pytest.mark.timeout(30)
 def test_video_file_loops_and_folder_cycles(tmp_path: Path) -> None:
     video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20, (160, 120))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 20, (160, 120))
     pattern = TestPattern(160, 120)
     for seq in range(10):
         writer.write(pattern.draw(seq))
@@ -308,7 +324,7 @@ def test_missing_device_is_retried_with_backoff_without_spinning() -> None:
         started = time.monotonic()
         assert process.wait(5) == 0
         assert time.monotonic() - started < 2
-        log = process.stderr.read().decode()
+        log = stderr_text(process)
         assert "cannot open device /dev/video99; retrying in 1 s" in log
         assert "retrying in 2 s" in log
 
@@ -371,7 +387,7 @@ def test_folder_skips_an_undecodable_image(tmp_path: Path) -> None:
         assert 20 / (time.monotonic() - started) >= 10  # not stalled by the bad file
         process.send_signal(signal.SIGTERM)
         assert process.wait(5) == 0
-        log = process.stderr.read().decode()
+        log = stderr_text(process)
         assert log.count("cannot decode") == 1, log  # said once, then skipped
 
 
@@ -396,7 +412,7 @@ def test_a_silent_stream_url_neither_hangs_nor_holds_up_sigterm() -> None:
             started = time.monotonic()
             assert process.wait(STREAM_TIMEOUT_MS / 1000 + 5) == 0
             assert time.monotonic() - started < STREAM_TIMEOUT_MS / 1000 + 1.5
-            assert f"cannot open {url}; retrying in 1 s" in process.stderr.read().decode()
+            assert f"cannot open {url}; retrying in 1 s" in stderr_text(process)
     finally:
         server.close()
         for connection in accepted:

@@ -71,8 +71,17 @@ def hello_message(camera: str = "cam", pid: int = 7, **settings: Any) -> dict[st
     }
 
 
+def known_settings(control: Control, camera: str) -> dict[str, Any]:
+    """The last known settings of ``camera``, which the test expects there are."""
+    settings = control.settings(camera)
+    assert settings is not None, f"no settings known for {camera}"
+    return settings
+
+
 def test_the_worker_registry_keeps_liveness_on_its_own_clock() -> None:
-    clock, events, gone, changed = Clock(), EventBus(), [], []
+    clock, events = Clock(), EventBus()
+    gone: list[tuple[str, str]] = []
+    changed: list[str] = []
     listener = events.listen()
     workers = Workers(
         events,
@@ -173,7 +182,7 @@ async def test_hello_connects_and_heartbeats_keep_it_connected(tmp_path: Path) -
         assert event.camera == "cam"
         assert event.data == {"pid": 4242, "device": "fake source", "streaming": True}
         assert control.connected("cam")
-        assert control.settings("cam")["brightness"] == 55
+        assert known_settings(control, "cam")["brightness"] == 55
         assert control.supported("cam") == camera_settings.supported()
         assert control.streaming("cam") is True
         # The broker heartbeats every 0.2 s; answering keeps the link up past lost_after.
@@ -245,7 +254,7 @@ async def test_command_round_trip(tmp_path: Path) -> None:
         event = await next_event(listener, "settings_changed")
         assert event.data["changed"] == ["brightness"]
         assert event.data["settings"]["brightness"] == 60
-        assert control.settings("cam")["brightness"] == 60
+        assert known_settings(control, "cam")["brightness"] == 60
         await wait_for(lambda: control.state_saved)
         stored = json.loads(Path(cfg.control.state_file).read_text())
         assert stored == {"version": 1, "cameras": {"cam": {"brightness": 60}}}
@@ -315,6 +324,7 @@ async def test_invalid_settings_are_rejected_without_reaching_the_worker(tmp_pat
                 "invalid_settings",
                 "bad",
             )
+            assert result.errors is not None
             assert set(result.errors) == {"brightness", "width", "sharpness", "colour"}
             assert result.errors["width"] == "must be an integer from 16 to 640, got 1280"
             assert result.errors["sharpness"] == "not supported by this camera"
@@ -505,7 +515,7 @@ async def test_stored_settings_are_restored_on_hello(tmp_path: Path) -> None:
                 "update_settings",
                 {"brightness": 70},
             )
-            await wait_for(lambda: control.settings("cam")["brightness"] == 70, 5)
+            await wait_for(lambda: known_settings(control, "cam")["brightness"] == 70, 5)
             # A hello again (the worker restarted) restores again.
             worker.settings["brightness"] = 50
             worker.hello(pid=777)
@@ -675,9 +685,10 @@ def broker_config(tmp_path: Path, cameras: str, **control: Any) -> configuration
 async def test_a_worker_killed_mid_command_yields_an_error_not_a_hang(tmp_path: Path) -> None:
     cfg = broker_config(tmp_path, worker_camera(), command_timeout=30.0)
     async with running_broker(cfg) as broker:
-        control = broker.control
+        control, supervisor = broker.control, broker.supervisor
+        assert supervisor is not None
         await wait_for(lambda: control.connected("cam"), 30)
-        pid = broker.supervisor.pids["cam"]
+        pid = supervisor.pids["cam"]
         assert control.health()["workers"]["cam"]["pid"] == pid
         results: list[CommandResult] = []
 
@@ -704,9 +715,7 @@ async def test_a_worker_killed_mid_command_yields_an_error_not_a_hang(tmp_path: 
         # The restarted worker takes commands again; the failed change was not stored, so
         # nothing is restored.
         await wait_for(
-            lambda: (
-                control.connected("cam") and broker.supervisor.pids.get("cam") not in (None, pid)
-            ),
+            lambda: control.connected("cam") and supervisor.pids.get("cam") not in (None, pid),
             30,
         )
         status = await control.command("cam", "get_status")
@@ -725,11 +734,12 @@ async def test_settings_survive_a_worker_restart(tmp_path: Path) -> None:
         )
         assert result.success, result
         assert (result.settings["brightness"], result.settings["name"]) == (80, "Front door")
+        assert broker.supervisor is not None
         os.kill(broker.supervisor.pids["cam"], signal.SIGKILL)
         event = await next_event(listener, "worker_lost", 10)
         assert event.data["reason"] == "exited"
         await next_event(listener, "worker_restarted", 30)
-        await wait_for(lambda: control.settings("cam")["brightness"] == 80, 10)
+        await wait_for(lambda: known_settings(control, "cam")["brightness"] == 80, 10)
         status = await control.command("cam", "get_status")  # the worker's own view
         assert status.success, status
         assert (status.settings["brightness"], status.settings["name"]) == (80, "Front door")
@@ -789,6 +799,7 @@ async def test_an_on_demand_camera_captures_only_while_watched(tmp_path: Path) -
     async with running_broker(cfg) as broker:
         control, camera = broker.control, broker.hub.camera("cam")
         await wait_for(lambda: control.connected("cam"), 30)
+        assert broker.supervisor is not None
         pid = broker.supervisor.pids["cam"]
         assert control.streaming("cam") is False
         await trio.sleep(1.0)

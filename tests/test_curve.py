@@ -169,7 +169,7 @@ def lab(tmp_path: Path, keys_dir: Path) -> Iterator[Lab]:
         lab.close()
 
 
-def forged_frame(camera: str, seq: int) -> list[bytes]:
+def forged_frame(camera: str, seq: int) -> list[wire.Buffer]:
     header = wire.FrameHeader(camera, seq, time.time(), 160, 120, "jpeg")
     return wire.encode(header, FORGED)
 

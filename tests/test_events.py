@@ -42,12 +42,15 @@ def test_a_slow_listener_drops_its_oldest_events_only() -> None:
     seen = []
     for i in range(100):
         bus.publish("camera_online", f"cam{i}")
-        seen.append(fast.get_nowait())
+        event = fast.get_nowait()
+        assert event is not None
+        seen.append(event)
     assert [e.camera for e in seen] == [f"cam{i}" for i in range(100)]
     assert fast.dropped == 0
     assert len(slow.queue) == 64
     assert slow.dropped == 36
-    assert slow.get_nowait().camera == "cam36"  # the oldest that survived
+    oldest = slow.get_nowait()
+    assert oldest is not None and oldest.camera == "cam36"  # the oldest that survived
 
 
 def test_unlisten_stops_delivery_and_frees_the_queue() -> None:

@@ -93,8 +93,8 @@ class StampViewer(Viewer):
         self._copy = bytearray()
         self._in_body = False  # past the handshake response
 
-    def _receive(self, sock: object) -> bytes:
-        data = super()._receive(sock)  # type: ignore[arg-type]
+    def _receive(self, sock: socket.socket) -> bytes:
+        data = super()._receive(sock)
         at, wall = time.monotonic(), time.time()
         self._copy += data
         if not self._in_body:

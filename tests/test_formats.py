@@ -35,6 +35,7 @@ from broker.core import frame as frame_module
 from broker.protocol import layout, mux, wire
 from cameras.encoding import encode
 from cameras.sources import make_source
+from cameras.sources.v4l2 import V4L2Source
 
 SIZE = (640, 480)
 
@@ -46,7 +47,7 @@ def still(seed: int, size: tuple[int, int] = SIZE) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    image = np.stack(
+    image: np.ndarray = np.stack(
         [(x + seed * 40) % 256 + 0 * y, (y + seed * 70) % 256 + 0 * x, (x + y) / 2], axis=2
     ).astype(np.uint8)
     image = cv2.add(image, rng.integers(0, 6, image.shape, np.uint8))
@@ -102,7 +103,8 @@ def websocket(port: int, path: str) -> Iterator[Client]:
 
 def messages(client: Client, count: int, within: float = 15) -> list[bytes]:
     """The next ``count`` binary messages."""
-    out, deadline = [], time.monotonic() + within
+    out: list[bytes] = []
+    deadline = time.monotonic() + within
     while len(out) < count:
         assert time.monotonic() < deadline, f"{len(out)} of {count} messages"
         frame = parse_server_frame(client.buffer)
@@ -148,6 +150,7 @@ def test_round_trip_worker_broker_websocket(tmp_path: Path, fmt: str, depth: int
                 assert lz4.frame.decompress(data) in [i.tobytes() for i in images]
                 continue
             decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            assert decoded is not None
             if depth == 8:
                 assert decoded.dtype == np.uint8
                 assert any(np.array_equal(decoded, image) for image in images)
@@ -163,7 +166,7 @@ def test_round_trip_worker_broker_websocket(tmp_path: Path, fmt: str, depth: int
             assert r.headers["Content-Type"] == "image/jpeg"
             jpeg = r.read()
         shown = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert shown.shape == (*SIZE[::-1], 3)
+        assert shown is not None and shown.shape == (*SIZE[::-1], 3)
         originals = (
             images
             if depth == 8
@@ -292,6 +295,7 @@ def test_no_data_comes_in_the_camera_format(
                 corner = pixels.reshape(no_data_size[1], no_data_size[0], 3)[0, 0]
             else:
                 decoded = cv2.imdecode(np.frombuffer(placeholder, np.uint8), cv2.IMREAD_COLOR)
+                assert decoded is not None
                 corner = decoded[0, 0]
             assert tuple(corner) == (42, 38, 38)  # the dark grey of "No Data", not red
             framed = [mux.decode(m) for m in messages(mx, 4, within=10)]
@@ -405,15 +409,21 @@ def test_garbage_is_refused_with_a_reason_counted_and_disturbs_nobody(tmp_path: 
 # -- cameras by index -------------------------------------------------------------------
 
 
-def test_a_camera_by_index_in_the_config_and_on_the_command_line(tmp_path: Path) -> None:
+def test_a_camera_by_index_in_the_config_and_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = parse_config('[[cameras]]\nid = "usb"\ndevice = 0\n')
     camera = config.cameras[0]
     assert camera.device == 0 and camera.supervised
     command = worker_command(camera, "ipc:///x", "info")
     assert command[command.index("--device") + 1] == "0"
     source = make_source(None, "0", None, 15.0, "jpeg")
-    assert source.device_path == "/dev/video0"  # type: ignore[attr-defined]
-    assert source.open_capture  # type: ignore[attr-defined]
+    assert isinstance(source, V4L2Source)
+    assert source.device_path == "/dev/video0"
+    opened: list[tuple[object, ...]] = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *args: opened.append(args))
+    source.open_capture()
+    assert opened == [(0, cv2.CAP_V4L2)]  # OpenCV opens the device by its index
 
 
 @pytest.mark.timeout(60)

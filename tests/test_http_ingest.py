@@ -7,7 +7,7 @@ import json
 import time
 
 import trio
-from helpers import config, get, http, publisher, running_broker, sample_jpeg
+from helpers import config, get, http, publisher, read_stamp, running_broker, sample_jpeg
 from trio_websocket import open_websocket_url
 
 from broker.protocol import stamp
@@ -94,7 +94,7 @@ async def test_next_jpg_returns_frames_in_order_and_none_older_than_the_ttl() ->
                 broker.port, get(f"/cameras/a/next.jpg?after={after}&timeout=1")
             )
             after = int(headers["x-frame-seq"])
-            assert stamp.read(body)[0] == after
+            assert read_stamp(body)[0] == after
             seqs.append(after)
         assert seqs == [0, 1, 2, 3, 4]
         async with trio.open_nursery() as n:  # waits for the next frame

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 import pytest
 import trio
@@ -11,7 +12,7 @@ import trio.testing
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from broker.core.camera import Camera, CameraInfo
-from broker.core.frame import JOIN_BELOW, Frame, websocket_binary_header
+from broker.core.frame import JOIN_BELOW, Buffer, Frame, websocket_binary_header
 from broker.core.hub import Hub, Outcome, UnknownCamera
 from broker.core.subscriber import RateMeter, Subscriber
 from broker.serve.delivery import Waiter
@@ -28,7 +29,7 @@ def frame(
     width: int = 640,
     height: int = 480,
     format: str = "jpeg",
-    data: bytes = b"\xff\xd8\xffpayload",
+    data: Buffer = b"\xff\xd8\xffpayload",
     placeholder: bool = False,
 ) -> Frame:
     return Frame(
@@ -110,7 +111,8 @@ def test_large_payload_is_not_copied_into_its_messages() -> None:
     for parts in (item.websocket_message(), item.mux_message(), item.mjpeg_part()):
         assert parts[1] is data
         assert sum(len(part) for part in parts) - len(data) < 200  # headers only
-    assert frame(data=data[1:]).websocket_message()[0].endswith(bytes(data[1:]))  # joined
+    joined = frame(data=data[1:]).websocket_message()[0]
+    assert isinstance(joined, bytes) and joined.endswith(bytes(data[1:]))  # joined
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
@@ -122,7 +124,7 @@ def test_websocket_message_parses_with_wsproto(length: int) -> None:
     frames = list(protocol.received_frames())
     assert {f.opcode for f in frames[:1]} == {Opcode.BINARY}
     assert frames[-1].message_finished
-    assert b"".join(f.payload for f in frames) == data
+    assert b"".join(cast(bytes, f.payload) for f in frames) == data  # binary: bytes
 
 
 def test_websocket_message_from_memoryview_data() -> None:

@@ -6,7 +6,16 @@ import json
 import time
 
 import trio
-from helpers import MjpegReader, config, get, http, publisher, running_broker, sample_jpeg
+from helpers import (
+    MjpegReader,
+    config,
+    get,
+    http,
+    publisher,
+    read_stamp,
+    running_broker,
+    sample_jpeg,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
@@ -24,7 +33,7 @@ async def test_snapshot_is_the_latest_frame_or_no_data() -> None:
             await trio.sleep(0.3)
             status, headers, body = await http(broker.port, get("/cameras/a/snapshot.jpg"))
         assert status == 200 and headers["content-type"] == "image/jpeg"
-        assert stamp.read(body)[0] == int(headers["x-frame-seq"]) == 0
+        assert read_stamp(body)[0] == int(headers["x-frame-seq"]) == 0
         assert 0 <= int(headers["x-frame-age-ms"]) < 1000
         assert (await http(broker.port, get("/cameras/zz/snapshot.jpg")))[0] == 404
         assert (await http(broker.port, get("/cameras/a/snapshot.jpg", "POST")))[0] == 405
@@ -52,7 +61,7 @@ async def test_mjpeg_parts_carry_content_length_and_a_slow_reader_does_not_slow_
                 assert headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
                 counts[name] += 1
                 if name == "slow":
-                    lags.append(time.time() - stamp.read(body)[1])
+                    lags.append(time.time() - read_stamp(body)[1])
 
         n.start_soon(read, "fast", fast, 0)
         n.start_soon(read, "slow", slow, 500_000)

@@ -13,12 +13,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import pytest
 from test_formats import SIZE, Producer, external, external_broker, still
 
 from cameras.encoding import encode
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 JS = Path(__file__).resolve().parent / "js" / "node_modules"
 
@@ -174,7 +178,7 @@ def streaming(producer: Producer, frames: dict[str, tuple[str, bytes]]) -> Itera
 
 
 @pytest.mark.timeout(120)
-def test_panel_renders_tiff_and_lz4_cameras_and_their_no_data(tmp_path: Path, page) -> None:
+def test_panel_renders_tiff_and_lz4_cameras_and_their_no_data(tmp_path: Path, page: Page) -> None:
     assert JS.is_dir(), "the panel's decoders are missing: npm ci --prefix tests/js (.ci/run does)"
     image = still(3)
     expected = [list(int(c) for c in image[y, x][::-1]) for x, y in POINTS]  # BGR → RGB
@@ -222,7 +226,7 @@ def test_panel_renders_tiff_and_lz4_cameras_and_their_no_data(tmp_path: Path, pa
 
 
 @pytest.mark.timeout(90)
-def test_viewer_page_shows_raw_format_cameras_as_jpegs(tmp_path: Path, page) -> None:
+def test_viewer_page_shows_raw_format_cameras_as_jpegs(tmp_path: Path, page: Page) -> None:
     """The viewer page's tiles are <img>s: an LZ4 and a TIFF camera come as the JPEGs the
     broker derives (?format=jpeg), live."""
     from procs import BrokerProcess, synthetic_camera, write_config

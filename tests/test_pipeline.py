@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import trio
+from helpers import binary_message, read_stamp
 from procs import BrokerProcess, free_port, get_json, synthetic_camera, write_config
 from trio_websocket import open_websocket_url
 
@@ -46,11 +47,12 @@ def alive(pid: int) -> bool:
 async def receive_images(url: str, count: int) -> list[bytes]:
     async with open_websocket_url(url) as ws:
         with trio.fail_after(15):
-            return [await ws.get_message() for _ in range(count)]
+            return [await binary_message(ws) for _ in range(count)]
 
 
 def size_of(jpeg: bytes) -> tuple[int, int]:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
     return image.shape[1], image.shape[0]
 
 
@@ -65,10 +67,11 @@ async def test_broker_runs_two_workers_and_serves_each_camera(tmp_path: Path) ->
         for camera, size in (("big", (640, 480)), ("small", (320, 240))):
             images = await receive_images(f"ws://127.0.0.1:{broker.port}/cameras/{camera}", 8)
             assert all(size_of(image) == size for image in images)
-            seqs = [stamp.read(image)[0] for image in images]
+            seqs = [read_stamp(image)[0] for image in images]
             assert seqs == sorted(set(seqs))
         cameras = broker.cameras()
         assert 7 <= cameras["big"]["fps"] <= 12 and 11 <= cameras["small"]["fps"] <= 17
+        assert broker.process is not None
         workers = children(broker.process.pid)
         assert len(workers) == 2
         broker.process.send_signal(signal.SIGINT)
@@ -85,17 +88,18 @@ async def test_killed_worker_is_restarted_and_no_data_shown_meanwhile(tmp_path: 
     )
     with BrokerProcess(config) as broker:
         broker.wait_online("cam")
+        assert broker.process is not None
         (worker,) = children(broker.process.pid)
         async with open_websocket_url(f"ws://127.0.0.1:{broker.port}/cameras/cam") as ws:
             with trio.fail_after(5):
-                assert stamp.read(await ws.get_message()) is not None
+                assert stamp.read(await binary_message(ws)) is not None
             os.kill(worker, signal.SIGKILL)
             with trio.fail_after(10):  # offline after 1 s: the "No Data" image
-                while stamp.read(message := await ws.get_message()) is not None:
+                while stamp.read(message := await binary_message(ws)) is not None:
                     pass
             assert size_of(message) == (320, 240)
             with trio.fail_after(20):  # restarted: live frames again, on the same socket
-                while stamp.read(await ws.get_message()) is None:
+                while stamp.read(await binary_message(ws)) is None:
                     pass
         (restarted,) = children(broker.process.pid)
         assert restarted != worker

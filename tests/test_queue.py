@@ -112,6 +112,7 @@ def test_matches_a_model(depth: int, ops: list[tuple[str, int | None]]) -> None:
     dropped = puts = 0
     for op, value in ops:
         if op == "put":
+            assert value is not None  # puts carry an integer
             full = len(model) == depth
             if full:
                 model.popleft()

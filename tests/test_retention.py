@@ -35,8 +35,9 @@ def test_window_is_bounded_by_count_and_served_in_order() -> None:
     camera = h.camera("a")
     assert [f.seq for f in camera.recent] == [2, 3, 4]
     assert h.retained_bytes == 3000
-    assert h.next_after(camera, -1).seq == 2  # the oldest kept
-    assert h.next_after(camera, 3).seq == 4
+    oldest, after_3 = h.next_after(camera, -1), h.next_after(camera, 3)
+    assert oldest is not None and oldest.seq == 2  # the oldest kept
+    assert after_3 is not None and after_3.seq == 4
     assert h.next_after(camera, 4) is None
 
 
@@ -47,7 +48,8 @@ def test_no_frame_older_than_the_ttl_is_served() -> None:
     clock.now += 1.5
     h.publish(frame("a", 1, clock.now))
     clock.now += 1.0  # frame 0 is 2.5 s old, frame 1 1.0 s
-    assert h.next_after(h.camera("a"), -1).seq == 1
+    served = h.next_after(h.camera("a"), -1)
+    assert served is not None and served.seq == 1
     clock.now += 1.5
     assert h.next_after(h.camera("a"), -1) is None
     assert h.retained_bytes == 0

@@ -288,7 +288,7 @@ def test_non_finite_numbers_are_refused_and_never_sent(tmp_path: Path) -> None:
                 '{"type": "ping", "request_id": 8, "data": 1.5}',
             ):
                 await ws.send(request_text)
-                opcode, payload = await ws.receive()  # type: ignore[misc]
+                opcode, payload = await ws.next_frame()
                 assert opcode == 0x1
                 answers.append(strict_json(payload))  # the broker's answers are JSON
         return answers
@@ -474,7 +474,7 @@ def test_no_token_in_any_log_line_or_error_body(tmp_path: Path) -> None:
                 '{"type": "subscribe", "camera": "nope"}',
             ):
                 await ws.send(message)
-                _, payload = await ws.receive()  # type: ignore[misc]
+                _, payload = await ws.next_frame()
                 check(payload)
             await ws.stream.send_all(client_frame(TEXT, b"\xff"))
             assert await close_code(ws) == 1007
@@ -552,10 +552,10 @@ def test_data_that_cannot_be_json_costs_an_answer_not_the_broker(tmp_path: Path)
                     await trio.sleep(1.0)
                     await ws.send('{"type": "list_cameras", "request_id": 1}')
                     await ws.send('{"type": "ping", "request_id": 2}')
-                    texts = []
+                    texts: list[Any] = []
                     with trio.fail_after(5):
                         while not texts or texts[-1].get("type") != "pong":
-                            opcode, payload = await ws.receive()  # type: ignore[misc]
+                            opcode, payload = await ws.next_frame()
                             if opcode == 0x1:
                                 texts.append(strict_json(payload))
                 return texts
@@ -641,7 +641,7 @@ async def test_faults_on_ws_cost_an_internal_error_not_the_connection(
                     """The next answer or error; events (camera_online...) skipped."""
                     with trio.fail_after(5):
                         while True:
-                            opcode, payload = await ws.receive()  # type: ignore[misc]
+                            opcode, payload = await ws.next_frame()
                             if opcode == 0x1 and (text := strict_json(payload))["type"] != "event":
                                 return text
 

@@ -41,6 +41,7 @@ from trio_websocket import open_websocket_url
 
 from broker import config as configuration
 from broker.core import nodata
+from broker.core.hub import Outcome
 from broker.ingest.uploads import UploadError, declared_size, parse_upload
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
@@ -110,7 +111,9 @@ def request(
 
 def vm_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert found is not None
+    return int(found.group(1)) / 1024
 
 
 def pid_of(broker: BrokerProcess) -> int:
@@ -120,6 +123,7 @@ def pid_of(broker: BrokerProcess) -> int:
 
 def image_size(jpeg: bytes) -> tuple[int, int]:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
     return image.shape[1], image.shape[0]
 
 
@@ -348,7 +352,7 @@ def test_hostile_control_messages_are_refused_by_reason(tmp_path: Path) -> None:
             }
             defaults = camera_settings.defaults()
             attacks = [
-                ({**peer.hello_fields(), b"bin key": 1}, "bad_value"),
+                ({**peer.hello_fields(), b"bin key": 1}, "bad_value"),  # type: ignore[misc]  # a bytes key among str keys, on purpose
                 (peer.hello_fields(settings={**defaults, b"bin key": 1}), "bad_value"),
                 (peer.hello_fields(settings={**defaults, "name": b"bin value"}), "bad_value"),
                 (peer.hello_fields(device=b"bin value"), "bad_value"),
@@ -540,7 +544,7 @@ async def test_a_bug_while_handling_one_ingest_message_costs_that_message_only(
         publish = broker.hub.publish
         calls = 0
 
-        def publish_but_fail_once(frame: Any) -> bool:
+        def publish_but_fail_once(frame: Any) -> Outcome:
             nonlocal calls
             calls += 1
             if calls == 1:
@@ -721,8 +725,8 @@ def test_mutated_images_raise_only_upload_errors() -> None:
 
 
 def test_wire_decode_refuses_dimensions_over_the_caps() -> None:
-    def parts(width: int, height: int) -> list[bytes]:
-        return wire.encode(wire.FrameHeader("cam", 0, 1.0, width, height), TINY_JPEG)  # type: ignore[return-value]
+    def parts(width: int, height: int) -> list[wire.Buffer]:
+        return wire.encode(wire.FrameHeader("cam", 0, 1.0, width, height), TINY_JPEG)
 
     assert wire.decode(parts(4096, 2160), 1 << 20, 4096, 2160)[0].width == 4096
     for size in [(4097, 10), (10, 2161)]:
@@ -861,7 +865,7 @@ SUPPORTED = camera_settings.supported()
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        ({**hello(), b"k": 1}, "bad_value"),
+        ({**hello(), b"k": 1}, "bad_value"),  # type: ignore[misc]  # a bytes key among str keys, on purpose
         (hello(device=b"x"), "bad_value"),
         (hello(device="x" * (protocol.MAX_TEXT + 1)), "bad_value"),
         (hello(extra=msgpack.ExtType(5, b"x")), "bad_value"),

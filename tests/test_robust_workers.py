@@ -29,7 +29,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import trio
@@ -327,7 +327,9 @@ def test_only_folders_of_dead_brokers_of_this_user_are_removed(tmp_path: Path) -
 # -- workers that outlive their broker ------------------------------------------------
 
 
-def start_worker(camera_id: str, *extra: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+def start_worker(
+    camera_id: str, *extra: str, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -354,6 +356,12 @@ def start_worker(camera_id: str, *extra: str, pass_fds: tuple[int, ...] = ()) ->
     )
 
 
+def stderr_of(process: subprocess.Popen[bytes]) -> IO[bytes]:
+    """A `start_worker` worker's standard error (a pipe)."""
+    assert process.stderr is not None
+    return process.stderr
+
+
 def wait_exit(process: subprocess.Popen, within: float) -> float | None:
     """Seconds until ``process`` exited, or None if it still runs after ``within``."""
     started = time.monotonic()
@@ -375,13 +383,13 @@ def test_a_worker_exits_at_once_when_its_lifeline_closes() -> None:
         took = wait_exit(worker, 5.0)
         assert took is not None and took < 1.0, took
         assert worker.returncode == 0
-        assert b"lifeline closed" in worker.stderr.read()
+        assert b"lifeline closed" in stderr_of(worker).read()
     finally:
         with contextlib.suppress(OSError):
             os.close(write_end)
         worker.kill()
         worker.wait()
-        worker.stderr.close()
+        stderr_of(worker).close()
 
 
 @pytest.mark.timeout(60)
@@ -399,13 +407,13 @@ def test_a_worker_exits_after_the_orphan_timeout_and_a_hand_started_one_waits() 
         took = wait_exit(supervised, 15.0)
         assert took is not None, "the supervised worker outlived its silent broker"
         assert supervised.returncode == 0
-        assert b"no word from its broker" in supervised.stderr.read()
+        assert b"no word from its broker" in stderr_of(supervised).read()
         assert by_hand.poll() is None  # it waits for its broker forever
     finally:
         for process in (supervised, by_hand):
             process.kill()
             process.wait()
-            process.stderr.close()
+            stderr_of(process).close()
         context.destroy(linger=0)
 
 
@@ -534,7 +542,9 @@ def test_a_starting_broker_removes_dead_brokers_folders_not_live_ones(
     with no_leftovers(first_cam, second_cam), BrokerProcess(one) as first:
         wait_connected(first, first_cam)
         (live,) = [f for f in temp.iterdir() if f.name.startswith(workdir.PREFIX)]
-        assert workdir.read_owner(live / workdir.OWNER_FILE)[0] == first.process.pid
+        owner = workdir.read_owner(live / workdir.OWNER_FILE)
+        assert first.process is not None
+        assert owner is not None and owner[0] == first.process.pid
         dead = fake_folder(temp, "dead", str(dead_pid()))
         with BrokerProcess(two) as second, Viewer(first.port, first_cam) as viewer:
             since = time.monotonic()
@@ -642,7 +652,7 @@ async def test_a_backlog_after_silence_is_never_shown_and_is_counted(tmp_path: P
 async def test_a_failing_heartbeat_job_is_restarted_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    failures = []
+    failures: list[tuple[Any, ...]] = []
     lose = Workers.lose
 
     def lose_once(self: Workers, *args: Any) -> None:

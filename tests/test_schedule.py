@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from broker.config import ScheduleEntry
 from broker.control.schedule import advance, crossings
@@ -16,7 +17,9 @@ def at(day: int, hour: int, minute: int = 0, second: int = 0) -> dt.datetime:
     return dt.datetime(2025, 3, day, hour, minute, second)
 
 
-def presets(start: dt.datetime, end: dt.datetime, entries=SCHEDULE) -> list[str]:
+def presets(
+    start: dt.datetime, end: dt.datetime, entries: Sequence[ScheduleEntry] = SCHEDULE
+) -> list[str]:
     return [entry.preset for _, entry in crossings(entries, start, end)]
 
 

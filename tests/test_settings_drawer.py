@@ -13,12 +13,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pytest
 from helpers import config, get, http, running_broker
 from procs import BrokerProcess, synthetic_camera, wait_until, write_config
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 NIGHT = "[presets.night]\nbrightness = 80\n"
 EXTERNAL = '[[cameras]]\nid = "ext"\nname = "External"\n'  # no worker: never connected
@@ -52,24 +56,24 @@ def snapshot_mean(broker: BrokerProcess, camera_id: str = "cam") -> float:
     return float(image.mean())
 
 
-def open_page(page, broker: BrokerProcess, token: str | None = None) -> None:
+def open_page(page: Page, broker: BrokerProcess, token: str | None = None) -> None:
     page.goto(broker.url + "/" + (f"?token={token}" if token else ""))
     page.wait_for_function(
         "document.querySelector('.tile[data-camera=\"cam\"]')?.dataset.state === 'live'"
     )
 
 
-def open_drawer(page, camera_id: str, state: str) -> None:
+def open_drawer(page: Page, camera_id: str, state: str) -> None:
     page.click(f'.tile[data-camera="{camera_id}"] .gear')
     page.wait_for_selector(f'{DRAWER}[data-camera="{camera_id}"][data-state="{state}"]')
 
 
-def message(page) -> tuple[str | None, str]:
+def message(page: Page) -> tuple[str | None, str]:
     box = page.locator(f"{DRAWER} .message")
     return box.get_attribute("data-kind"), box.text_content() or ""
 
 
-def wait_message(page, kind: str) -> str:
+def wait_message(page: Page, kind: str) -> str:
     page.wait_for_selector(f'{DRAWER}[aria-busy="false"] .message[data-kind="{kind}"]')
     return message(page)[1]
 
@@ -99,7 +103,9 @@ async def test_presets_route_lists_the_configured_presets() -> None:
 
 
 @pytest.mark.timeout(180)
-def test_drawer_applies_changes_shows_refusals_and_applies_presets(tmp_path: Path, page) -> None:
+def test_drawer_applies_changes_shows_refusals_and_applies_presets(
+    tmp_path: Path, page: Page
+) -> None:
     with BrokerProcess(camera_config(tmp_path, EXTERNAL)) as broker:
         broker.wait_online("cam")
         wait_connected(broker)
@@ -228,7 +234,7 @@ def test_drawer_applies_changes_shows_refusals_and_applies_presets(tmp_path: Pat
 
 
 @pytest.mark.timeout(180)
-def test_drawer_is_read_only_with_a_viewer_token(tmp_path: Path, page) -> None:
+def test_drawer_is_read_only_with_a_viewer_token(tmp_path: Path, page: Page) -> None:
     config = camera_config(tmp_path, TOKENS)
     with BrokerProcess(config, token=OPERATOR_TOKEN) as broker:
         broker.wait_online("cam")

@@ -97,6 +97,7 @@ def test_healthz_counts_tasks_and_open_files(tmp_path: Path) -> None:
         tasks, files = health["tasks"], health["open_files"]
         assert tasks > 5 and files > 5
         # As /proc shows them from outside, give or take the /healthz request's own socket.
+        assert broker.process is not None
         assert abs(files - len(os.listdir(f"/proc/{broker.process.pid}/fd"))) <= 1
         viewers = [_websocket(broker.port) for _ in range(5)]
         try:

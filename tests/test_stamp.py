@@ -146,12 +146,16 @@ times = st.integers(0, 10**16).map(lambda micros: micros / 10**6)
 @given(seq=st.integers(0, 10**19), t=times, seq2=st.integers(0, 10**19), t2=times)
 def test_stamp_round_trip(seq: int, t: float, seq2: int, t2: float) -> None:
     stamped = stamp.stamp(jpeg(), seq, t)
-    read_seq, read_t = stamp.read(stamped)
+    read = stamp.read(stamped)
+    assert read is not None
+    read_seq, read_t = read
     assert read_seq == seq
     assert abs(read_t - t) <= 1e-6
     buffer = bytearray(stamped)
     stamp.restamp(buffer, seq2, t2)
     assert len(buffer) == len(stamped)
-    read_seq, read_t = stamp.read(buffer)
+    read = stamp.read(buffer)
+    assert read is not None
+    read_seq, read_t = read
     assert read_seq == seq2
     assert abs(read_t - t2) <= 1e-6

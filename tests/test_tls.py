@@ -290,7 +290,9 @@ def test_config_rules_for_the_certificate_and_key(tmp_path: Path) -> None:
     assert loaded.server.tls_key == str(tmp_path / "key.pem")
 
 
-def test_grafana_with_tls_gives_wss_urls_and_refuses_http(tmp_path: Path, capsys) -> None:
+def test_grafana_with_tls_gives_wss_urls_and_refuses_http(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     issue(trustme.CA(), tmp_path)
     path = tls_config(tmp_path)
     out = tmp_path / "grafana"
@@ -306,7 +308,9 @@ def test_grafana_with_tls_gives_wss_urls_and_refuses_http(tmp_path: Path, capsys
 # -- broker tls-selfsigned ----------------------------------------------------------
 
 
-def test_selfsigned_writes_a_pair_clients_can_verify(tmp_path: Path, capsys) -> None:
+def test_selfsigned_writes_a_pair_clients_can_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "tls"
     hosts = ["localhost", "127.0.0.1", "::1", "cams.lan"]
     argv = ["tls-selfsigned", *(a for h in hosts for a in ("--host", h)), "--out", str(out)]

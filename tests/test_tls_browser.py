@@ -13,6 +13,7 @@ import base64
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trustme
@@ -25,6 +26,9 @@ from test_tls import client_context, issue, tls_config
 
 from broker import config as configuration
 from broker import grafana
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 
 def spki_hash(cert_pem: bytes) -> str:
@@ -49,7 +53,7 @@ def tls_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 
 
 @pytest.fixture
-def tls_page(tls_broker: BrokerProcess) -> Iterator:
+def tls_page(tls_broker: BrokerProcess) -> Iterator[Page]:
     """A page in a fresh Chromium that accepts the broker's certificate by its key."""
     from playwright.sync_api import sync_playwright
 
@@ -70,7 +74,7 @@ def tls_page(tls_broker: BrokerProcess) -> Iterator:
 
 
 @pytest.mark.timeout(120)
-def test_viewer_page_over_https(tls_broker: BrokerProcess, tls_page) -> None:
+def test_viewer_page_over_https(tls_broker: BrokerProcess, tls_page: Page) -> None:
     page = tls_page
     with tls_broker as broker:
         broker.wait_online("cam")
@@ -84,7 +88,7 @@ def test_viewer_page_over_https(tls_broker: BrokerProcess, tls_page) -> None:
 
 @pytest.mark.timeout(120)
 def test_panel_over_wss_from_an_https_page_reconnects_after_restart(
-    tls_broker: BrokerProcess, tls_page
+    tls_broker: BrokerProcess, tls_page: Page
 ) -> None:
     page = tls_page
     broker = tls_broker.start()
@@ -114,7 +118,7 @@ def test_panel_over_wss_from_an_https_page_reconnects_after_restart(
 
 
 @pytest.mark.timeout(120)
-def test_chromium_still_refuses_another_certificate(tmp_path: Path, tls_page) -> None:
+def test_chromium_still_refuses_another_certificate(tmp_path: Path, tls_page: Page) -> None:
     """The pin is for the broker's key only: a broker with another certificate fails the
     handshake in the same browser (the test above is not passing by accident)."""
     other = tmp_path / "other"

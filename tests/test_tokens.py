@@ -19,9 +19,10 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import pytest
@@ -33,6 +34,9 @@ from procs import ROOT, BrokerProcess, synthetic_camera, wait_until, write_confi
 from rawws import RawWebSocket
 
 from broker.trust.tokens import redact
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,7 +67,9 @@ def hand_signed(header: dict[str, Any], payload: dict[str, Any], key: bytes | No
     return head + "." + b64(signature)
 
 
-def get(url: str, headers: dict[str, str] | None = None, method: str = "GET", body: bytes = b""):
+def get(
+    url: str, headers: dict[str, str] | None = None, method: str = "GET", body: bytes = b""
+) -> tuple[int, Message, bytes]:
     """(status, headers, body) of a request; HTTP errors are answers too."""
     request = urllib.request.Request(url, data=body or None, headers=headers or {}, method=method)
     try:
@@ -101,7 +107,9 @@ def snapshot(broker: BrokerProcess, camera: str, token: str) -> tuple[int, bytes
     return status, body
 
 
-def test_a_valid_hs256_token_grants_its_role_and_cameras(hs_broker) -> None:
+def test_a_valid_hs256_token_grants_its_role_and_cameras(
+    hs_broker: tuple[BrokerProcess, bytes],
+) -> None:
     broker, secret = hs_broker
     token = hs256(secret, sub="wall display")
     status, body = snapshot(broker, "a", token)
@@ -123,7 +131,7 @@ def test_a_valid_hs256_token_grants_its_role_and_cameras(hs_broker) -> None:
     assert snapshot(broker, "b", every)[0] == 200
 
 
-def test_a_static_token_works_beside_signed_ones(hs_broker) -> None:
+def test_a_static_token_works_beside_signed_ones(hs_broker: tuple[BrokerProcess, bytes]) -> None:
     broker, _ = hs_broker
     assert snapshot(broker, "b", STATIC)[0] == 200
     assert snapshot(broker, "a", STATIC)[0] == 403  # its own camera list
@@ -153,7 +161,9 @@ def test_a_static_token_works_beside_signed_ones(hs_broker) -> None:
     ],
     ids=["expired", "nbf", "wrong-signature", "revoked", "bad-role", "alg-none", "no-exp", "hs512"],
 )
-def test_refused_signed_tokens_get_401_with_the_reason(hs_broker, make, reason: str) -> None:
+def test_refused_signed_tokens_get_401_with_the_reason(
+    hs_broker: tuple[BrokerProcess, bytes], make: Callable[[bytes], str], reason: str
+) -> None:
     broker, secret = hs_broker
     token = make(secret)
     register(token)
@@ -163,7 +173,7 @@ def test_refused_signed_tokens_get_401_with_the_reason(hs_broker, make, reason: 
     assert token not in body.decode() and 'error="invalid_token"' in headers["www-authenticate"]
 
 
-def test_clock_skew_is_tolerated(hs_broker) -> None:
+def test_clock_skew_is_tolerated(hs_broker: tuple[BrokerProcess, bytes]) -> None:
     broker, secret = hs_broker
     token = hs256(secret, exp=int(time.time()) - 5)  # expired 5 s ago, skew 30 s
     assert snapshot(broker, "a", token)[0] == 200
@@ -188,7 +198,7 @@ def jwks_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Brok
         yield broker, (rsa_key, ec_key)
 
 
-def test_rs256_and_es256_tokens_from_a_jwks(jwks_broker) -> None:
+def test_rs256_and_es256_tokens_from_a_jwks(jwks_broker: tuple[BrokerProcess, Any]) -> None:
     broker, (rsa_key, ec_key) = jwks_broker
     for kid, key, algorithm in (("rsa-1", rsa_key, "RS256"), ("ec-1", ec_key, "ES256")):
         token = jwt.encode(claims(sub="idp-user"), key, algorithm, headers={"kid": kid})
@@ -205,7 +215,9 @@ def test_rs256_and_es256_tokens_from_a_jwks(jwks_broker) -> None:
     assert status == 401 and "no key in security.jwks_file has its kid" in message(body)
 
 
-def test_hs256_signed_with_the_public_key_is_refused(jwks_broker) -> None:
+def test_hs256_signed_with_the_public_key_is_refused(
+    jwks_broker: tuple[BrokerProcess, Any],
+) -> None:
     """The classic confusion: the attacker knows the public key and signs HS256 with it,
     hoping the server verifies HMAC with the same key bytes."""
     broker, (rsa_key, _) = jwks_broker
@@ -374,7 +386,9 @@ async def test_share_links_work_until_revoked_or_rotated(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(120)
-def test_viewer_page_works_under_its_policy_with_a_share_link(tmp_path: Path, strict_page) -> None:
+def test_viewer_page_works_under_its_policy_with_a_share_link(
+    tmp_path: Path, strict_page: Page
+) -> None:
     """Chromium enforcing the page's Content-Security-Policy: the page opened from a
     share link shows its camera, no policy violation is reported, and no request of the
     page carries a Referer (the URL holds the token)."""

@@ -10,9 +10,13 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from procs import BrokerProcess, demo_config
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
 
 DEMO = ["lobby", "yard", "garage", "desk"]
 ALL_LIVE = (
@@ -21,17 +25,17 @@ ALL_LIVE = (
 )
 
 
-def open_viewer(page, broker: BrokerProcess, count: int = 4) -> None:
+def open_viewer(page: Page, broker: BrokerProcess, count: int = 4) -> None:
     broker.wait_online(*DEMO)
     page.goto(broker.url + "/")
     page.wait_for_function(ALL_LIVE, arg=count)
 
 
-def tile(page, camera_id: str):
+def tile(page: Page, camera_id: str) -> Locator:
     return page.locator(f'.tile[data-camera="{camera_id}"]')
 
 
-def frames(page) -> dict[str, int]:
+def frames(page: Page) -> dict[str, int]:
     return page.evaluate(
         "Object.fromEntries([...document.querySelectorAll('.tile')].map("
         "(t) => [t.dataset.camera, Number(t.dataset.frames)]))"
@@ -54,7 +58,7 @@ def worker_pid(broker_pid: int, camera_id: str) -> int:
 
 
 @pytest.mark.timeout(120)
-def test_every_tile_shows_moving_pictures(tmp_path: Path, page) -> None:
+def test_every_tile_shows_moving_pictures(tmp_path: Path, page: Page) -> None:
     from PIL import Image, ImageChops, ImageStat
 
     with BrokerProcess(demo_config(tmp_path)) as broker:
@@ -73,15 +77,16 @@ def test_every_tile_shows_moving_pictures(tmp_path: Path, page) -> None:
         summary = page.text_content("#summary")
         assert summary == "4 of 4 cameras live"
         fps = {c: tile(page, c).locator(".fps").text_content() for c in DEMO}
-        assert all(text.endswith(" fps") and float(text.split()[0]) > 0 for text in fps.values()), (
-            fps
-        )
+        assert all(
+            text is not None and text.endswith(" fps") and float(text.split()[0]) > 0
+            for text in fps.values()
+        ), fps
         latency = tile(page, "lobby").locator(".lat").text_content()
-        assert latency.endswith(" ms"), latency
+        assert latency is not None and latency.endswith(" ms"), latency
 
 
 @pytest.mark.timeout(120)
-def test_stalled_camera_turns_offline_and_shows_no_data(tmp_path: Path, page) -> None:
+def test_stalled_camera_turns_offline_and_shows_no_data(tmp_path: Path, page: Page) -> None:
     with BrokerProcess(demo_config(tmp_path)) as broker:
         open_viewer(page, broker)
         assert broker.process is not None
@@ -92,7 +97,9 @@ def test_stalled_camera_turns_offline_and_shows_no_data(tmp_path: Path, page) ->
                 "document.querySelector('.tile[data-camera=\"yard\"]').dataset.state === 'offline'"
             )
             yard = tile(page, "yard")
-            before = int(yard.get_attribute("data-frames"))
+            shown = yard.get_attribute("data-frames")
+            assert shown is not None
+            before = int(shown)
             # "No Data" images keep arriving (about one a second) and are recognised as such
             page.wait_for_function(
                 "(n) => { const t = document.querySelector('.tile[data-camera=\"yard\"]');"
@@ -115,7 +122,9 @@ def test_stalled_camera_turns_offline_and_shows_no_data(tmp_path: Path, page) ->
 
 
 @pytest.mark.timeout(120)
-def test_page_recovers_after_broker_restart_and_shows_new_cameras(tmp_path: Path, page) -> None:
+def test_page_recovers_after_broker_restart_and_shows_new_cameras(
+    tmp_path: Path, page: Page
+) -> None:
     config = demo_config(tmp_path)
     broker = BrokerProcess(config)
     with broker:

@@ -233,7 +233,7 @@ def test_hostile_header_maps_raise_only_wire_error(
     changes: dict[str, Any], extra: dict[str | bytes, Any]
 ) -> None:
     """Near-valid header maps, with wrong values and extra str or bytes keys."""
-    fields = {**VALID_FIELDS, **changes, **extra}
+    fields: dict[Any, Any] = {**VALID_FIELDS, **changes, **extra}  # str and bytes keys
     parts = [b"cam1\x00", msgpack.packb(fields), MAGIC["jpeg"]]
     with contextlib.suppress(WireError):
         wire.decode(parts, 1000)

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import msgpack
@@ -24,6 +24,11 @@ from cameras.link import Liveness, salvage_request_id
 from cameras.sources.testpattern import TestPattern
 
 Frame = tuple[wire.FrameHeader, bytes]
+
+
+def decoded(parts: list[bytes]) -> Frame:
+    """A received frame message, checked; its payload is the part received (bytes)."""
+    return cast(Frame, wire.decode(parts, 1 << 24))
 
 
 class FakeBroker:
@@ -90,22 +95,22 @@ class FakeBroker:
         raise TimeoutError(f"no reply to {name} within {timeout} s")
 
     def frames(self, count: int, timeout: float = 10) -> list[Frame]:
-        received = []
+        received: list[Frame] = []
         deadline = time.monotonic() + timeout
         while len(received) < count:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sub.poll(int(left * 1000)):
                 raise TimeoutError(f"{len(received)} of {count} frames within {timeout} s")
-            received.append(wire.decode(self.sub.recv_multipart(), 1 << 24))
-        return received  # type: ignore[return-value]
+            received.append(decoded(self.sub.recv_multipart()))
+        return received
 
     def frames_during(self, seconds: float) -> list[Frame]:
-        received = []
+        received: list[Frame] = []
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if self.sub.poll(int(left * 1000)):
-                received.append(wire.decode(self.sub.recv_multipart(), 1 << 24))
-        return received  # type: ignore[misc]
+                received.append(decoded(self.sub.recv_multipart()))
+        return received
 
     def frames_after(self, moment: float, count: int, timeout: float = 10) -> list[Frame]:
         """The next ``count`` frames captured after ``moment`` (Unix time): frames still
@@ -318,7 +323,7 @@ def test_an_invalid_change_is_refused_naming_the_key_and_changes_nothing(
     with worker(broker):
         broker.wait_for("hello")
         before = mean_of(broker.frames(3))
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"brightness": 101}, "brightness"),  # out of range
             ({"brightness": "high"}, "brightness"),  # wrong type
             ({"fps": True}, "fps"),  # a bool is not a number

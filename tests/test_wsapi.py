@@ -16,13 +16,13 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import pytest
 import trio
-from helpers import config, get, http, publisher, running_broker, sample_jpeg
+from helpers import config, get, http, publisher, read_stamp, running_broker, sample_jpeg
 from procs import BrokerProcess, synthetic_camera, write_config
 from rawws import RawWebSocket
 
@@ -30,9 +30,11 @@ from broker.app import Broker
 from broker.core.camera import CameraInfo
 from broker.core.frame import Frame
 from broker.core.hub import Hub
-from broker.protocol import stamp
 from broker.serve.server import Server
 from broker.serve.wsrequests import MAX_REQUEST, RequestError, parse_request, request_id_of
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 TWO = '[[cameras]]\nid = "a"\n[[cameras]]\nid = "b"\n'
 TOKENS = (
@@ -150,7 +152,7 @@ def test_mux_message_is_built_once_and_released() -> None:
     assert message[0] == 0x82 and message[1] == 126  # one binary frame, 16-bit length
     (length,) = struct.unpack(">H", message[2:4])
     assert length == len(message) - 4
-    header, image = split_frame(message[4:])
+    header, image = split_frame(bytes(message[4:]))
     assert header == {
         "camera": "lobby",
         "seq": 7,
@@ -164,7 +166,7 @@ def test_mux_message_is_built_once_and_released() -> None:
     rebuilt = frame.mux_message()
     assert rebuilt == parts and rebuilt is not parts
     placeholder = Frame("lobby", 7, 1.0, 64, 48, "jpeg", jpeg, 0.0, placeholder=True)
-    assert split_frame(placeholder.mux_message()[0][4:])[0]["placeholder"] is True
+    assert split_frame(bytes(placeholder.mux_message()[0][4:]))[0]["placeholder"] is True
 
 
 @pytest.mark.parametrize(
@@ -223,8 +225,8 @@ async def test_one_connection_carries_two_cameras_with_their_headers() -> None:
                         assert (header["width"], header["height"]) == size
                         assert header["format"] == "jpeg"
                         decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-                        assert (decoded.shape[1], decoded.shape[0]) == size
-                        seq, captured_at = stamp.read(image)
+                        assert decoded is not None and (decoded.shape[1], decoded.shape[0]) == size
+                        seq, captured_at = read_stamp(image)
                         assert header["seq"] == seq
                         assert abs(header["captured_at"] - captured_at) < 1e-5
                         seen[header["camera"]].append(seq)
@@ -631,8 +633,8 @@ async def test_roles_and_camera_limits() -> None:
         status, _, _ = await http(port, request("GET", "/cameras/a/snapshot.jpg", headers=ONLY_A))
         assert status == 200
         async with mux(port, ONLY_A) as ws:
-            cameras = await ws.request({"type": "list_cameras", "request_id": 1})
-            assert [c["id"] for c in cameras["cameras"]] == ["a"]
+            listed = await ws.request({"type": "list_cameras", "request_id": 1})
+            assert [c["id"] for c in listed["cameras"]] == ["a"]
             stats = await ws.request({"type": "get_stats", "request_id": 2})
             assert [c["id"] for c in stats["cameras"]] == ["a"]
             for camera in ("b", "nope"):
@@ -762,7 +764,7 @@ async def test_commands_over_ws_and_http_reach_real_workers(tmp_path: Path) -> N
                     if header["camera"] == "cam" and header["width"] == 160:
                         break
             decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-            assert (decoded.shape[1], decoded.shape[0]) == (160, 120)
+            assert decoded is not None and (decoded.shape[1], decoded.shape[0]) == (160, 120)
             assert any(h["camera"] == "other" and h["width"] == 320 for h, _ in ws.frames) or (
                 (await ws.frame())[0]["width"] == 320
             )
@@ -777,10 +779,10 @@ async def test_commands_over_ws_and_http_reach_real_workers(tmp_path: Path) -> N
             )
             assert bad["success"] is False and bad["error"] == "invalid_settings"
             assert "brightness" in bad["errors"]
-            status = await ws.request(
+            current = await ws.request(
                 {"type": "command", "camera": "cam", "command": "get_status", "request_id": "s"}
             )
-            assert status["success"] and status["settings"]["contrast"] == 50  # nothing applied
+            assert current["success"] and current["settings"]["contrast"] == 50  # nothing applied
             preset = await ws.request(
                 {
                     "type": "command",
@@ -850,7 +852,7 @@ class TokenBrokerProcess(BrokerProcess):
 
 
 @pytest.mark.timeout(120)
-def test_viewer_page_passes_its_token_on(tmp_path: Path, page) -> None:
+def test_viewer_page_passes_its_token_on(tmp_path: Path, page: Page) -> None:
     cameras = synthetic_camera("one", 320, 240, 10) + synthetic_camera("two", 320, 240, 10)
     path = write_config(
         tmp_path,

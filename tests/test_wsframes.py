@@ -194,7 +194,8 @@ async def test_direct_writes_share_the_lock_with_trio_websocket() -> None:
         access = wsframes.direct_access(ws)
         assert access is not None, "trio's SocketType._sock or trio-websocket's lock changed"
         lock, sock = access
-        assert isinstance(lock, trio.Semaphore) and ws._stream_lock is lock
+        stream_lock: trio.Semaphore | trio.StrictFIFOLock = ws._stream_lock  # now replaced
+        assert isinstance(lock, trio.Semaphore) and stream_lock is lock
         assert isinstance(sock, socket.socket)
         assert wsframes.direct_access(ws) == (lock, sock)  # replaced once
         subscriber = Subscriber(Camera(CameraInfo("c", "c", 1, 1)), "client", 2)
@@ -267,7 +268,7 @@ async def test_upgrade_handed_over_through_replay_stream() -> None:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await server_stream.receive_some(65536))
+                conn.receive_data(bytes(await server_stream.receive_some(65536)))
                 continue
             break
         assert isinstance(event, h11.Request)
@@ -288,13 +289,17 @@ async def test_upgrade_handed_over_through_replay_stream() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve)
             client = await trio_websocket.wrap_client_stream(
-                nursery, client_stream, "127.0.0.1", "/ws/cam1"
+                nursery,
+                client_stream,  # type: ignore[arg-type]  # annotated SocketStream | SSLStream; any trio Stream works
+                "127.0.0.1",
+                "/ws/cam1",
             )
             assert await client.get_message() == payload
             await client.send_message("got it")
             with pytest.raises(ConnectionClosed) as closed:
                 await client.get_message()
-            assert closed.value.reason.code == wsframes.GOING_AWAY
+            reason = closed.value.reason
+            assert reason is not None and reason.code == wsframes.GOING_AWAY
             await client.aclose()
 
 

@@ -40,6 +40,7 @@ from strategies import json_values, msgpack_values, mutate_bytes
 
 from broker.protocol import control as protocol
 from broker.protocol import settings as camera_settings
+from broker.protocol.events import Event
 from broker.protocol.results import CommandResult
 from broker.serve.access import OPEN
 from broker.serve.handlers import status_response
@@ -215,7 +216,8 @@ async def play(target: InProcessBroker, script: list[tuple[str, Any]]) -> list[A
                 worker.adopt(arg[1])
             channel.deliver(*arg)
         elif kind == "command":
-            target.nursery.start_soon(command, *arg, None)
+            camera, name, settings = arg
+            target.nursery.start_soon(command, camera, name, settings, None)
         elif kind == "preset":
             target.nursery.start_soon(command, arg[0], "", None, arg[1])
         elif kind == "script":
@@ -238,9 +240,7 @@ async def play(target: InProcessBroker, script: list[tuple[str, Any]]) -> list[A
     return results
 
 
-async def read_everything(
-    target: InProcessBroker, events: list[dict[str, Any]], results: list[Any]
-) -> None:
+async def read_everything(target: InProcessBroker, events: list[Event], results: list[Any]) -> None:
     """Every reader of the control state, through the serializer that sends it."""
     broker = target.broker
     server, control = broker.server, broker.control
@@ -267,7 +267,7 @@ async def read_everything(
         check_response(status_response(result), "a command's HTTP answer")
         await session.send({"type": "command_result", **result.to_json()})
     for event in events:
-        await session.send(event)
+        await session.send(event.to_json())  # as wsapi forwards an event
     for text in session.ws.sent:  # type: ignore[attr-defined]
         strict_json(text, "a /ws message")
 
@@ -281,7 +281,7 @@ def check_control(script: list[tuple[str, Any]], state_file: Path) -> None:
         ) as target:
             listener = target.broker.control.events.listen()
             results = await play(target, script)
-            events = []
+            events: list[Event] = []
             while (event := listener.get_nowait()) is not None:
                 events.append(event)
             await read_everything(target, events, results)
@@ -345,7 +345,8 @@ def test_the_harness_answers_commands_like_a_worker(state_file: Path) -> None:
                 ],
                 key=repr,
             )
-            assert target.broker.control.settings("cam")["brightness"] == 61
+            settings = target.broker.control.settings("cam")
+            assert settings is not None and settings["brightness"] == 61
             check_broker_fine(target, "the harness")
 
     run_trio(main, "the control harness")

@@ -370,7 +370,7 @@ def test_protocol_violations_are_closed_with_the_right_code(case: Violation) -> 
 
 def test_the_documented_requests_get_their_documented_answers() -> None:
     """The harness itself, on the examples of docs/protocol.md."""
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"type": "subscribe", "camera": "cam", "max_fps": 5, "request_id": "1"},
         {"type": "ping", "data": {"sent": 1.5}, "request_id": 3},
         {"type": "list_cameras", "request_id": 4},
