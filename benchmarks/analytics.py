@@ -210,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         listener.join(5)
         for cid in run.camera_ids:
             patch(broker.url, cid, {"ai_enabled": False})
-        duty = min(0.95, analyzer.total())
+        analyzer_cores = analyzer.total()
+        duty = min(0.95, analyzer_cores)
         busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(duty)])
         try:
             load = phase(run, warmup, "load")
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             "on": on,
             "load": load,
             "load_duty": duty,
-            "analyzer_cores": analyzer.total(),
+            "analyzer_cores": analyzer_cores,
             "analysed": counts,
             "latencies": listener.latencies,
             "detectors": costs,

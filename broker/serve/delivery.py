@@ -34,7 +34,7 @@ from broker.core.subscriber import Subscriber, SubscriptionEnded
 from broker.core.transcode import needs_jpeg
 from broker.protocol.events import Event
 from broker.protocol.wire import raw_bytes
-from broker.serve.wsframes import direct_access, raise_unsent_bound
+from broker.serve.wsframes import direct_access, raise_unsent_bound, send_parts
 
 log = logging.getLogger("broker.server")
 
@@ -292,12 +292,6 @@ def rest_after(parts: Message, sent: int) -> Message:
             return (memoryview(part)[sent:], *parts[index + 1 :])
         sent -= len(part)
     return ()
-
-
-async def send_parts(stream: trio.abc.SendStream, parts: Message) -> None:
-    """Write the buffers of one message, in order."""
-    for part in parts:
-        await stream.send_all(part)
 
 
 async def write_whole(write: Callable[[T], Awaitable[None]], data: T) -> None:

@@ -15,7 +15,8 @@ import trio
 
 from broker.core.frame import MJPEG_BOUNDARY, Frame
 from broker.core.subscriber import SubscriptionEnded
-from broker.serve.delivery import Delivery, send_parts
+from broker.serve.delivery import Delivery
+from broker.serve.wsframes import send_parts
 
 log = logging.getLogger("broker.server")
 

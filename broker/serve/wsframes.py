@@ -458,8 +458,13 @@ async def send_prebuilt(ws: WebSocketConnection, message: Message) -> None:
     connection, not reuse it.
     """
     async with ws._stream_lock:
-        for part in message:
-            await ws._stream.send_all(part)
+        await send_parts(ws._stream, message)
+
+
+async def send_parts(stream: trio.abc.SendStream, parts: Message) -> None:
+    """Write the buffers of one message, in order."""
+    for part in parts:
+        await stream.send_all(part)
 
 
 async def write_close(
